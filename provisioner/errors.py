@@ -1,0 +1,139 @@
+"""One exception tree for the whole tool; the CLI maps it to exit codes in one place.
+
+Every error carries a message a user can act on: what is wrong, where, and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExitCode:
+    """Documented process exit codes (README, "Exit codes"). CI scripts depend on them."""
+
+    OK = 0
+    ERROR = 1  # unexpected or generic failure
+    USAGE = 2  # click's own code for bad command-line usage
+    SPEC = 3  # the cluster spec is invalid (nothing was contacted)
+    NOT_FOUND = 4  # an object that must exist does not (or exists more than once)
+    PREFLIGHT = 5  # preflight refused: names/addresses taken, capacity, template
+    VSPHERE = 6  # vCenter refused or a task failed
+    SSH = 7  # a node could not be reached or a command on it failed
+    HOST_KEY = 8  # a node presented a host key other than the pinned one
+    TLS = 9  # vCenter's certificate did not match the CA or pinned thumbprint
+    AUTH = 10  # vCenter rejected the credentials
+    LAB = 11  # the embedded lab could not be brought up or is not up
+    ARTIFACTS = 12  # Kubernetes artifacts are missing or do not verify
+    TIMEOUT = 13  # a deadline passed (guest address, SSH, health)
+    ABORTED = 14  # the user declined the confirmation
+
+
+class ProvisionerError(Exception):
+    exit_code = ExitCode.ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
+        if self.hint:
+            d["hint"] = self.hint
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class SpecError(ProvisionerError):
+    """One or more problems in a cluster spec, each with its field path."""
+
+    exit_code = ExitCode.SPEC
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = [f"{path}: {what}" for path, what in problems]
+        super().__init__(f"the cluster spec has {len(problems)} problem(s):\n  " + "\n  ".join(lines))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["problems"] = [{"field": p, "message": m} for p, m in self.problems]
+        return d
+
+
+class NotFound(ProvisionerError):
+    exit_code = ExitCode.NOT_FOUND
+
+    def __init__(self, kind: str, path: str, *, hint: str | None = None) -> None:
+        self.kind, self.path = kind, path
+        super().__init__(f"{kind} {path!r} not found", hint=hint)
+
+
+class Ambiguous(ProvisionerError):
+    exit_code = ExitCode.NOT_FOUND
+
+    def __init__(self, kind: str, path: str, candidates: list[str]) -> None:
+        self.kind, self.path, self.candidates = kind, path, candidates
+        super().__init__(
+            f"{kind} {path!r} matches {len(candidates)} objects: {', '.join(candidates)}",
+            hint="use the full inventory path so exactly one object matches",
+        )
+
+
+class PreflightError(ProvisionerError):
+    exit_code = ExitCode.PREFLIGHT
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("preflight failed, nothing was created:\n  " + "\n  ".join(problems))
+
+
+class TaskFailed(ProvisionerError):
+    exit_code = ExitCode.VSPHERE
+
+
+class VSphereError(ProvisionerError):
+    exit_code = ExitCode.VSPHERE
+
+
+class AuthError(ProvisionerError):
+    exit_code = ExitCode.AUTH
+
+
+class TLSVerifyError(ProvisionerError):
+    exit_code = ExitCode.TLS
+
+
+class SSHError(ProvisionerError):
+    exit_code = ExitCode.SSH
+
+
+class HostKeyMismatch(SSHError):
+    exit_code = ExitCode.HOST_KEY
+
+
+class CommandFailed(SSHError):
+    """A remote command exited non-zero; carries the (masked) command and output tails."""
+
+    def __init__(self, host: str, command: str, exit_status: int, stdout: str, stderr: str) -> None:
+        self.host, self.command, self.exit_status = host, command, exit_status
+        self.stdout, self.stderr = stdout, stderr
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
+        super().__init__(f"{host}: `{command}` exited {exit_status}" + (f":\n{tail}" if tail else ""))
+
+
+class Timeout(ProvisionerError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class LabError(ProvisionerError):
+    exit_code = ExitCode.LAB
+
+
+class ArtifactError(ProvisionerError):
+    exit_code = ExitCode.ARTIFACTS
+
+
+class Aborted(ProvisionerError):
+    exit_code = ExitCode.ABORTED
