@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
@@ -64,10 +64,6 @@ def _register() -> None:
     from provisioner.lab import cli as lab_cli
 
     main.add_command(lab_cli.lab)
-
-
-def _noop(_: Any) -> None:
-    return None
 
 
 _register()
