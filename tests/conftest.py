@@ -1,0 +1,65 @@
+"""Fixtures shared by the suites that need the embedded lab.
+
+In CI nothing may be skipped, so a missing prerequisite fails loudly instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from provisioner.lab import lab as lab_mod
+from provisioner.lab import paths
+
+
+def _log(message: str) -> None:
+    print(f"[lab] {message}")
+
+
+class LabHandle:
+    """The running lab's connection facts, read afresh each time (a test may restart the lab)."""
+
+    def _state(self) -> dict[str, Any]:
+        state = lab_mod.read_state()
+        assert state is not None, "the lab is not up"
+        return state
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self._state()['port']}"
+
+    @property
+    def username(self) -> str:
+        return str(self._state()["username"])
+
+    @property
+    def thumbprint(self) -> str:
+        return str(self._state()["thumbprint"])
+
+    @property
+    def password(self) -> str:
+        return (paths.RUN / "password").read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        """The variables `vkp lab env` exports, as a dict for subprocess environments."""
+        out = {}
+        for line in paths.ENV_FILE.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            out[key] = shlex.split(value)[0] if value else ""
+        return out
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    """A running embedded lab; brought up if needed and taken down again if this session started it."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (they create a bridge and boot guests with systemd-nspawn)")
+    was_up = lab_mod.status().get("up", False)
+    lab_mod.up(lab_mod.LabOptions(), _log)
+    yield LabHandle()
+    if not was_up and lab_mod.read_state() is not None:
+        lab_mod.down(_log)
