@@ -6,9 +6,17 @@ in one place (cli_common.run), so scripts can rely on them.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
 
-from provisioner.cli_common import OUTPUT_OPTION, run  # noqa: F401 - used by commands below
+from provisioner.cli_common import OUTPUT_OPTION, run
+from provisioner.output import emit_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +35,133 @@ def main() -> None:
       eval "$(vkp lab env)"
       vkp create-cluster demo --plan dev --yes
     """
+
+
+def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-f SPEC, NAME and --plan: how every cluster command learns what to build."""
+    fn = click.option(
+        "--plan",
+        "plan_name",
+        metavar="PLAN",
+        help="Named plan (see `vkp plans`); overrides the spec's plan:.",
+    )(fn)
+    fn = click.argument("name", required=False)(fn)
+    return click.option(
+        "-f",
+        "--file",
+        "spec_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Cluster spec (YAML). Without it, settings come from VKP_* environment variables.",
+    )(fn)
+
+
+def load_cluster_spec(spec_file: Path | None, name: str | None, plan_name: str | None) -> Any:
+    """The validated spec from -f/NAME/--plan and the environment; prints its warnings."""
+    from provisioner.spec import load_spec
+
+    spec = load_spec(spec_file, name=name, plan=plan_name, env=os.environ)
+    for w in spec.warnings():
+        click.echo(f"warning: {w}", err=True)
+    return spec
+
+
+@main.command("plans")
+@OUTPUT_OPTION
+def plans_cmd(output: str) -> None:
+    """List the named plans: how many etcd, master and worker VMs, and their sizes.
+
+    A spec names a plan (`plan: small`) and overrides only what it needs under `topology:`;
+    `--plan` on the command line wins over the spec. Site plans: point VKP_PLANS_FILE at a copy
+    of inventory/plans.yaml.
+
+    \b
+    Example:
+      vkp plans
+      vkp create-cluster demo --plan small
+    """
+    from provisioner.spec import ROLE_MINIMUMS, ROLES, load_plans
+
+    def body() -> None:
+        plans = load_plans(os.environ.get("VKP_PLANS_FILE") or None)
+        if output == "json":
+            emit_json(
+                {
+                    "ok": True,
+                    "plans": [
+                        {
+                            "name": p.name,
+                            "description": p.description,
+                            **{r: dataclasses.asdict(p.topology.role(r)) for r in ROLES},
+                        }
+                        for p in plans.values()
+                    ],
+                    "minimums": {r: dataclasses.asdict(m) for r, m in ROLE_MINIMUMS.items()},
+                }
+            )
+            return
+        header = ("PLAN", "ETCD", "MASTER", "WORKER", "DESCRIPTION")
+        rows = [
+            (
+                p.name,
+                *(
+                    f"{rs.count} x {rs.cpus} vCPU {rs.memory_mb} MB {rs.disk_gb} GB"
+                    for rs in (p.topology.role(r) for r in ROLES)
+                ),
+                p.description,
+            )
+            for p in plans.values()
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, *rows]:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        mins = ", ".join(
+            f"{r} {m.cpus} vCPU/{m.memory_mb} MB/{m.disk_gb} GB" for r, m in ROLE_MINIMUMS.items()
+        )
+        click.echo(f"\nMinimum per VM: {mins}.")
+
+    run(body, output)
+
+
+@main.command("plan")
+@spec_options
+@click.option(
+    "--hosts",
+    metavar="H1,H2,...",
+    help="ESXi host names to preview placement on; create-cluster uses the cluster's real hosts.",
+)
+@OUTPUT_OPTION
+def plan_cmd(
+    spec_file: Path | None, name: str | None, plan_name: str | None, hosts: str | None, output: str
+) -> None:
+    """Show what create-cluster would build, without contacting vCenter or creating anything.
+
+    Prints every VM in creation order (etcd, masters, workers) with its role, size, address and
+    ESXi host, the API endpoint, the VM folder and the anti-affinity rules. The spec is
+    validated first; every problem is listed with its field path (exit code 3).
+
+    Settings come from the spec file (-f), then from VKP_* environment variables for anything
+    it leaves out (`vkp lab env` sets them for the lab); NAME and --plan override the file.
+
+    \b
+    Examples:
+      vkp plan -f inventory/lab.yaml
+      vkp plan demo --plan small                 # everything else from VKP_* variables
+      vkp plan -f cluster.yaml --hosts esx-1,esx-2,esx-3 -o json
+    """
+    from provisioner.plan import make_plan, render_plan
+
+    def body() -> None:
+        spec = load_cluster_spec(spec_file, name, plan_name)
+        host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
+        plan = make_plan(spec, host_list)
+        if output == "json":
+            emit_json({"ok": True, **plan.to_dict(), "warnings": spec.warnings()})
+        else:
+            click.echo(render_plan(plan))
+            click.echo("Nothing was created; create-cluster with the same arguments builds it.", err=True)
+
+    run(body, output)
+    sys.stdout.flush()
 
 
 def _register() -> None:
