@@ -427,7 +427,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = " ".join(s for s in (exc.context, exc.problem) if s)
+        what = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark and exc.context_mark.line != (mark.line if mark else -1):
+            # The parser notices a missing ']' or quote lines later; point at where it began too.
+            what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
         raise SpecError([(where, f"YAML syntax error: {what}; fix the file at that line")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([(str(path), f"YAML error: {exc}")]) from None
