@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit_json
+
+if TYPE_CHECKING:
+    from provisioner.spec import ClusterSpec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,7 +57,7 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def load_cluster_spec(spec_file: Path | None, name: str | None, plan_name: str | None) -> Any:
+def load_cluster_spec(spec_file: Path | None, name: str | None, plan_name: str | None) -> ClusterSpec:
     """The validated spec from -f/NAME/--plan and the environment; prints its warnings."""
     from provisioner.spec import load_spec
 
@@ -161,7 +163,6 @@ def plan_cmd(
             click.echo("Nothing was created; create-cluster with the same arguments builds it.", err=True)
 
     run(body, output)
-    sys.stdout.flush()
 
 
 def _register() -> None:
