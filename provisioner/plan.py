@@ -129,7 +129,9 @@ def rule_name(cluster: str, role: str) -> str:
 
 
 def folder_path(spec: ClusterSpec) -> str:
-    return spec.vsphere.folder or f"{FOLDER_ROOT}/{spec.name}"
+    # The cluster always gets a folder of its own, named after it, so delete-cluster can remove
+    # it whole; vsphere.folder only chooses where that folder lives.
+    return f"{spec.vsphere.folder or FOLDER_ROOT}/{spec.name}"
 
 
 def make_plan(spec: ClusterSpec, hosts: list[str] | None = None) -> Plan:

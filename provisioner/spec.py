@@ -119,7 +119,7 @@ class VSphereSpec:
     datastore: str | None = None
     network: str | None = None
     template: str | None = None
-    folder: str | None = None  # None: vkp/<cluster name> under the datacenter's VM folder
+    folder: str | None = None  # parent of the cluster's own folder <name>; None: vkp
     resource_pool: str | None = None  # None: the cluster's root resource pool
     linked_clone: bool = True
     credentials: Credentials = field(default_factory=Credentials)

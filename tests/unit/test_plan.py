@@ -133,7 +133,7 @@ def test_anti_affinity_rules_and_folder(tmp_path: Path) -> None:
     assert "etcd" not in {r.role for r in make_plan(spec_for("small"), hosts=["a", "b"]).anti_affinity_rules}
     f = write(
         tmp_path,
-        "name: demo\nplan: small\nvsphere: {folder: /k8s/demo/}\nplacement: {anti_affinity: false}\n",
+        "name: demo\nplan: small\nvsphere: {folder: /k8s/}\nplacement: {anti_affinity: false}\n",
     )
     plan = make_plan(load_spec(f, env=LAB_ENV))
     assert plan.folder == "k8s/demo" and plan.anti_affinity_rules == ()
