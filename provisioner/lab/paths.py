@@ -21,8 +21,9 @@ BRIDGE = "vkplab0"
 GATEWAY = "198.18.0.1"
 PREFIX = 24
 SUBNET = "198.18.0.0/24"
-# Addresses vkp hands to cluster nodes in the lab; .2-.9 are left for lab services.
+# Addresses vkp hands to cluster nodes in the lab; .2-.9 are left for lab services and
+# .200-.250 for API virtual addresses (a multi-master cluster's endpoint must lie outside the pool).
 POOL_START = "198.18.0.10"
-POOL_END = "198.18.0.250"
+POOL_END = "198.18.0.199"
 
 DEFAULT_PORT = 8989
