@@ -303,7 +303,14 @@ def start_guest(
     for d in cgroups:
         d.mkdir(parents=True, exist_ok=True)
 
+    # nspawn mounts the container's /sys before it joins --network-namespace-path, so alone it
+    # shows the guest this machine's NICs under /sys/class/net (cloud-init then cannot find its
+    # NIC by MAC). Starting nspawn inside the namespace makes that /sys the guest's own; the flag
+    # stays for its other effects. (`ip netns exec` would also remount /sys on this side and hide
+    # /sys/fs/cgroup from nspawn.)
     cmd = [
+        "nsenter",
+        f"--net=/run/netns/{netns}",
         "systemd-nspawn",
         f"--directory={image_root}",
         f"--overlay={image_root}:{upper}:/",
