@@ -253,12 +253,22 @@ def _debootstrap(recipe: Recipe, root: Path, log_path: Path, log: Callable[[str]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         last = ""
-        while proc.poll() is None:
-            time.sleep(5)
-            phase = _last_phase(log_path)
-            if phase and phase != last:
-                log(f"debootstrap: {phase}")
-                last = phase
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                phase = _last_phase(log_path)
+                if phase and phase != last:
+                    log(f"debootstrap: {phase}")
+                    last = phase
+        except BaseException:
+            # Interrupted: debootstrap must be gone before the caller removes its target.
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
         inner = root / "debootstrap" / "debootstrap.log"

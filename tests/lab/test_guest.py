@@ -247,3 +247,18 @@ def test_the_bridge_forwards_nothing_beyond_itself(lab_bridge):
     network.ensure_bridge()  # idempotent
     rules = subprocess.run(["ip", "rule", "show", "iif", paths.BRIDGE], capture_output=True, text=True).stdout
     assert len(rules.strip().splitlines()) == 1
+
+
+def test_a_failed_image_build_says_why_and_leaves_nothing_that_looks_built(tmp_path):
+    from provisioner.errors import LabError
+    from provisioner.lab import image
+
+    recipe = image.Recipe(suite="vkp-no-such-suite", mirror=image.apt_mirror())
+    # What a killed build leaves behind: removed by the next build, never taken for an image.
+    (tmp_path / ".build-0123-999999" / "root" / "etc").mkdir(parents=True)
+    with pytest.raises(LabError) as err:
+        image.build_image(tmp_path, log=print, recipe=recipe)
+    print(err.value)
+    assert "debootstrap" in str(err.value) and err.value.hint
+    assert not image.image_dir(tmp_path, recipe).exists()
+    assert not list(tmp_path.glob(".build-*"))

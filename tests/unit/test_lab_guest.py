@@ -136,3 +136,27 @@ def test_unknown_versions_are_refused(cfg):
 def test_a_non_mapping_is_refused():
     with pytest.raises(LabError, match="mapping"):
         translate_network_config(["version", 2])  # type: ignore[arg-type]
+
+
+def test_the_image_mirror_comes_from_apt_sources(tmp_path):
+    from provisioner.lab.image import DEFAULT_MIRROR, apt_mirror
+
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main contrib\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    assert apt_mirror((tmp_path,)) == "http://mirror.example/debian"
+    assert apt_mirror((tmp_path / "nowhere",)) == DEFAULT_MIRROR
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert apt_mirror((tmp_path,)) == "http://old.example/debian"
+
+
+def test_the_recipe_hash_follows_the_recipe_not_the_mirror():
+    from provisioner.lab.image import Recipe
+
+    base = Recipe()
+    assert Recipe(mirror="http://elsewhere.example/debian").hash() == base.hash()
+    assert Recipe(packages=(*base.packages, "vim-tiny")).hash() != base.hash()
