@@ -277,9 +277,14 @@ class ClusterState:
 
         self._mutate(change)
 
-    def phases(self) -> dict[str, PhaseRecord]:
-        """Phases in the order they were first recorded."""
-        return {n: PhaseRecord(name=n, **d) for n, d in self._read()["phases"].items()}
+    def phases(self) -> list[PhaseRecord]:
+        """Phases in the order they were first recorded (the flow's order, also on a re-run)."""
+        return [PhaseRecord(name=n, **d) for n, d in self._read()["phases"].items()]
+
+    def phase(self, name: str) -> PhaseRecord | None:
+        """One phase's record, or None if it never ran (a resuming run skips the done ones)."""
+        d = self._read()["phases"].get(name)
+        return PhaseRecord(name=name, **d) if d else None
 
     # -- spec -------------------------------------------------------------------------------
 

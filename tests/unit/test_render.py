@@ -1,4 +1,5 @@
 import ipaddress
+from typing import Any
 
 import pytest
 import yaml
@@ -122,7 +123,7 @@ def test_documents_are_what_the_lab_reads(docs):
 def test_ipv6_route_and_bad_inputs(tmp_path):
     st = ClusterState.create_or_load("demo", home=tmp_path)
     priv, pub = st.host_key("n1")
-    args = dict(node_name="n1", address="fd00::10", prefix=64, gateway="fd00::1", dns=[],
+    args: dict[str, Any] = dict(node_name="n1", address="fd00::10", prefix=64, gateway="fd00::1", dns=[],
                 mac="00:50:56:00:00:01", ssh_user="vkp", ssh_public_key="ssh-ed25519 AAAA k",
                 host_key_private=priv, host_key_public=pub, instance_id="i")
     meta = yaml.safe_load(cloud_init_documents(**args)[0])

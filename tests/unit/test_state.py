@@ -110,8 +110,10 @@ def test_known_hosts_pins_stored_keys_by_name_and_address(home):
     assert lines == [f"n1,198.18.0.11 {key1}", f"n2,198.18.0.12 {key2}"]
     # paramiko (the connector) reads it back under both names.
     hk = paramiko.HostKeys(str(path))
-    assert hk.lookup("198.18.0.11")["ssh-ed25519"].get_base64() == pub1.split()[1]
-    assert hk.lookup("n2")["ssh-ed25519"].get_base64() == pub2.split()[1]
+    by_address, by_name = hk.lookup("198.18.0.11"), hk.lookup("n2")
+    assert by_address is not None and by_name is not None
+    assert by_address["ssh-ed25519"].get_base64() == pub1.split()[1]
+    assert by_name["ssh-ed25519"].get_base64() == pub2.split()[1]
     with pytest.raises(NotFound):
         s.write_known_hosts([("never-made", "198.18.0.99")])
 
@@ -126,9 +128,10 @@ def test_nodes_and_phases_round_trip(home):
     again = ClusterState.create_or_load("demo")
     assert again.nodes["demo-etcd-1"].moid == "vm-42"
     assert again.nodes["demo-master-1"].address is None
-    ph = again.phases()
-    assert list(ph) == ["vms", "ssh"]
-    assert (ph["vms"].status, ph["vms"].seconds, ph["vms"].detail) == ("done", 12.5, "3 clones")
+    assert [p.name for p in again.phases()] == ["vms", "ssh"]
+    vms = again.phase("vms")
+    assert vms is not None and (vms.status, vms.seconds, vms.detail) == ("done", 12.5, "3 clones")
+    assert again.phase("health") is None
     again.remove_node("demo-master-1")
     assert list(s.nodes) == ["demo-etcd-1"]
     with pytest.raises(ValueError):
