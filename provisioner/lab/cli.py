@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from provisioner.cli_common import OUTPUT_OPTION, run
@@ -9,6 +12,8 @@ from provisioner.errors import LabError
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths, simulator
 from provisioner.output import Progress, emit_json
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -29,7 +34,7 @@ def lab() -> None:
     """
 
 
-def _parse_all(values: tuple[str, ...], parser):  # type: ignore[no-untyped-def]
+def _parse_all(values: tuple[str, ...], parser: Callable[[str], T]) -> list[T]:
     try:
         return [parser(v) for v in values]
     except ValueError as exc:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pyVmomi import vim, vmodl  # type: ignore[attr-defined]
+from pyVmomi import vim, vmodl
 
 from provisioner.lab import guest as guests
 from provisioner.lab import guestinfo, paths
@@ -66,7 +66,9 @@ class VMView:
             self.extra = {o.key: str(o.value) for o in value or []}
         elif prop == "config.hardware.device":
             self.macs = [
-                d.macAddress for d in value or [] if isinstance(d, vim.vm.device.VirtualEthernetCard)
+                str(d.macAddress)
+                for d in value or []
+                if isinstance(d, vim.vm.device.VirtualEthernetCard) and d.macAddress
             ]
         elif prop == "guest.ipAddress":
             self.guest_ip = value or None
@@ -169,12 +171,12 @@ class Hypervisor:
                 log(f"{moid}: {type(exc).__name__}: {exc}")
 
     def _converge(self, moid: str, vm: VMView | None) -> None:
-        current = guests.find_guest(self.guests_dir, moid)
+        current = guests.find_guest(moid, guests_dir=self.guests_dir)
         running = current is not None and current.state == "running"
         if vm is None:
             if current is not None:
                 log(f"{moid}: VM destroyed -> removing its guest")
-                guests.destroy_guest(self.guests_dir, moid)
+                guests.destroy_guest(moid, guests_dir=self.guests_dir)
             return
         if vm.template:
             return
@@ -182,7 +184,7 @@ class Hypervisor:
             self._boot(vm)
         elif vm.power != "poweredOn" and running:
             log(f"{moid} ({vm.name}): powered off -> stopping its guest")
-            guests.stop_guest(self.guests_dir, moid)
+            guests.stop_guest(moid, guests_dir=self.guests_dir)
 
     def _boot(self, vm: VMView) -> None:
         started = time.monotonic()
@@ -203,7 +205,9 @@ class Hypervisor:
         hostname = data.hostname or vm.name
         network_config = None
         if data.network is not None:
-            network_config = yaml.safe_dump(guests.translate_network_config(data.network), sort_keys=False)
+            network_config = yaml.safe_dump(
+                guests.translate_network_config(data.network, mac=vm.macs[0]), sort_keys=False
+            )
         seed = guests.NoCloudSeed(
             meta_data=guestinfo.meta_data_document(data),
             user_data=data.user_data or "#cloud-config\n{}\n",
@@ -234,7 +238,7 @@ class Hypervisor:
         while time.monotonic() < deadline:
             if address in _guest_addresses(netns):
                 break
-            current = guests.find_guest(self.guests_dir, moid)
+            current = guests.find_guest(moid, guests_dir=self.guests_dir)
             if current is None or current.state != "running":
                 return  # stopped or destroyed meanwhile; nothing to report
             time.sleep(0.25)

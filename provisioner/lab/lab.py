@@ -246,7 +246,7 @@ def down(log: Log) -> dict[str, Any]:
     _terminate(state.get("hypervisor_pid"))
     removed = 0
     for g in guests.list_guests(paths.GUESTS):
-        guests.destroy_guest(paths.GUESTS, g.id)
+        guests.destroy_guest(g.id, guests_dir=paths.GUESTS)
         removed += 1
     if removed:
         log(f"removed {removed} guest(s)")
@@ -296,7 +296,7 @@ def status() -> dict[str, Any]:
 
 
 def _inventory(state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from pyVmomi import vim  # type: ignore[attr-defined]
+    from pyVmomi import vim
 
     from provisioner.vsphere.session import connect
 

@@ -109,8 +109,9 @@ def add_guest_nic(guest_id: str, mac: str) -> tuple[str, str]:
         try:
             # Creating the peer straight inside the namespace lets it be called eth0 from the
             # start, without clashing with this machine's own eth0.
-            _ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0",
-                "address", mac, "netns", netns)
+            _ip(
+                "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", netns
+            )
         except LabError:
             remove_guest_nic(guest_id)
             raise

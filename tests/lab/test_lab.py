@@ -14,7 +14,7 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from pyVmomi import vim  # type: ignore[attr-defined]
+from pyVmomi import vim
 
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths
