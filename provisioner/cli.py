@@ -165,6 +165,37 @@ def plan_cmd(
     run(body, output)
 
 
+@main.command("certs")
+@click.argument("name")
+@OUTPUT_OPTION
+def certs_cmd(name: str, output: str) -> None:
+    """List a cluster's certificates (CAs, etcd server, peer and client certs) with their expiry.
+
+    Leaf certificates last one year and CAs ten; a re-run of create-cluster reissues a leaf that
+    expires within 30 days (or whose node address changed) from the same CA. Private keys are
+    never printed.
+
+    \b
+    Examples:
+      vkp certs demo
+      vkp certs demo -o json
+    """
+    from provisioner.bootstrap.pki import list_certs
+
+    certs = run(lambda: list_certs(name), output)
+    if output == "json":
+        emit_json({"ok": True, "cluster": name, "certificates": certs})
+        return
+    if not certs:
+        click.echo(f"no certificates yet for cluster {name} (they are made in the etcd phase)")
+        return
+    header = ("NAME", "SUBJECT", "EXPIRES", "DAYS LEFT")
+    rows = [(c["name"], c["subject"], c["not_after"][:10], str(c["days_left"])) for c in certs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
 def _register() -> None:
     # Sub-command modules attach themselves to `main`; imported here so `vkp --help` lists them.
     from provisioner.lab import cli as lab_cli
