@@ -1,0 +1,563 @@
+"""Steps and actions: the vocabulary playbooks are written in, and how one step is carried out.
+
+A step is a generator registered under a dotted name (`@step("etcd.configure")`). Given the
+node, the cluster context and the node's facts it yields actions, values describing one
+change each (Run, Upload, EnsureDir, Restart, Warn, Local); the executor performs each action
+and sends its outcome back into the generator, so a step can decide its next action from what
+the last one did (an Upload that changed nothing needs no daemon-reload):
+
+    @step("etcd.configure", probes=lambda node, cluster: [File(UNIT), Service("etcd")])
+    def configure(node, cluster, facts):
+        unit = render("etcd/etcd.service.j2", ...)     # render first: a broken template
+        if (yield Upload(unit, UNIT, 0o644)):          # fails before anything is written
+            yield Run(Cmd("systemctl", "daemon-reload"))
+        yield Restart("etcd")                          # only if this step changed something
+
+Facts are what the steps of a play declared they need to look at (files, services, read-only
+commands); the runner gathers them for a host in one SSH round trip before the play's first
+step, and again only after a step changed the host. Upload and EnsureDir compare against the
+facts themselves, so an unchanged file costs no round trip at all.
+
+A step reports ok (nothing changed), changed, or failed, with its seconds, SSH round trips,
+restarts and warnings. A Run counts as a change only when it exits 0 and was not marked
+`changes=False` (verifications such as `ctr version`).
+
+Dry run: no connection exists. Facts are unknown, so every file looks absent and every service
+stopped, and the step shows what a first run would do, with the files it would write; secrets
+(keys, anything marked secret, any stdin) are shown as a size only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from provisioner.errors import CommandFailed, ProvisionerError
+from provisioner.ssh.commands import MASK, Cmd, Result, sudo
+
+if TYPE_CHECKING:
+    from provisioner.plan import NodePlan, Plan
+    from provisioner.spec import ClusterSpec
+    from provisioner.ssh.connector import Connection
+    from provisioner.state import ClusterState
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run a command on the node. Outcome: its Result (CommandFailed on non-zero when check).
+
+    retry_safe: the command may be run again if the connection drops while it runs.
+    changes: False for a command that only looks (a verification); it never marks a change.
+    stdin: sent to the command and never shown (it is how secrets reach a remote process).
+    root: run it as root (through sudo when the login user is not root).
+    """
+
+    cmd: Cmd
+    root: bool = True
+    retry_safe: bool = False
+    check: bool = True
+    changes: bool = True
+    stdin: bytes | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Make path hold content with mode (and owner). Outcome: True if the file changed."""
+
+    content: str | bytes
+    path: str
+    mode: int
+    owner: str | None = None
+    secret: bool = False
+
+    @property
+    def data(self) -> bytes:
+        return self.content.encode() if isinstance(self.content, str) else self.content
+
+    @property
+    def is_secret(self) -> bool:
+        # A private key is a secret whether or not the step remembered to say so.
+        return self.secret or b"PRIVATE KEY" in self.data
+
+
+@dataclass(frozen=True)
+class EnsureDir:
+    """Make path a directory with mode (and owner). Outcome: True if anything changed."""
+
+    path: str
+    mode: int
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Restart service if an earlier action of the same step changed something and the service is
+    running (a stopped service is left to the step that starts it). Outcome: True if restarted."""
+
+    service: str
+
+
+@dataclass(frozen=True)
+class Warn:
+    """Something the step could not do and the operator should know; not a failure."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Local:
+    """Work done on the operator's machine (a health check over TLS). Outcome: fn()'s value.
+
+    changes: True when fn changes something (it then marks the step changed).
+    """
+
+    description: str
+    fn: Callable[[], Any]
+    changes: bool = False
+
+
+Action = Run | Upload | EnsureDir | Restart | Warn | Local
+StepGen = Generator[Action, Any, None]
+
+
+# -- facts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class File:
+    """Probe: a path's type, sha256 (regular files), mode and owner."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Service:
+    """Probe: a systemd unit's state."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """Probe: a read-only command's exit status and standard output."""
+
+    cmd: Cmd
+
+    def __post_init__(self) -> None:
+        if self.cmd.has_secrets:
+            raise ValueError("a fact probe cannot carry secrets: its command is part of a shown script")
+
+
+Probe = File | Service | Check
+
+
+@dataclass(frozen=True)
+class FileFact:
+    kind: str  # file | dir | absent | other
+    sha256: str | None = None
+    mode: str | None = None  # octal digits as stat prints them: "600"
+    owner: str | None = None  # user:group
+
+    def matches(self, *, kind: str, mode: int, owner: str | None, sha256: str | None = None) -> bool:
+        if self.kind != kind or self.mode != format(mode, "o"):
+            return False
+        if sha256 is not None and self.sha256 != sha256:
+            return False
+        if owner:
+            have = self.owner or ""
+            if (have if ":" in owner else have.split(":")[0]) != owner:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ServiceFact:
+    active: str = "inactive"  # ActiveState: active, inactive, failed, activating...
+    enabled: str = ""  # UnitFileState: enabled, disabled, static, "" when unknown
+    loaded: str = "not-found"  # LoadState
+    need_reload: bool = False  # the unit file changed on disk since systemd read it
+    started: str = "0"  # ExecMainStartTimestampMonotonic: changes exactly when the process restarts
+
+    @property
+    def is_active(self) -> bool:
+        return self.active == "active"
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.enabled in ("enabled", "enabled-runtime", "static", "alias", "indirect")
+
+
+class Facts:
+    """What a host looked like when last gathered. Unknown (dry run): everything absent/stopped."""
+
+    def __init__(self, values: dict[Probe, Any] | None = None, *, known: bool = True) -> None:
+        self._values = dict(values or {})
+        self.known = known
+
+    @classmethod
+    def unknown(cls) -> Facts:
+        return cls(known=False)
+
+    def has(self, probe: Probe) -> bool:
+        return probe in self._values
+
+    def _get(self, probe: Probe, default: Any) -> Any:
+        if not self.known:
+            return default
+        if probe not in self._values:
+            raise KeyError(f"{probe} was not probed: declare it in the step's probes")
+        return self._values[probe]
+
+    def file(self, path: str) -> FileFact:
+        fact: FileFact = self._get(File(path), FileFact("absent"))
+        return fact
+
+    def service(self, name: str) -> ServiceFact:
+        fact: ServiceFact = self._get(Service(name), ServiceFact())
+        return fact
+
+    def check(self, cmd: Cmd) -> Result:
+        # In a dry run the command did not run: report it as failed so steps take the path
+        # that changes something, which is what a dry run must show.
+        fact: Result = self._get(Check(cmd), Result(127, "", "not run (dry run)"))
+        return fact
+
+
+# One line per probe: "<index> <fields...>". Values arrive as positional parameters, never
+# formatted into the script, so a path cannot change what runs.
+_FILE_SNIPPET = (
+    'f=${%d}; if [ -d "$f" ]; then echo "%d dir - $(stat -c "%%a %%U:%%G" -- "$f")"; '
+    'elif [ -f "$f" ]; then echo "%d file $(sha256sum < "$f" | cut -d" " -f1) '
+    '$(stat -c "%%a %%U:%%G" -- "$f")"; '
+    'elif [ -e "$f" ]; then echo "%d other"; else echo "%d absent"; fi'
+)
+_SERVICE_SNIPPET = (
+    'echo "%d $(systemctl show --property=ActiveState,UnitFileState,LoadState,NeedDaemonReload,'
+    'ExecMainStartTimestampMonotonic -- "${%d}" 2>/dev/null | tr "\\n" " ")"'
+)
+_CHECK_SNIPPET = 'o=$( %s 2>/dev/null ); r=$?; echo "%d $r $(printf %%s "$o" | base64 -w0)"'
+
+
+def facts_command(probes: Sequence[Probe]) -> Cmd:
+    """One shell command that answers every probe (run it as root: keys are 0600)."""
+    lines = ["set +e"]
+    args: list[str] = []
+    for i, probe in enumerate(probes):
+        if isinstance(probe, File):
+            args.append(probe.path)
+            lines.append(_FILE_SNIPPET % (len(args), i, i, i, i))
+        elif isinstance(probe, Service):
+            args.append(probe.name)
+            lines.append(_SERVICE_SNIPPET % (i, len(args)))
+        else:
+            lines.append(_CHECK_SNIPPET % (probe.cmd.render(), i))
+    return Cmd.shell("\n".join(lines), *args)
+
+
+def parse_facts(probes: Sequence[Probe], stdout: str) -> Facts:
+    values: dict[Probe, Any] = {}
+    for line in stdout.splitlines():
+        index, _, rest = line.partition(" ")
+        if not index.isdigit() or int(index) >= len(probes):
+            continue
+        probe = probes[int(index)]
+        if isinstance(probe, File):
+            parts = rest.split()
+            kind = parts[0] if parts else "absent"
+            if kind in ("file", "dir") and len(parts) >= 4:
+                values[probe] = FileFact(kind, None if parts[1] == "-" else parts[1], parts[2], parts[3])
+            else:
+                values[probe] = FileFact(kind if kind in ("absent", "other") else "absent")
+        elif isinstance(probe, Service):
+            props = dict(p.split("=", 1) for p in rest.split() if "=" in p)
+            values[probe] = ServiceFact(
+                active=props.get("ActiveState", "inactive"),
+                enabled=props.get("UnitFileState", ""),
+                loaded=props.get("LoadState", "not-found"),
+                need_reload=props.get("NeedDaemonReload") == "yes",
+                started=props.get("ExecMainStartTimestampMonotonic", "0"),
+            )
+        else:
+            status, _, encoded = rest.partition(" ")
+            out = base64.b64decode(encoded.strip() or b"").decode(errors="replace")
+            values[probe] = Result(int(status) if status.lstrip("-").isdigit() else 127, out, "")
+    missing = [p for p in probes if p not in values]
+    if missing:
+        raise ProvisionerError(f"fact gathering did not answer {missing[0]} (output: {stdout[-300:]!r})")
+    return Facts(values)
+
+
+def gather_facts(conn: Connection, probes: Sequence[Probe]) -> Facts:
+    """All probes in one round trip (none when there is nothing to probe)."""
+    unique = list(dict.fromkeys(probes))
+    if not unique:
+        return Facts({})
+    cmd = facts_command(unique)
+    result = conn.run(sudo(cmd) if conn.become else cmd, retry_safe=True)
+    return parse_facts(unique, result.stdout)
+
+
+# -- the cluster context and the registry ----------------------------------------------------
+
+
+class PKISource(Protocol):
+    def cert_pem(self, name: str) -> bytes: ...
+
+    def key_pem(self, name: str) -> bytes: ...
+
+
+@dataclass
+class Cluster:
+    """What every step may read: the spec, the plan, the state and the PKI."""
+
+    spec: ClusterSpec
+    plan: Plan
+    state: ClusterState | None
+    pki: PKISource
+
+    @property
+    def cluster_id(self) -> str:
+        return self.state.cluster_id if self.state is not None else "(new cluster)"
+
+
+HostStepFn = Callable[["NodePlan", Cluster, Facts], StepGen]
+LocalStepFn = Callable[[Sequence["NodePlan"], Cluster], StepGen]
+ProbeFn = Callable[["NodePlan", Cluster], Iterable[Probe]]
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str
+    fn: Callable[..., StepGen]
+    probes: ProbeFn | None = None
+    local: bool = False  # runs once per play on the operator's machine, given the play's hosts
+    doc: str = ""
+
+
+STEPS: dict[str, StepDef] = {}
+
+
+def step(
+    name: str, *, probes: ProbeFn | None = None, local: bool = False
+) -> Callable[[Callable[..., StepGen]], Callable[..., StepGen]]:
+    """Register a step under name. Host steps take (node, cluster, facts); local steps take
+    (nodes, cluster). Both are generators of actions."""
+
+    def register(fn: Callable[..., StepGen]) -> Callable[..., StepGen]:
+        if name in STEPS and STEPS[name].fn is not fn:
+            raise ValueError(f"step {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        STEPS[name] = StepDef(name, fn, probes, local, doc)
+        return fn
+
+    return register
+
+
+def registry() -> dict[str, StepDef]:
+    """Every step, with the step modules imported so the registry is complete."""
+    import provisioner.bootstrap.steps  # noqa: F401  (registers by import)
+
+    return STEPS
+
+
+# -- executing one step -----------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    step: str
+    host: str  # a node name, or "local" for a step run on the operator's machine
+    status: str = "ok"  # ok | changed | failed | skipped
+    seconds: float = 0.0
+    round_trips: int = 0
+    restarts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # what was done (or would be, in a dry run)
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "step": self.step,
+            "host": self.host,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "round_trips": self.round_trips,
+        }
+        for key in ("restarts", "warnings", "actions"):
+            if getattr(self, key):
+                d[key] = list(getattr(self, key))
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def describe_upload(action: Upload) -> str:
+    head = f"upload {action.path} (mode {format(action.mode, '04o')}" + (
+        f", owner {action.owner})" if action.owner else ")"
+    )
+    data = action.data
+    if action.is_secret:
+        return f"{head}: {MASK} ({len(data)} bytes, secret)"
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return f"{head}: PEM, {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+    text = data.decode(errors="replace")
+    return f"{head}:\n" + "".join(f"    | {line}\n" for line in text.splitlines()).rstrip("\n")
+
+
+def describe_run(action: Run) -> str:
+    stdin = f" <<< {MASK} ({len(action.stdin)} bytes)" if action.stdin is not None else ""
+    return f"run {action.cmd.masked()}{' (as root)' if action.root else ''}{stdin}"
+
+
+_DIR_SCRIPT = r"""
+set -eu
+d=$1 mode=$2 owner=$3 changed=no
+[ -d "$d" ] || { mkdir -p -- "$d"; changed=yes; }
+if [ -n "$owner" ]; then
+  case $owner in *:*) fmt=%U:%G ;; *) fmt=%U ;; esac
+  [ "$(stat -c "$fmt" -- "$d")" = "$owner" ] || { chown -- "$owner" "$d"; changed=yes; }
+fi
+[ "$(stat -c %a -- "$d")" = "$mode" ] || { chmod -- "$mode" "$d"; changed=yes; }
+echo "$changed"
+"""
+_RESTART_SCRIPT = (
+    'if systemctl is-active --quiet -- "$1"; then systemctl restart -- "$1" && echo restarted; fi'
+)
+
+
+class Executor:
+    """Performs one step's actions on one host (or, for local steps, on the operator's machine)."""
+
+    def __init__(self, conn: Connection | None, facts: Facts, *, dry_run: bool) -> None:
+        # conn is None in a dry run and for local steps, which may yield only Local and Warn.
+        self.conn = conn
+        self.facts = facts
+        self.dry_run = dry_run
+
+    def _root(self, cmd: Cmd) -> Cmd:
+        return sudo(cmd) if self.conn is None or self.conn.become else cmd
+
+    def run_step(self, sdef: StepDef, gen: StepGen, host: str) -> StepResult:
+        result = StepResult(sdef.name, host)
+        started = time.monotonic()
+        trips_before = self.conn.round_trips if self.conn is not None else 0
+        changed = False
+        try:
+            action = next(gen)
+            while True:
+                outcome, did_change = self._perform(action, result, changed)
+                changed = changed or did_change
+                action = gen.send(outcome)
+        except StopIteration:
+            result.status = "changed" if changed else "ok"
+        except ProvisionerError as exc:
+            result.status = "failed"
+            result.error = str(exc)
+            result.exception = exc
+        except Exception as exc:  # a bug in a step must still name the host and step
+            result.status = "failed"
+            result.error = f"{type(exc).__name__}: {exc}"
+            result.exception = exc
+        finally:
+            gen.close()
+            result.seconds = time.monotonic() - started
+            if self.conn is not None:
+                result.round_trips = self.conn.round_trips - trips_before
+        return result
+
+    def _perform(self, action: Action, result: StepResult, changed_so_far: bool) -> tuple[Any, bool]:
+        if isinstance(action, Warn):
+            result.warnings.append(action.message)
+            return None, False
+        if isinstance(action, Local):
+            result.actions.append(f"local: {action.description}")
+            if self.dry_run:
+                return None, action.changes
+            return action.fn(), action.changes
+        if self.conn is None and not self.dry_run:
+            raise ProvisionerError(
+                f"{type(action).__name__} needs a host: a local step may yield only Local and Warn"
+            )
+        if isinstance(action, Upload):
+            return self._upload(action, result)
+        if isinstance(action, EnsureDir):
+            return self._ensure_dir(action, result)
+        if isinstance(action, Restart):
+            if not changed_so_far:
+                return False, False
+            result.actions.append(f"restart {action.service} (if running)")
+            if self.dry_run:
+                return True, False
+            assert self.conn is not None
+            out = self.conn.run(self._root(Cmd.shell(_RESTART_SCRIPT, action.service)))
+            restarted = out.stdout.strip() == "restarted"
+            if restarted:
+                result.restarts.append(action.service)
+            return restarted, restarted
+        if isinstance(action, Run):
+            result.actions.append(describe_run(action))
+            if self.dry_run:
+                return Result(0, "", ""), action.changes
+            assert self.conn is not None
+            res = self.conn.run(
+                self._root(action.cmd) if action.root else action.cmd,
+                check=action.check,
+                timeout=action.timeout,
+                stdin=action.stdin,
+                retry_safe=action.retry_safe,
+            )
+            return res, action.changes and res.ok
+        raise TypeError(f"a step yielded {action!r}, which is not an action")
+
+    def _upload(self, action: Upload, result: StepResult) -> tuple[bool, bool]:
+        data = action.data
+        digest = hashlib.sha256(data).hexdigest()
+        fact_known = self.facts.known and self.facts.has(File(action.path))
+        if fact_known and self.facts.file(action.path).matches(
+            kind="file", mode=action.mode, owner=action.owner, sha256=digest
+        ):
+            return False, False
+        if self.dry_run:
+            result.actions.append(describe_upload(action))
+            return True, True
+        assert self.conn is not None
+        changed = self.conn.put(data, action.path, mode=action.mode, owner=action.owner)
+        if changed:
+            result.actions.append(f"upload {action.path}")
+        return changed, changed
+
+    def _ensure_dir(self, action: EnsureDir, result: StepResult) -> tuple[bool, bool]:
+        if (
+            self.facts.known
+            and self.facts.has(File(action.path))
+            and self.facts.file(action.path).matches(kind="dir", mode=action.mode, owner=action.owner)
+        ):
+            return False, False
+        what = f"directory {action.path} (mode {format(action.mode, '04o')}" + (
+            f", owner {action.owner})" if action.owner else ")"
+        )
+        if self.dry_run:
+            result.actions.append(what)
+            return True, True
+        assert self.conn is not None
+        cmd = Cmd.shell(_DIR_SCRIPT, action.path, format(action.mode, "o"), action.owner or "")
+        changed = self.conn.run(self._root(cmd), retry_safe=True).stdout.strip() == "yes"
+        if changed:
+            result.actions.append(what)
+        return changed, changed
+
+
+def failure_detail(exc: BaseException | None) -> str:
+    """The command and output tail of a failure, for the play's error message."""
+    if isinstance(exc, CommandFailed):
+        return str(exc)
+    return str(exc) if exc is not None else "unknown error"

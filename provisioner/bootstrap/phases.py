@@ -1,0 +1,155 @@
+"""The bootstrap phases of create-cluster (etcd, runtime, kubernetes) over the cluster's nodes.
+
+create-cluster calls run_bootstrap after the VMs phase. It makes sure the PKI exists, opens one
+SSH connection per node for the whole run, and runs the playbook's plays of every phase up to
+the one asked for. Each phase is recorded in the cluster state (running, done, failed) as its
+plays run; step-level progress for resuming is the runner's (see runner.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from provisioner.bootstrap.engine import Cluster
+from provisioner.bootstrap.runner import PHASES, load_playbook, run_playbook
+from provisioner.errors import ProvisionerError
+from provisioner.plan import NodePlan, Plan
+from provisioner.spec import ClusterSpec
+from provisioner.ssh.connector import Connection
+from provisioner.state import ClusterState
+
+PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
+IMPLEMENTED = ("etcd", "runtime")
+CONNECT_DEADLINE = 180.0
+
+Log = Callable[[str], None]
+
+
+class PhaseNotImplemented(ProvisionerError):
+    """A phase the playbook reserves but vkp cannot carry out yet; .report holds what did run."""
+
+    report: dict[str, Any] | None = None
+
+
+class _PlaceholderPKI:
+    """Stands in for the PKI in a dry run, which must not create a CA in the state directory."""
+
+    def cert_pem(self, name: str) -> bytes:
+        return f"-----BEGIN CERTIFICATE-----\n(certificate {name}, made on the real run)\n".encode()
+
+    def key_pem(self, name: str) -> bytes:
+        return f"-----BEGIN PRIVATE KEY-----\n(key {name})\n".encode()
+
+
+def phases_up_to(up_to: str) -> list[str]:
+    """The playbook phases create-cluster --up-to runs ("vms" runs none of them)."""
+    if up_to == "vms":
+        return []
+    if up_to not in PHASES:
+        raise ProvisionerError(f"unknown phase {up_to!r}; phases: vms, {', '.join(PHASES)}")
+    return list(PHASES[: PHASES.index(up_to) + 1])
+
+
+def connect_all(spec: ClusterSpec, state: ClusterState, nodes: list[NodePlan]) -> dict[str, Connection]:
+    """One open connection per node (opened in parallel: each may wait for sshd)."""
+    key_path, _ = state.ssh_keypair()
+    conns = {
+        n.name: Connection(
+            n.name,
+            n.address,
+            spec.ssh.user,
+            key_path,
+            state.known_hosts_path,
+            port=spec.ssh.port,
+            connect_deadline=CONNECT_DEADLINE,
+        )
+        for n in nodes
+    }
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(conns)))) as pool:
+        futures = {name: pool.submit(c.open) for name, c in conns.items()}
+        errors = []
+        for _name, fut in futures.items():
+            try:
+                fut.result()
+            except ProvisionerError as exc:
+                errors.append(exc)
+    if errors:
+        for c in conns.values():
+            c.close()
+        raise errors[0]
+    return conns
+
+
+def run_bootstrap(
+    spec: ClusterSpec,
+    plan: Plan,
+    state: ClusterState,
+    *,
+    up_to: str,
+    log: Log,
+    dry_run: bool = False,
+    playbook_path: Path | None = None,
+) -> dict[str, Any]:
+    """Run the bootstrap phases up to up_to; the playbook report as a dict.
+
+    up_to "kubernetes" runs etcd and runtime and then raises PhaseNotImplemented (in a dry run,
+    the report says so instead): the Kubernetes phase is the next piece of work, and vkp does
+    not pretend to have done it.
+    """
+    wanted = phases_up_to(up_to)
+    runnable = [p for p in wanted if p in IMPLEMENTED]
+    missing = [p for p in wanted if p not in IMPLEMENTED]
+    playbook = load_playbook(playbook_path or PLAYBOOK)
+    if dry_run:
+        pki: Any = _PlaceholderPKI()
+    else:
+        from provisioner.bootstrap.pki import ensure_pki
+
+        pki = ensure_pki(state, plan, spec.pki)
+    cluster = Cluster(spec=spec, plan=plan, state=state, pki=pki)
+
+    hosts: list[NodePlan] = []
+    for play in playbook.for_phases(set(runnable)):
+        hosts += [n for n in play.hosts.select(plan) if n not in hosts]
+    started = time.monotonic()
+    conns: dict[str, Connection] = {}
+    if not dry_run and hosts:
+        log(f"connecting to {len(hosts)} node(s)")
+        conns = connect_all(spec, state, hosts)
+
+    def on_phase(phase: str, status: str, seconds: float | None, detail: str | None) -> None:
+        if not dry_run:
+            state.record_phase(phase, status, seconds, detail)  # type: ignore[arg-type]
+
+    try:
+        report = run_playbook(
+            playbook, cluster, conns, phases=set(runnable), log=log, dry_run=dry_run, on_phase=on_phase
+        )
+    finally:
+        for c in conns.values():
+            c.close()
+    result = report.to_dict()
+    result["seconds"] = round(time.monotonic() - started, 2)
+    result["round_trips"] = {name: c.round_trips for name, c in conns.items()}
+    result["dry_run"] = dry_run
+    if missing:
+        message = (
+            f"the {', '.join(missing)} phase is not implemented yet: vkp stops after "
+            f"{runnable[-1] if runnable else 'the VMs'} (done above)"
+        )
+        if dry_run:
+            result["not_implemented"] = missing
+            log(f"dry run: {message}")
+        else:
+            exc = PhaseNotImplemented(
+                message,
+                hint="pass --up-to runtime to stop there without an error; the Kubernetes phase "
+                "(kubeadm, control plane, workers) is the next piece of work",
+            )
+            exc.report = result
+            raise exc
+    return result

@@ -1,0 +1,709 @@
+"""Playbooks: ordered plays of steps over hosts, run in parallel or one host at a time.
+
+A playbook is a YAML list of plays:
+
+    - play: etcd                      # a name, unique in the file
+      phase: etcd                     # etcd | runtime | kubernetes (create-cluster --up-to)
+      hosts: etcd                     # all, etcd, master, worker, master[0], master[1:], master+worker
+      serial: 1                       # optional: hosts at a time (default: all at once)
+      steps: [etcd.certs, etcd.configure, etcd.start]
+
+Everything is checked when the file loads (unknown keys, phases, host selectors, step names)
+so a typo fails before any host is touched. Order is data: plays run in file order, and a
+play's phase may not come before an earlier play's.
+
+Within a play each host runs the play's steps in order in a thread of its own; a failed step
+ends that host's play. The play then lets the hosts already running finish (it never stops a
+host half way), starts no more, and raises PlayFailed naming host, step, command and output.
+
+Resume: progress is recorded in <state>/bootstrap.json after every step. When a run fails,
+the file keeps what that run completed (plays, and steps per host of the failed play); the
+next run skips exactly that and starts the failed host at its failed step. A run that
+completes clears it, so a run after a successful one re-checks every step: that is how a
+member stopped since then is found and started again, and why a re-run of a finished cluster
+reports every step ok. Skipping only within the failed attempt keeps a resume from trusting
+an old record of a host that has changed since; re-checking is cheap (one round trip of facts
+per host and play).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from provisioner.bootstrap.engine import (
+    Cluster,
+    Executor,
+    Facts,
+    Probe,
+    StepDef,
+    StepResult,
+    gather_facts,
+    registry,
+)
+from provisioner.errors import ExitCode, ProvisionerError
+from provisioner.spec import ROLES
+
+if TYPE_CHECKING:
+    from provisioner.plan import NodePlan, Plan
+    from provisioner.ssh.connector import Connection
+
+PHASES = ("etcd", "runtime", "kubernetes")  # after "vms", which is not a playbook phase
+PLAY_KEYS = {"play", "phase", "hosts", "steps", "serial"}
+PROGRESS_FILE = "bootstrap.json"
+_TERM = re.compile(r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?")
+
+Log = Callable[[str], None]
+
+
+class PlaybookError(ProvisionerError):
+    """The playbook file is malformed; raised when it loads, before anything runs."""
+
+    exit_code = ExitCode.SPEC
+
+
+class PlayFailed(ProvisionerError):
+    """A play failed on one or more hosts; the message names host, step, command and output."""
+
+    def __init__(self, message: str, *, hint: str, exit_code: int, report: PlaybookReport) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+        self.report = report
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["report"] = self.report.to_dict()
+        return d
+
+
+# -- host selectors ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostSelector:
+    """`all`, a role, a role indexed or sliced (master[0], master[1:]), or terms joined by +."""
+
+    text: str
+
+    @staticmethod
+    def parse(text: str) -> HostSelector:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                "hosts must be a selector such as all, etcd, master[0], master[1:], master+worker"
+            )
+        for term in text.replace(" ", "").split("+"):
+            m = _TERM.fullmatch(term)
+            if m is None:
+                raise ValueError(f"{term!r} is not a role, role[i] or role[i:j]")
+            role = m["role"]
+            if role not in (*ROLES, "all"):
+                raise ValueError(f"unknown role {role!r} (roles: all, {', '.join(ROLES)})")
+            if role == "all" and m["a"] is not None:
+                raise ValueError("all cannot be indexed")
+            if m["a"] is not None and not m["colon"] and not m["a"]:
+                raise ValueError(f"{term!r}: an index needs a number")
+        return HostSelector(text.replace(" ", ""))
+
+    def select(self, plan: Plan) -> list[NodePlan]:
+        chosen: list[NodePlan] = []
+        for term in self.text.split("+"):
+            m = _TERM.fullmatch(term)
+            assert m is not None  # parse() checked
+            nodes = list(plan.nodes) if m["role"] == "all" else plan.by_role(m["role"])
+            if m["a"] is not None:
+                if m["colon"]:
+                    a = int(m["a"]) if m["a"] else None
+                    b = int(m["b"]) if m["b"] else None
+                    nodes = nodes[a:b]
+                else:
+                    i = int(m["a"])
+                    nodes = [nodes[i]] if -len(nodes) <= i < len(nodes) else []
+            chosen += [n for n in nodes if n not in chosen]
+        # Plan order (etcd, masters, workers) whatever the order of the terms.
+        order = {n.name: i for i, n in enumerate(plan.nodes)}
+        return sorted(chosen, key=lambda n: order[n.name])
+
+
+# -- playbooks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Play:
+    name: str
+    phase: str
+    hosts: HostSelector
+    steps: tuple[str, ...]
+    serial: int | None = None  # hosts at a time; None: all at once
+
+
+@dataclass(frozen=True)
+class Playbook:
+    path: str
+    plays: tuple[Play, ...]
+    digest: str  # of the file's content: a resume record is only valid for the same playbook
+
+    def for_phases(self, phases: set[str] | frozenset[str]) -> list[Play]:
+        return [p for p in self.plays if p.phase in phases]
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    """Read and check a playbook; PlaybookError naming file, play and field on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise PlaybookError(f"{p}: cannot be read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlaybookError(f"{p}: not valid YAML: {exc}") from None
+    return parse_playbook(raw, source=str(p), digest=hashlib.sha256(text.encode()).hexdigest())
+
+
+def parse_playbook(raw: Any, *, source: str, digest: str = "") -> Playbook:
+    steps = registry()
+    if not isinstance(raw, list) or not raw:
+        raise PlaybookError(f"{source}: a playbook is a non-empty list of plays")
+    problems: list[str] = []
+    plays: list[Play] = []
+    names: set[str] = set()
+    last_phase = 0
+    for i, item in enumerate(raw):
+        where = f"{source}: play {i + 1}"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be a mapping with play, phase, hosts and steps")
+            continue
+        name = item.get("play")
+        if isinstance(name, str) and name:
+            where = f"{source}: play {name!r}"
+            if name in names:
+                problems.append(f"{where}: the name is used twice")
+            names.add(name)
+        else:
+            problems.append(f"{where}: play: needs a name")
+            name = f"#{i + 1}"
+        unknown = sorted(set(item) - PLAY_KEYS)
+        if unknown:
+            problems.append(
+                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(PLAY_KEYS))})"
+            )
+        phase = item.get("phase")
+        if phase not in PHASES:
+            problems.append(f"{where}: phase must be one of {', '.join(PHASES)}; got {phase!r}")
+        elif PHASES.index(phase) < last_phase:
+            problems.append(
+                f"{where}: phase {phase} comes after a later phase's play; plays run in file order"
+            )
+        else:
+            last_phase = PHASES.index(phase)
+        try:
+            hosts = HostSelector.parse(item.get("hosts", ""))
+        except ValueError as exc:
+            problems.append(f"{where}: hosts: {exc}")
+            hosts = HostSelector("all")
+        serial = item.get("serial")
+        if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool) or serial < 1):
+            problems.append(f"{where}: serial must be a positive number of hosts; got {serial!r}")
+            serial = None
+        step_names = item.get("steps")
+        if not isinstance(step_names, list) or not step_names:
+            problems.append(f"{where}: steps must be a non-empty list of step names")
+            step_names = []
+        for s in step_names:
+            if s not in steps:
+                close = difflib.get_close_matches(str(s), list(steps), n=1)
+                suggestion = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"{where}: unknown step {s!r}{suggestion}")
+        plays.append(Play(name, str(phase), hosts, tuple(str(s) for s in step_names), serial))
+    if problems:
+        raise PlaybookError(
+            f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
+            hint="known steps: " + ", ".join(sorted(steps)),
+        )
+    return Playbook(source, tuple(plays), digest)
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PlayReport:
+    name: str
+    phase: str
+    hosts: list[str]
+    serial: int | None
+    seconds: float = 0.0
+    results: list[StepResult] = field(default_factory=list)
+    facts: dict[str, dict[str, float]] = field(default_factory=dict)  # host -> round trips, seconds
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    def step_summary(self) -> list[dict[str, Any]]:
+        by_step: dict[str, list[StepResult]] = {}
+        for r in self.results:
+            by_step.setdefault(r.step, []).append(r)
+        return [
+            {
+                "step": name,
+                "ok": sum(r.status == "ok" for r in rs),
+                "changed": sum(r.status == "changed" for r in rs),
+                "failed": sum(r.status == "failed" for r in rs),
+                "skipped": sum(r.status == "skipped" for r in rs),
+                "max_seconds": round(max(r.seconds for r in rs), 3),
+                "round_trips": sum(r.round_trips for r in rs),
+            }
+            for name, rs in by_step.items()
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "play": self.name,
+            "phase": self.phase,
+            "hosts": self.hosts,
+            "serial": self.serial,
+            "seconds": round(self.seconds, 3),
+            "ok": self.count("ok"),
+            "changed": self.count("changed"),
+            "failed": self.count("failed"),
+            "skipped": self.count("skipped"),
+            "facts": self.facts,
+            "steps": self.step_summary(),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass
+class PlaybookReport:
+    playbook: str
+    phases: list[str]
+    dry_run: bool = False
+    seconds: float = 0.0
+    plays: list[PlayReport] = field(default_factory=list)
+    resumed_from: dict[str, Any] | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def results(self) -> list[StepResult]:
+        return [r for p in self.plays for r in p.results]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def restarts(self) -> list[str]:
+        return [f"{r.host}:{s}" for r in self.results for s in r.restarts]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{r.host}: {r.step}: {w}" for r in self.results for w in r.warnings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "playbook": self.playbook,
+            "phases": self.phases,
+            "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "ok": self.count("ok"),
+            "changed": self.count("changed"),
+            "failed": self.count("failed"),
+            "skipped": self.count("skipped"),
+            "restarts": self.restarts,
+            "warnings": self.warnings,
+            "resumed_from": self.resumed_from,
+            "phase_seconds": self.phase_seconds,
+            "plays": [p.to_dict() for p in self.plays],
+        }
+
+
+# -- progress (resume) ------------------------------------------------------------------------
+
+
+class Progress:
+    """<state>/bootstrap.json: what the current (or last failed) run completed.
+
+    {"digest": ..., "plays": {play: {"done": bool, "hosts": {host: [completed steps]}}},
+     "failed": {"play", "host", "step", "error"} | null}
+    """
+
+    def __init__(self, path: Path | None, digest: str) -> None:
+        self.path = path
+        self.digest = digest
+        self._lock = threading.Lock()
+        self.previous = self._load()
+        self.data: dict[str, Any] = {"digest": digest, "plays": {}, "failed": None}
+
+    def _load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("digest") != self.digest or not data.get("failed"):
+            # A finished run, or another playbook: nothing to resume, everything is re-checked.
+            return None
+        return data
+
+    @property
+    def resume_point(self) -> dict[str, Any] | None:
+        return self.previous["failed"] if self.previous else None
+
+    def play_done_before(self, play: str) -> bool:
+        return bool(self.previous and self.previous["plays"].get(play, {}).get("done"))
+
+    def steps_done_before(self, play: str, host: str) -> list[str]:
+        if not self.previous:
+            return []
+        done: list[str] = self.previous["plays"].get(play, {}).get("hosts", {}).get(host, [])
+        return done
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        from provisioner.state import atomic_write
+
+        atomic_write(self.path, json.dumps(self.data, indent=2) + "\n", 0o644)
+
+    def step_done(self, play: str, host: str, step: str) -> None:
+        with self._lock:
+            hosts = self.data["plays"].setdefault(play, {"done": False, "hosts": {}})["hosts"]
+            done = hosts.setdefault(host, [])
+            if step not in done:
+                done.append(step)
+            self._save()
+
+    def play_done(self, play: str) -> None:
+        with self._lock:
+            self.data["plays"].setdefault(play, {"done": False, "hosts": {}})["done"] = True
+            self._save()
+
+    def failed(self, play: str, host: str, step: str, error: str) -> None:
+        with self._lock:
+            if self.data["failed"] is None:
+                # Only the first line: output tails may hold anything, and this file is 0644.
+                first = error.splitlines()[0] if error else ""
+                self.data["failed"] = {"play": play, "host": host, "step": step, "error": first}
+            self._save()
+
+    def finished(self) -> None:
+        with self._lock:
+            self.data["failed"] = None
+            self._save()
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def _probes(sdefs: Sequence[StepDef], node: NodePlan, cluster: Cluster) -> list[Probe]:
+    out: list[Probe] = []
+    for sdef in sdefs:
+        if sdef.probes is not None and not sdef.local:
+            out += list(sdef.probes(node, cluster))
+    return out
+
+
+def _run_host(
+    play: Play,
+    node: NodePlan,
+    cluster: Cluster,
+    conn: Connection | None,
+    progress: Progress,
+    log: Log,
+    dry_run: bool,
+) -> list[StepResult]:
+    steps = registry()
+    sdefs = [steps[s] for s in play.steps]
+    skip = set(progress.steps_done_before(play.name, node.name))
+    results: list[StepResult] = []
+    facts: Facts | None = None
+    for i, sdef in enumerate(sdefs):
+        if sdef.name in skip:
+            results.append(StepResult(sdef.name, node.name, status="skipped"))
+            progress.step_done(play.name, node.name, sdef.name)
+            log(f"  {node.name:<24} {sdef.name:<22} skipped (done by the interrupted run)")
+            continue
+        if facts is None:
+            if dry_run or conn is None:
+                facts = Facts.unknown()
+            else:
+                trips, t = conn.round_trips, time.monotonic()
+                try:
+                    facts = gather_facts(conn, _probes(sdefs[i:], node, cluster))
+                except ProvisionerError as exc:
+                    res = StepResult(
+                        sdef.name,
+                        node.name,
+                        status="failed",
+                        error=f"gathering facts: {exc}",
+                        exception=exc,
+                        round_trips=conn.round_trips - trips,
+                    )
+                    results.append(res)
+                    _log_result(log, res, dry_run)
+                    progress.failed(play.name, node.name, sdef.name, res.error or "")
+                    break
+                results.append(
+                    StepResult(
+                        "facts", node.name, seconds=time.monotonic() - t, round_trips=conn.round_trips - trips
+                    )
+                )
+        res = Executor(conn, facts, dry_run=dry_run).run_step(sdef, sdef.fn(node, cluster, facts), node.name)
+        results.append(res)
+        _log_result(log, res, dry_run)
+        if res.status == "failed":
+            progress.failed(play.name, node.name, sdef.name, res.error or "")
+            break
+        progress.step_done(play.name, node.name, sdef.name)
+        if res.status == "changed":
+            # What this step changed may be what the next one looks at.
+            facts = None
+    return results
+
+
+def _run_local(
+    play: Play,
+    sdef: StepDef,
+    nodes: list[NodePlan],
+    cluster: Cluster,
+    progress: Progress,
+    log: Log,
+    dry_run: bool,
+) -> StepResult:
+    if sdef.name in progress.steps_done_before(play.name, "local"):
+        progress.step_done(play.name, "local", sdef.name)
+        return StepResult(sdef.name, "local", status="skipped")
+    res = Executor(None, Facts.unknown(), dry_run=dry_run).run_step(sdef, sdef.fn(nodes, cluster), "local")
+    _log_result(log, res, dry_run)
+    if res.status == "failed":
+        progress.failed(play.name, "local", sdef.name, res.error or "")
+    else:
+        progress.step_done(play.name, "local", sdef.name)
+    return res
+
+
+def _log_result(log: Log, res: StepResult, dry_run: bool) -> None:
+    if res.step == "facts":
+        return
+    status = {"changed": "would change" if dry_run else "changed"}.get(res.status, res.status)
+    extra = f", {res.round_trips} round trip(s)" if not dry_run else ""
+    restarts = f", restarted {', '.join(res.restarts)}" if res.restarts else ""
+    lines = [f"  {res.host:<24} {res.step:<22} {status:<12} {res.seconds:6.2f}s{extra}{restarts}"]
+    lines += [f"  {res.host:<24} {res.step:<22} warning: {w}" for w in res.warnings]
+    if dry_run:
+        lines += ["      " + a.replace("\n", "\n      ") for a in res.actions]
+    elif res.status == "failed" and res.error:
+        lines.append("      " + res.error.replace("\n", "\n      "))
+    # One call per step, so lines of hosts running in parallel do not interleave.
+    log("\n".join(lines))
+
+
+def _batches(nodes: list[NodePlan], serial: int | None) -> list[list[NodePlan]]:
+    if not serial:
+        return [nodes] if nodes else []
+    return [nodes[i : i + serial] for i in range(0, len(nodes), serial)]
+
+
+def check_steps(playbook: Playbook, cluster: Cluster, phases: set[str] | frozenset[str]) -> None:
+    """Run every selected step as a dry run (pure: no connection) and raise the first error.
+
+    Rendering happens inside steps, so this is what guarantees that a broken template or a
+    missing variable stops the run before anything is written to any host.
+    """
+    steps = registry()
+    for play in playbook.for_phases(phases):
+        nodes = play.hosts.select(cluster.plan)
+        for name in play.steps:
+            sdef = steps[name]
+            if sdef.local:
+                runs = [("local", sdef.fn(nodes, cluster))]
+            else:
+                runs = [(n.name, sdef.fn(n, cluster, Facts.unknown())) for n in nodes]
+            for host, gen in runs:
+                res = Executor(None, Facts.unknown(), dry_run=True).run_step(sdef, gen, host)
+                if res.status == "failed":
+                    exc = res.exception
+                    if isinstance(exc, ProvisionerError):
+                        exc.message = f"play {play.name}, {host}, step {name}: {exc.message}"
+                        raise exc
+                    raise ProvisionerError(f"play {play.name}, {host}, step {name}: {res.error}") from exc
+
+
+def run_playbook(
+    playbook: Playbook,
+    cluster: Cluster,
+    connections: Mapping[str, Connection],
+    *,
+    phases: set[str] | frozenset[str],
+    log: Log,
+    dry_run: bool = False,
+    resume: bool = True,
+    on_phase: Callable[[str, str, float | None, str | None], None] | None = None,
+) -> PlaybookReport:
+    """Run the playbook's plays of the given phases in order; PlayFailed on the first failed play.
+
+    connections maps node names to open connections (ignored, and may be empty, in a dry run).
+    resume: skip what a failed previous run completed (see the module docstring); progress is
+    kept in <state>/bootstrap.json unless dry_run or the cluster has no state.
+    on_phase(phase, status, seconds, detail) is called as each phase starts (running) and ends
+    (done or failed), so the caller can record phases where it records the others.
+    """
+    steps = registry()
+    selected = playbook.for_phases(phases)
+    if not dry_run:
+        check_steps(playbook, cluster, phases)
+    state_path = None if dry_run or cluster.state is None else cluster.state.path / PROGRESS_FILE
+    progress = Progress(state_path, playbook.digest)
+    if not resume:
+        progress.previous = None
+    report = PlaybookReport(playbook.path, [p for p in PHASES if p in phases], dry_run=dry_run)
+    report.resumed_from = progress.resume_point
+    if report.resumed_from:
+        rp = report.resumed_from
+        log(f"resuming: the last run failed in play {rp['play']} on {rp['host']} at {rp['step']}")
+    started = time.monotonic()
+    phase_now: str | None = None
+    phase_started = started
+
+    def phase_event(phase: str, status: str, detail: str | None = None) -> None:
+        seconds = None if status == "running" else time.monotonic() - phase_started
+        if status != "running":
+            report.phase_seconds[phase] = round(seconds or 0.0, 3)
+        if on_phase is not None:
+            on_phase(phase, status, seconds, detail)
+
+    try:
+        for play in selected:
+            if play.phase != phase_now:
+                if phase_now is not None:
+                    phase_event(phase_now, "done")
+                phase_now, phase_started = play.phase, time.monotonic()
+                phase_event(phase_now, "running")
+            nodes = play.hosts.select(cluster.plan)
+            preport = PlayReport(play.name, play.phase, [n.name for n in nodes], play.serial)
+            report.plays.append(preport)
+            if progress.play_done_before(play.name):
+                log(f"play {play.name}: done by the interrupted run, skipped")
+                preport.results = [StepResult(s, "-", status="skipped") for s in play.steps]
+                progress.play_done(play.name)
+                continue
+            mode = (
+                "one host at a time"
+                if play.serial == 1
+                else (f"{play.serial} hosts at a time" if play.serial else "in parallel")
+            )
+            log(f"play {play.name} [{play.phase}] on {', '.join(preport.hosts) or 'no hosts'} ({mode})")
+            t = time.monotonic()
+            if not dry_run:
+                missing = [n.name for n in nodes if n.name not in connections]
+                if missing:
+                    raise ProvisionerError(f"play {play.name}: no connection to {', '.join(missing)}")
+            failures = _run_play(play, nodes, cluster, connections, progress, log, dry_run, preport, steps)
+            preport.seconds = time.monotonic() - t
+            for host, facts_res in [(r.host, r) for r in preport.results if r.step == "facts"]:
+                entry = preport.facts.setdefault(host, {"round_trips": 0, "seconds": 0.0})
+                entry["round_trips"] += facts_res.round_trips
+                entry["seconds"] = round(entry["seconds"] + facts_res.seconds, 3)
+            preport.results = [r for r in preport.results if r.step != "facts"]
+            log(
+                f"play {play.name}: {preport.count('ok')} ok, {preport.count('changed')} changed"
+                + (f", {len(failures)} failed" if failures else "")
+                + f" in {preport.seconds:.1f}s"
+            )
+            if failures:
+                err = _play_failed(play, preport, failures, report)
+                phase_event(play.phase, "failed", err.message.splitlines()[0])
+                raise err
+            progress.play_done(play.name)
+        if phase_now is not None:
+            phase_event(phase_now, "done")
+        progress.finished()
+    finally:
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def _run_play(
+    play: Play,
+    nodes: list[NodePlan],
+    cluster: Cluster,
+    connections: Mapping[str, Connection],
+    progress: Progress,
+    log: Log,
+    dry_run: bool,
+    preport: PlayReport,
+    steps: Mapping[str, StepDef],
+) -> list[StepResult]:
+    failures: list[StepResult] = []
+    if any(steps[s].local for s in play.steps):
+        # A local step stands for the whole play (a health check of all its hosts); mixing it
+        # with host steps would make the order between them ambiguous.
+        for s in play.steps:
+            res = _run_local(play, steps[s], nodes, cluster, progress, log, dry_run)
+            preport.results.append(res)
+            if res.status == "failed":
+                failures.append(res)
+                break
+        return failures
+    # A dry run prints each host's steps in full; one host at a time keeps them readable.
+    for batch in _batches(nodes, 1 if dry_run else play.serial):
+        with ThreadPoolExecutor(
+            max_workers=max(1, len(batch)), thread_name_prefix=f"play-{play.name}"
+        ) as pool:
+            futures = [
+                pool.submit(
+                    _run_host,
+                    play,
+                    n,
+                    cluster,
+                    None if dry_run else connections[n.name],
+                    progress,
+                    log,
+                    dry_run,
+                )
+                for n in batch
+            ]
+            for fut in futures:
+                results = fut.result()
+                preport.results += results
+                failures += [r for r in results if r.status == "failed"]
+        if failures:
+            # The batch's hosts have all finished; the ones after it are not started.
+            break
+    return failures
+
+
+def _play_failed(
+    play: Play, preport: PlayReport, failures: list[StepResult], report: PlaybookReport
+) -> PlayFailed:
+    lines = [f"play {play.name} failed on {len(failures)} host(s):"]
+    for f in failures:
+        lines.append(f"  {f.host}, step {f.step}:")
+        lines += [f"    {line}" for line in (f.error or "").splitlines()]
+    failed_hosts = {f.host for f in failures}
+    done = [h for h in preport.hosts if h not in failed_hosts and any(r.host == h for r in preport.results)]
+    not_started = [h for h in preport.hosts if not any(r.host == h for r in preport.results)]
+    if done:
+        lines.append(f"  completed on: {', '.join(done)}")
+    if not_started:
+        lines.append(f"  not started on: {', '.join(not_started)}")
+    first = failures[0]
+    codes = {getattr(f.exception, "exit_code", ExitCode.ERROR) for f in failures}
+    return PlayFailed(
+        "\n".join(lines),
+        hint=f"fix the cause and re-run: the run resumes at {first.step} on {first.host}; "
+        "what completed is not repeated",
+        exit_code=codes.pop() if len(codes) == 1 else ExitCode.ERROR,
+        report=report,
+    )

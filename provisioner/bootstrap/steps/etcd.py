@@ -1,0 +1,165 @@
+"""etcd on the etcd nodes: certificates, configuration, start, and the health check.
+
+Each member listens on its node address and on 127.0.0.1, with client and peer TLS and client
+certificate auth on both (CIS), keys 0600 owned by etcd, data directory 0700. The members are
+started by a play that runs on all etcd hosts at once: a member's first start waits for a
+quorum, so starting them one by one would leave the first waiting for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from provisioner.bootstrap.engine import (
+    Cluster,
+    EnsureDir,
+    Facts,
+    File,
+    Local,
+    Restart,
+    Run,
+    Service,
+    StepGen,
+    Upload,
+    step,
+)
+from provisioner.bootstrap.render import render
+from provisioner.errors import CommandFailed
+from provisioner.plan import NodePlan
+from provisioner.retry import retry_call
+from provisioner.ssh.commands import Cmd
+
+ETCD_BINARY = "/usr/bin/etcd"
+CONFIG_DIR = "/etc/etcd"
+PKI_DIR = "/etc/etcd/pki"
+CONFIG_FILE = "/etc/etcd/etcd.conf.yml"
+UNIT_FILE = "/etc/systemd/system/etcd.service"
+DATA_DIR = "/var/lib/etcd"
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+HEALTH_DEADLINE = 90.0  # members elect a leader within a few election timeouts of starting
+
+
+def url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"https://{host}:{port}"
+
+
+def client_endpoints(cluster: Cluster) -> list[str]:
+    return [url(n.address, CLIENT_PORT) for n in cluster.plan.by_role("etcd")]
+
+
+def _cert_files(node: NodePlan) -> list[tuple[str, str, str]]:
+    """(PKI name, path on the node, "cert" | "key")."""
+    return [
+        ("etcd-ca", f"{PKI_DIR}/ca.crt", "cert"),
+        (f"etcd-server-{node.name}", f"{PKI_DIR}/server.crt", "cert"),
+        (f"etcd-server-{node.name}", f"{PKI_DIR}/server.key", "key"),
+        (f"etcd-peer-{node.name}", f"{PKI_DIR}/peer.crt", "cert"),
+        (f"etcd-peer-{node.name}", f"{PKI_DIR}/peer.key", "key"),
+    ]
+
+
+def _cert_probes(node: NodePlan, cluster: Cluster) -> list[File]:
+    return [File(CONFIG_DIR), File(PKI_DIR)] + [File(path) for _, path, _ in _cert_files(node)]
+
+
+@step("etcd.certs", probes=_cert_probes)
+def certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+    """The etcd CA and the member's server and peer certificates in /etc/etcd/pki."""
+    files = [
+        (path, cluster.pki.key_pem(name) if kind == "key" else cluster.pki.cert_pem(name), kind)
+        for name, path, kind in _cert_files(node)
+    ]
+    yield EnsureDir(CONFIG_DIR, 0o755, "root:root")
+    yield EnsureDir(PKI_DIR, 0o750, "root:etcd")
+    for path, data, kind in files:
+        if kind == "key":
+            yield Upload(data, path, 0o600, "etcd:etcd", secret=True)
+        else:
+            yield Upload(data, path, 0o644, "root:root")
+    # A running member reads its CA only at start; a stopped one is started by etcd.start.
+    yield Restart("etcd")
+
+
+def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
+    """(etcd.conf.yml, etcd.service) for a member. Pure."""
+    members = cluster.plan.by_role("etcd")
+    common = {"name": node.name, "cluster": cluster.plan.cluster}
+    config = render(
+        "etcd/etcd.conf.yml.j2",
+        **common,
+        data_dir=DATA_DIR,
+        pki_dir=PKI_DIR,
+        peer_url=url(node.address, PEER_PORT),
+        client_url=url(node.address, CLIENT_PORT),
+        local_client_url=url("127.0.0.1", CLIENT_PORT),
+        initial_cluster=",".join(f"{m.name}={url(m.address, PEER_PORT)}" for m in members),
+        # Unique per cluster, so members of two clusters sharing a network never join each other.
+        cluster_token=f"vkp-{cluster.plan.cluster}-{cluster.cluster_id}",
+        heartbeat_interval=cluster.spec.etcd.heartbeat_interval,
+        election_timeout=cluster.spec.etcd.election_timeout,
+    )
+    unit = render("etcd/etcd.service.j2", **common, etcd_binary=ETCD_BINARY, config_file=CONFIG_FILE)
+    return config, unit
+
+
+@step(
+    "etcd.configure",
+    probes=lambda node, cluster: [File(DATA_DIR), File(CONFIG_FILE), File(UNIT_FILE), Service("etcd")],
+)
+def configure(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+    """The member's configuration file and systemd unit, and its 0700 data directory."""
+    config, unit = render_config(node, cluster)
+    yield EnsureDir(DATA_DIR, 0o700, "etcd:etcd")
+    yield Upload(config, CONFIG_FILE, 0o644, "root:root")
+    unit_changed = yield Upload(unit, UNIT_FILE, 0o644, "root:root")
+    if unit_changed or facts.service("etcd").need_reload:
+        yield Run(Cmd("systemctl", "daemon-reload"), retry_safe=True)
+    yield Restart("etcd")
+
+
+@step("etcd.start", probes=lambda node, cluster: [Service("etcd")])
+def start(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+    """Enable the member and start it if it is not running (never restarts a running one)."""
+    svc = facts.service("etcd")
+    if not svc.is_enabled:
+        yield Run(Cmd("systemctl", "enable", "etcd"), retry_safe=True)
+    if svc.is_active:
+        return
+    start_cmd = Cmd("systemctl", "start", "etcd")
+    r = yield Run(start_cmd, check=False, timeout=240)
+    if not r.ok:
+        # systemctl only says "see journalctl": the member's own words are what help.
+        journal = yield Run(
+            Cmd("journalctl", "-u", "etcd", "-n", "25", "--no-pager", "-o", "cat"), check=False, changes=False
+        )
+        raise CommandFailed(
+            node.name, start_cmd.masked(), r.exit_status, r.stdout, f"{r.stderr}\n{journal.stdout}"
+        )
+
+
+@step("etcd.health", local=True)
+def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
+    """From this machine over mutual TLS: every member healthy, the member list as planned, and
+    a value written through one member read back through another."""
+    from provisioner.bootstrap.etcd_client import EtcdError, EtcdUnhealthy, check_cluster
+
+    endpoints = client_endpoints(cluster)
+    expected = [n.name for n in cluster.plan.by_role("etcd")]
+
+    def check() -> object:
+        # Members that just started may still be electing a leader.
+        return retry_call(
+            lambda: check_cluster(endpoints, expected, cluster.pki),  # type: ignore[arg-type]
+            retry_on=lambda e: isinstance(e, EtcdUnhealthy | EtcdError),
+            deadline=HEALTH_DEADLINE,
+            initial=0.5,
+            maximum=3.0,
+        )
+
+    yield Local(
+        f"etcd health over mTLS at {', '.join(endpoints)}: all healthy, members {', '.join(expected)}, "
+        "write/read round trip",
+        check,
+    )
