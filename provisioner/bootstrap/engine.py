@@ -42,7 +42,6 @@ from provisioner.ssh.commands import MASK, Cmd, Result, sudo
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
     from provisioner.spec import ClusterSpec
-    from provisioner.ssh.connector import Connection
     from provisioner.state import ClusterState
 
 
@@ -295,7 +294,7 @@ def parse_facts(probes: Sequence[Probe], stdout: str) -> Facts:
     return Facts(values)
 
 
-def gather_facts(conn: Connection, probes: Sequence[Probe]) -> Facts:
+def gather_facts(conn: Remote, probes: Sequence[Probe]) -> Facts:
     """All probes in one round trip (none when there is nothing to probe)."""
     unique = list(dict.fromkeys(probes))
     if not unique:
@@ -306,6 +305,26 @@ def gather_facts(conn: Connection, probes: Sequence[Probe]) -> Facts:
 
 
 # -- the cluster context and the registry ----------------------------------------------------
+
+
+class Remote(Protocol):
+    """What the engine needs of a node's connection (provisioner.ssh.connector.Connection)."""
+
+    name: str
+    become: bool
+    round_trips: int
+
+    def run(
+        self,
+        cmd: Cmd,
+        *,
+        check: bool = ...,
+        timeout: float | None = ...,
+        stdin: bytes | None = ...,
+        retry_safe: bool = ...,
+    ) -> Result: ...
+
+    def put(self, data: bytes, path: str, *, mode: int, owner: str | None = ...) -> bool: ...
 
 
 class PKISource(Protocol):
@@ -437,7 +456,7 @@ _RESTART_SCRIPT = (
 class Executor:
     """Performs one step's actions on one host (or, for local steps, on the operator's machine)."""
 
-    def __init__(self, conn: Connection | None, facts: Facts, *, dry_run: bool) -> None:
+    def __init__(self, conn: Remote | None, facts: Facts, *, dry_run: bool) -> None:
         # conn is None in a dry run and for local steps, which may yield only Local and Warn.
         self.conn = conn
         self.facts = facts

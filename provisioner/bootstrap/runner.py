@@ -47,6 +47,7 @@ from provisioner.bootstrap.engine import (
     Executor,
     Facts,
     Probe,
+    Remote,
     StepDef,
     StepResult,
     gather_facts,
@@ -57,7 +58,6 @@ from provisioner.spec import ROLES
 
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
-    from provisioner.ssh.connector import Connection
 
 PHASES = ("etcd", "runtime", "kubernetes")  # after "vms", which is not a playbook phase
 PLAY_KEYS = {"play", "phase", "hosts", "steps", "serial"}
@@ -418,7 +418,7 @@ def _run_host(
     play: Play,
     node: NodePlan,
     cluster: Cluster,
-    conn: Connection | None,
+    conn: Remote | None,
     progress: Progress,
     log: Log,
     dry_run: bool,
@@ -543,7 +543,7 @@ def check_steps(playbook: Playbook, cluster: Cluster, phases: set[str] | frozens
 def run_playbook(
     playbook: Playbook,
     cluster: Cluster,
-    connections: Mapping[str, Connection],
+    connections: Mapping[str, Remote],
     *,
     phases: set[str] | frozenset[str],
     log: Log,
@@ -638,7 +638,7 @@ def _run_play(
     play: Play,
     nodes: list[NodePlan],
     cluster: Cluster,
-    connections: Mapping[str, Connection],
+    connections: Mapping[str, Remote],
     progress: Progress,
     log: Log,
     dry_run: bool,

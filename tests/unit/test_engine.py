@@ -24,6 +24,7 @@ from provisioner.bootstrap.engine import (
     File,
     FileFact,
     Local,
+    Probe,
     Run,
     Service,
     ServiceFact,
@@ -134,7 +135,7 @@ class FakeHost:
     # -- behaviour -------------------------------------------------------------------------
 
     def _check(self, probe: Check) -> Result:
-        script = probe.cmd.args[2] if probe.cmd.args[0] == "sh" else ""
+        script = str(probe.cmd.args[2]) if probe.cmd.args[0] == "sh" else ""
         if "command -v" in script:
             return Result(0, "", "")
         if "/sys/module" in script:
@@ -618,7 +619,12 @@ def test_facts_script_answers_every_probe(tmp_path: Path) -> None:
     f = tmp_path / "a file"
     f.write_text("x")
     os.chmod(f, 0o640)
-    probes = [File(str(f)), File(str(tmp_path)), File(str(tmp_path / "nope")), Check(Cmd("printf", "a\nb"))]
+    probes: list[Probe] = [
+        File(str(f)),
+        File(str(tmp_path)),
+        File(str(tmp_path / "nope")),
+        Check(Cmd("printf", "a\nb")),
+    ]
     cmd = facts_command(probes)
     out = subprocess.run(["sh", "-c", cmd.render()], capture_output=True, text=True, check=True).stdout
     facts = parse_facts(probes, out)
