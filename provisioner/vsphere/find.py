@@ -269,6 +269,12 @@ def vm(content: Any, dc: Any, name: str) -> Any:
     return _in_datacenter(content, dc, [vim.VirtualMachine], "VM", name, "vm")
 
 
+def vm_names(content: Any, dc: Any) -> set[str]:
+    """The names of every VM (and template) in dc, for preflight's "name already taken" check."""
+    located, _dc_path = _located(content, dc, [vim.VirtualMachine])
+    return {loc.name for loc in located}
+
+
 def folder(content: Any, dc: Any, path: str) -> Any | None:
     """The VM folder at path, or None when there is none (yet): absence is a normal answer.
 

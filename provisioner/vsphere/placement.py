@@ -8,7 +8,7 @@ ReconfigureComputeResource_Task: concurrent reconfigurations of one cluster woul
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pyVmomi import vim
@@ -34,10 +34,17 @@ def _our_rules(cluster_obj: Any, cluster_name: str) -> dict[str, list[Any]]:
     return out
 
 
-def find_rules(cluster_obj: Any, cluster_name: str) -> dict[str, Any]:
-    """The cluster's existing rules of ours, by role (roles without a rule are absent).
+def find_rules(cluster_obj: Any, cluster_name: str) -> list[Any]:
+    """Every rule of ours on the cluster (duplicates from an interrupted run included), by key."""
+    rules = [r for group in _our_rules(cluster_obj, cluster_name).values() for r in group]
+    return sorted(rules, key=lambda r: r.key)
 
-    Two rules with one of our names raise Ambiguous: which one holds the truth is not ours to guess.
+
+def rules_by_role(cluster_obj: Any, cluster_name: str) -> dict[str, Any]:
+    """Our rule of each role that has one.
+
+    Two rules with one of our names raise Ambiguous: which one holds the truth is not ours
+    to guess (ensure_rules repairs that by keeping the first and removing the others).
     """
     out = {}
     for role, rules in _our_rules(cluster_obj, cluster_name).items():
@@ -87,14 +94,14 @@ def ensure_rules(cluster_obj: Any, cluster_name: str, vms_by_role: Mapping[str, 
     return [vms.reconfigure_cluster(cluster_obj, vim.cluster.ConfigSpecEx(rulesSpec=rule_specs))]
 
 
-def remove_rules(cluster_obj: Any, cluster_name: str) -> list[Any]:
-    """Remove every rule of ours; return the task ([] when there is none: already gone is success)."""
-    rule_specs = [
-        r
-        for rules in _our_rules(cluster_obj, cluster_name).values()
-        for rule in rules
-        for r in specs.remove_rule_spec(rule.key).rulesSpec
-    ]
+def remove_rules(cluster_obj: Any, which: str | Iterable[Any]) -> list[Any]:
+    """Remove rules from the cluster; return the task ([] when none: already gone is success).
+
+    which is a cluster name (every rule of ours for that cluster) or rules as find_rules
+    returned them.
+    """
+    rules = find_rules(cluster_obj, which) if isinstance(which, str) else list(which)
+    rule_specs = [r for rule in rules for r in specs.remove_rule_spec(rule.key).rulesSpec]
     if not rule_specs:
         return []
     return [vms.reconfigure_cluster(cluster_obj, vim.cluster.ConfigSpecEx(rulesSpec=rule_specs))]

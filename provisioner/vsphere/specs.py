@@ -49,6 +49,13 @@ def option_values(values: Mapping[str, str]) -> list[Any]:
 
 
 def nic_backing(network: NetworkTarget) -> Any:
+    if not isinstance(network, NetworkTarget):
+        # A bare vim.Network would need property reads (name, switch uuid) to build a backing;
+        # builders stay pure, so the caller reads them once with find.network_target.
+        raise TypeError(
+            f"network must be a specs.NetworkTarget, not {type(network).__name__}: "
+            "pass find.network_target(content, find.network(...))"
+        )
     if network.distributed:
         if not network.switch_uuid:
             raise ValueError(f"distributed port group {network.name!r} needs its switch uuid")
@@ -112,6 +119,12 @@ def clone_spec(
     return vim.vm.CloneSpec(
         location=location, config=config, snapshot=snapshot, powerOn=False, template=False
     )
+
+
+def resize_spec(cpus: int, memory_mb: int) -> Any:
+    """A ConfigSpec setting CPUs and memory (for a VM made before the size changed, or where
+    the clone's own config was not applied)."""
+    return vim.vm.ConfigSpec(numCPUs=cpus, memoryMB=memory_mb)
 
 
 def guestinfo_extra_config(metadata: str, userdata: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 from pyVmomi import vim
 
 from provisioner.vsphere.find import content_of, retrieve
+from provisioner.vsphere.find import folder as find_folder
 
 
 def clone(template: Any, folder: Any, name: str, spec: Any) -> Any:
@@ -65,6 +66,21 @@ def create_folder(parent: Any, name: str) -> Any:
         if existing is None:
             raise  # something other than a folder holds that name
         return existing
+
+
+def ensure_folder_path(content: Any, dc: Any, path: str) -> Any:
+    """The VM folder at path (relative to dc's VM folder, e.g. "vkp/demo"), creating what is missing.
+
+    A composition, not one call: one CreateFolder per missing level (existing levels are
+    found, not re-created), so a re-run or a parallel run ends with the same single folder.
+    """
+    existing = find_folder(content, dc, path)
+    if existing is not None:
+        return existing
+    current = find_folder(content, dc, "")
+    for name in [p for p in path.strip("/").split("/") if p]:
+        current = create_folder(current, name)
+    return current
 
 
 def _child_folder(parent: Any, name: str) -> Any | None:

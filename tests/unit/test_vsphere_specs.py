@@ -112,6 +112,17 @@ def test_a_device_that_is_not_a_nic_is_refused() -> None:
         build(nic=vim.vm.device.VirtualDisk(key=2000))
 
 
+def test_a_bare_network_object_is_refused_with_the_way_out() -> None:
+    with pytest.raises(TypeError, match="network_target"):
+        build(network=vim.Network("network-7"))  # type: ignore[arg-type]
+
+
+def test_resize() -> None:
+    spec = specs.resize_spec(2, 3072)
+    assert (spec.numCPUs, spec.memoryMB) == (2, 3072)
+    assert spec.extraConfig == []
+
+
 def test_guestinfo_round_trips_through_the_lab_decoder() -> None:
     metadata = '{"instance-id": "demo-etcd-1", "local-hostname": "demo-etcd-1"}'
     userdata = "#cloud-config\nssh_authorized_keys:\n  - 'ssh-ed25519 AAAA key'\n"
