@@ -19,11 +19,12 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from provisioner.errors import TaskFailed, Timeout
+from provisioner.errors import TaskFailed, Timeout, VSphereError
 from provisioner.vsphere import vms
 
 _pcq = vmodl.query.PropertyCollector
 MAX_WAIT_SECONDS = 10
+LEFT = "<left>"  # marks an object that no longer exists
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ def fault_text(fault: Any) -> str:
 
 
 def _content(si_or_content: Any) -> Any:
-    return si_or_content.content if isinstance(si_or_content, vim.ServiceInstance) else si_or_content
+    """The ServiceContent of a ServiceInstance, a Session, or the content itself."""
+    if isinstance(si_or_content, vim.ServiceInstanceContent):
+        return si_or_content
+    return si_or_content.content
 
 
 def _remaining(deadline: float) -> int:
@@ -87,7 +91,10 @@ class _Watch:
         self.version = ""
 
     def next(self, deadline: float) -> list[tuple[Any, dict[str, Any]]]:
-        """The changes since the last call; [] when nothing changed within the bounded wait."""
+        """The changes since the last call; [] when nothing changed within the bounded wait.
+
+        An object that was deleted comes back with the single change {LEFT: True}.
+        """
         update = self.collector.WaitForUpdatesEx(
             self.version, _pcq.WaitOptions(maxWaitSeconds=_remaining(deadline))
         )
@@ -98,6 +105,8 @@ class _Watch:
         for fs in update.filterSet or []:
             for obj in fs.objectSet or []:
                 changes = {c.name: (None if c.op == "remove" else c.val) for c in obj.changeSet or []}
+                if obj.kind == "leave":
+                    changes = {LEFT: True}
                 out.append((obj.obj, changes))
         return out
 
@@ -203,7 +212,16 @@ def wait_for_property(
     watch = _Watch(content, [obj], type(obj), ["name", *path_list])
     try:
         while True:
-            for _obj, changes in watch.next(deadline):
+            # vCenter reports a deleted object as a "leave" update; govmomi's simulator fails
+            # the wait with ManagedObjectNotFound. Either way, waiting on would only end in a
+            # timeout that hides the real cause.
+            try:
+                updates = watch.next(deadline)
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                raise VSphereError(_gone(obj, seen, what)) from exc
+            for _obj, changes in updates:
+                if changes.get(LEFT):
+                    raise VSphereError(_gone(obj, seen, what))
                 seen.update(changes)
             result = predicate({p: seen.get(p) for p in path_list})
             if result:
@@ -211,11 +229,19 @@ def wait_for_property(
             if time.monotonic() >= deadline:
                 last = ", ".join(f"{p}={_short(seen.get(p))}" for p in path_list)
                 raise Timeout(
-                    f"{type(obj).__name__.split('.')[-1]} {seen.get('name') or obj._moId!r}: "
+                    f"{_kind(obj)} {seen.get('name') or obj._moId!r}: "
                     f"no {what} after {time.monotonic() - started:.0f}s (last seen: {last})"
                 )
     finally:
         watch.close()
+
+
+def _gone(obj: Any, seen: dict[str, Any], what: str) -> str:
+    return f"{_kind(obj)} {seen.get('name') or obj._moId!r} was deleted while waiting for {what}"
+
+
+def _kind(obj: Any) -> str:
+    return type(obj).__name__.split(".")[-1]
 
 
 def _short(value: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from provisioner.errors import Ambiguous, NotFound, TaskFailed, Timeout
+from provisioner.errors import Ambiguous, NotFound, TaskFailed, Timeout, VSphereError
 from provisioner.vsphere import find, placement, specs, vms, waits
 from provisioner.vsphere.session import Session, connect
 
@@ -397,3 +397,26 @@ def test_rules_are_ensured_once_per_role_edited_and_removed(inv: Inventory, work
         for rule in leftovers:
             spec = specs.remove_rule_spec(rule.key)
             waits.wait_for_tasks(inv.content, [vms.reconfigure_cluster(inv.cluster, spec)], deadline=soon())
+
+
+def test_a_vm_deleted_while_waiting_ends_the_wait_at_once(
+    inv: Inventory, workdir: Any, open_session: Callable[[], Session]
+) -> None:
+    name = unique("gone")
+    (vm,) = clone_many(inv, workdir, [name])
+
+    def delete() -> None:
+        time.sleep(1.0)
+        with open_session() as other:
+            same_vm = vim.VirtualMachine(vm._moId, other.si._stub)
+            waits.wait_for_tasks(other, [vms.destroy(same_vm)], deadline=soon())  # a Session works too
+
+    deleter = threading.Thread(target=delete)
+    started = time.monotonic()
+    deleter.start()
+    try:
+        with pytest.raises(VSphereError, match=f"{name}.*deleted while waiting for guest IP address"):
+            waits.wait_for_guest_ip(inv.content, vm, expected=None, deadline=soon(60))
+    finally:
+        deleter.join(30)
+    assert time.monotonic() - started < 15
