@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -31,7 +32,7 @@ def retry_call(
     The last error is re-raised as itself (not wrapped), so callers keep their exception tree.
     """
 
-    def before_sleep(state) -> None:  # type: ignore[no-untyped-def]
+    def before_sleep(state: RetryCallState) -> None:
         if on_retry and state.outcome is not None:
             exc = state.outcome.exception()
             if exc is not None:

@@ -92,7 +92,7 @@ def static_network(address: str, prefix: int, gateway: str) -> dict[str, Any]:
     return {
         "version": 2,
         "ethernets": {
-            "eth0": {"addresses": [f"{address}/{prefix}"], "routes": [{"to": "default", "via": gateway}]}
+            "eth0": {"addresses": [f"{address}/{prefix}"], "routes": [{"to": "0.0.0.0/0", "via": gateway}]}
         },
     }
 

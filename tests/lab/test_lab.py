@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pyVmomi import vim
 
+from provisioner.lab import guest as guests
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths
 from provisioner.vsphere.session import connect
@@ -78,6 +79,8 @@ def _ssh(address: str, host_key_line: str, client_key: str, user: str = "vkp") -
                 address, username=user, pkey=pkey, timeout=5, allow_agent=False, look_for_keys=False
             )
             return client
+        except paramiko.BadHostKeyException:
+            raise
         except (paramiko.ssh_exception.NoValidConnectionsError, OSError, paramiko.SSHException):
             if time.monotonic() > deadline:
                 raise
@@ -85,8 +88,8 @@ def _ssh(address: str, host_key_line: str, client_key: str, user: str = "vkp") -
 
 
 def _guest_processes(moid: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "systemd-nspawn" in line and moid in line]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "systemd-nspawn" in line and f"/guests/{moid}/" in line]
 
 
 def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
@@ -102,7 +105,8 @@ def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
                     "match": {"macaddress": "placeholder"},
                     "set-name": "eth0",
                     "addresses": [f"{ADDRESS}/24"],
-                    "routes": [{"to": "default", "via": paths.GATEWAY}],
+                    # cloud-init 22.4 (Debian 12) rejects "to: default"; 0.0.0.0/0 works everywhere.
+                    "routes": [{"to": "0.0.0.0/0", "via": paths.GATEWAY}],
                 }
             },
         },
@@ -177,18 +181,23 @@ def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
             assert hostname == "labtest-1"
             assert guest_mac.lower() == mac.lower()
 
-            # A host key other than the pinned one is refused, never added.
+            # A host key other than the pinned one is refused at once, never added.
             _, wrong_host_public = _keypair()
-            with pytest.raises(paramiko.SSHException):
+            with pytest.raises(paramiko.BadHostKeyException):
                 _ssh(ADDRESS, wrong_host_public, client_private)
 
             _wait_task(vm.PowerOffVM_Task())
+
+            def guest_states() -> list[str]:
+                return [g["state"] for g in lab_mod.status()["guests"] if g["vm"] == vm._moId]
+
             deadline = time.monotonic() + 60
-            while _guest_processes(vm._moId) and time.monotonic() < deadline:
+            while (
+                _guest_processes(vm._moId) or guest_states() != ["stopped"]
+            ) and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert not _guest_processes(vm._moId), "powering off must stop the guest"
-            status = lab_mod.status()
-            assert [g["state"] for g in status["guests"] if g["vm"] == vm._moId] == ["stopped"]
+            assert guest_states() == ["stopped"], "the guest's disk stays, like a powered-off VM's"
         finally:
             if vm.runtime.powerState == "poweredOn":
                 _wait_task(vm.PowerOffVM_Task())
@@ -200,19 +209,39 @@ def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
 
 
 def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
-    """Runs last in this module: the lab goes down and nothing of it remains, then comes back."""
-    lab_mod.down(print)
+    """With a guest running, `vkp lab down` stops and removes everything; then the lab comes back."""
+    with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
+        content = s.content
+        template = _find(content, vim.VirtualMachine, "debian-12")
+        dc = _find(content, vim.Datacenter, "DC0")
+        cluster = _find(content, vim.ClusterComputeResource, "DC0_C0")
+        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=cluster.resourcePool), powerOn=False)
+        vm = _wait_task(template.CloneVM_Task(folder=dc.vmFolder, name="labtest-down", spec=spec))
+        _wait_task(vm.PowerOnVM_Task())
+        deadline = time.monotonic() + 60
+        while not _guest_processes(vm._moId) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _guest_processes(vm._moId), "the powered-on VM should have a running guest"
+    g = guests.find_guest(vm._moId)
+    assert g is not None and g.netns
+
+    result = subprocess.run(["vkp", "lab", "down", "-o", "json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["guests_removed"] == 1
+
     assert not paths.RUN.exists()
     assert subprocess.run(["ip", "link", "show", paths.BRIDGE], capture_output=True).returncode != 0
-    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "systemd-nspawn" not in procs
+    procs = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(paths.RUN) not in procs, "no guest, simulator or hypervisor of the lab may remain"
     assert "provisioner.lab.hypervisor" not in procs
-    assert "vcsim" not in procs
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "vkp" not in netns
+    netns_after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert g.netns not in netns_after
+    assert subprocess.run(["ip", "link", "show", g.host_ifname], capture_output=True).returncode != 0
     with open("/proc/mounts") as f:
         mounts = f.read()
-    assert str(paths.LAB_HOME) not in mounts
-    # Bring it back so later tests in this session still have a lab.
+    assert str(paths.RUN) not in mounts
+
+    # A second down is a no-op; then bring the lab back for later tests in this session.
+    assert subprocess.run(["vkp", "lab", "down"], capture_output=True).returncode == 0
     lab_mod.up(lab_mod.LabOptions(), print)
     assert os.path.exists(paths.ENV_FILE)
