@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,189 @@ def plan_cmd(
             click.echo("Nothing was created; create-cluster with the same arguments builds it.", err=True)
 
     run(body, output)
+
+
+UP_TO = ("vms", "etcd", "runtime", "kubernetes")
+
+
+def _confirm(question: str, yes: bool) -> None:
+    from provisioner.errors import Aborted
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Aborted(
+            "confirmation needed but there is no terminal", hint="pass --yes to proceed without asking"
+        )
+    if not click.confirm(question, default=False, err=True):
+        raise Aborted("declined; nothing was changed")
+
+
+@main.command("create-cluster")
+@spec_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+@click.option(
+    "--up-to",
+    type=click.Choice(UP_TO),
+    default="kubernetes",
+    show_default=True,
+    help="Stop after this phase: vms (VMs up, SSH pinned), etcd, runtime (containerd), kubernetes.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="vCenter operations (clones, reconfigures, power-ons) in flight at once.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Show the plan and every step with rendered files; touch nothing."
+)
+@OUTPUT_OPTION
+def create_cluster_cmd(
+    spec_file: Path | None,
+    name: str | None,
+    plan_name: str | None,
+    yes: bool,
+    up_to: str,
+    concurrency: int,
+    dry_run: bool,
+    output: str,
+) -> None:
+    """Create a cluster, or finish one: re-running adopts what exists and creates only what is missing.
+
+    Validates the spec, shows the plan (and asks, on a terminal), checks vCenter read-only
+    (every object resolves to exactly one, template snapshot, names and addresses free), then
+    clones the VMs in parallel as linked clones, places each role on distinct ESXi hosts with
+    DRS anti-affinity rules, boots them with cloud-init, and waits until each answers SSH with
+    the host key vkp generated for it. Later phases bootstrap etcd, containerd and Kubernetes.
+
+    Credentials come from VKP_VSPHERE_USER / VKP_VSPHERE_PASSWORD (or a prompt), never from
+    the spec. Progress goes to stderr; --output json prints one result document on stdout.
+
+    \b
+    Examples:
+      vkp create-cluster -f inventory/lab.yaml --yes
+      vkp create-cluster demo --plan dev --yes --up-to vms -o json
+    """
+    from provisioner.cluster import create_cluster
+    from provisioner.output import Progress
+    from provisioner.plan import make_plan, render_plan
+
+    def body() -> dict[str, Any]:
+        spec = load_cluster_spec(spec_file, name, plan_name)
+        plan = make_plan(spec)
+        if output != "json":
+            click.echo(render_plan(plan), err=True)
+        if dry_run:
+            from provisioner.cluster import dry_run as show_dry_run
+
+            return show_dry_run(spec, up_to)
+        _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
+        return create_cluster(spec, Progress(), up_to=up_to, concurrency=concurrency)
+
+    result = run(body, output)
+    if output == "json":
+        emit_json({"ok": True, **result})
+    elif dry_run:
+        click.echo("\n".join(result["actions"]))
+        click.echo("dry run: nothing was contacted or changed", err=True)
+    else:
+        click.echo(_render_result(result))
+
+
+def _render_result(result: dict[str, Any]) -> str:
+    lines = [f"cluster {result['cluster']}: {result['created']} VM(s) created, {result['changed']} changed"]
+    for n in result.get("nodes", []):
+        lines.append(f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-'}")
+    for ph in result.get("phases", []):
+        lines.append(f"  phase {ph['name']:<11} {ph['status']:<7} {ph['seconds']:.1f}s")
+    lines.append(f"state: {result['state_dir']}")
+    return "\n".join(lines)
+
+
+@main.command("delete-cluster")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+@OUTPUT_OPTION
+def delete_cluster_cmd(name: str, yes: bool, output: str) -> None:
+    """Delete a cluster: every VM, placement rule and folder it owns in vCenter, then its local state.
+
+    What to delete is found in vCenter by the cluster's ownership mark and folder, so it works
+    even when the local state is gone (then vCenter settings come from VKP_VSPHERE_*). Ends by
+    looking again and reporting leftovers, which must be none. Deleting a cluster that does
+    not exist says so and exits 0.
+
+    \b
+    Example:
+      vkp delete-cluster demo --yes
+    """
+    from provisioner.cluster import delete_cluster
+    from provisioner.output import Progress
+
+    def body() -> dict[str, Any]:
+        _confirm(f"Delete cluster {name} and all its VMs?", yes)
+        return delete_cluster(name, Progress())
+
+    result = run(body, output)
+    if output == "json":
+        emit_json({"ok": True, **result})
+    else:
+        d = result["deleted"]
+        if not any(d.values()):
+            click.echo(f"nothing to delete: no VM, rule or folder of cluster {name} in vCenter")
+        else:
+            click.echo(
+                f"deleted {d['vms']} VM(s), {d['rules']} rule(s), {d['folders']} folder(s); no leftovers"
+            )
+
+
+@main.command("list-clusters")
+@OUTPUT_OPTION
+def list_clusters_cmd(output: str) -> None:
+    """List the clusters this machine manages (from the local state directory).
+
+    \b
+    Example:
+      vkp list-clusters -o json
+    """
+    from provisioner.cluster import list_clusters
+
+    clusters = run(list_clusters, output)
+    if output == "json":
+        emit_json({"ok": True, "clusters": clusters})
+        return
+    if not clusters:
+        click.echo("no clusters (create one with `vkp create-cluster`)")
+    for c in clusters:
+        click.echo(f"{c['name']:<24} {c['nodes']:>3} nodes  last phase: {c['last_phase'] or '-'}")
+
+
+@main.command("describe-cluster")
+@click.argument("name")
+@OUTPUT_OPTION
+def describe_cluster_cmd(name: str, output: str) -> None:
+    """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files.
+
+    \b
+    Example:
+      vkp describe-cluster demo -o json
+    """
+    from provisioner.cluster import describe_cluster
+
+    d = run(lambda: describe_cluster(name), output)
+    if output == "json":
+        emit_json({"ok": True, **d})
+        return
+    click.echo(f"cluster {d['name']} (id {d['cluster_id']})")
+    for n in d["nodes"]:
+        click.echo(
+            f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-':<14} {n['moid']}"
+        )
+    for ph in d["phases"]:
+        secs = f"{ph['seconds']:.1f}s" if ph.get("seconds") is not None else ""
+        click.echo(f"  phase {ph['name']:<11} {ph['status']:<8} {secs}")
+    click.echo(f"state dir: {d['state_dir']}")
 
 
 @main.command("certs")

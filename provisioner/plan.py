@@ -15,6 +15,9 @@ from typing import Any
 from provisioner.errors import NotFound
 from provisioner.spec import ROLES, ClusterSpec, node_name, validate
 
+# Losing two etcd members or two masters to one host failure costs quorum or the control
+# plane; workers are interchangeable, so their spread is left to DRS.
+RULE_ROLES = ("etcd", "master")
 FOLDER_ROOT = "vkp"  # under the datacenter's VM folder, unless the spec sets vsphere.folder
 
 
@@ -254,7 +257,7 @@ def _rules(
     if not spec.placement.anti_affinity:
         return ()
     rules = []
-    for role in ROLES:
+    for role in RULE_ROLES:
         vms = tuple(n.name for n in nodes if n.role == role)
         # vCenter rejects a one-VM rule, and a rule with more VMs than hosts would keep the
         # extra VMs from powering on: then round-robin placement is the best there is.

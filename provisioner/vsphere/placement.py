@@ -14,9 +14,10 @@ from typing import Any
 from pyVmomi import vim
 
 from provisioner.errors import Ambiguous
+from provisioner.plan import RULE_ROLES
 from provisioner.vsphere import specs, vms
 
-ROLES = ("etcd", "master")
+ROLES = RULE_ROLES
 
 
 def rule_names(cluster_name: str) -> dict[str, str]:

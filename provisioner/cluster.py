@@ -1,0 +1,268 @@
+"""The cluster lifecycle: create (phase by phase, resumable), delete (found in vCenter), describe.
+
+Each phase is recorded in the cluster's state directory as it starts and ends, so a re-run
+knows where the last one stopped; every phase is also idempotent, so a re-run that repeats a
+finished phase changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from provisioner import provision
+from provisioner.errors import ProvisionerError
+from provisioner.spec import ClusterSpec
+from provisioner.state import ClusterState
+from provisioner.vsphere import placement, vms, waits
+from provisioner.vsphere.session import Session, connect
+
+Log = Callable[[str], None]
+PHASES = ("vms", "etcd", "runtime", "kubernetes")
+ROLE_ORDER = {"etcd": 0, "master": 1, "worker": 2}
+
+
+def _phase(
+    state: ClusterState, name: str, log: Log, fn: Callable[[], Any], phases: list[dict[str, Any]]
+) -> Any:
+    t = time.monotonic()
+    state.record_phase(name, "running", None, None)
+    log(f"phase {name}: started")
+    try:
+        result = fn()
+    except ProvisionerError as exc:
+        seconds = time.monotonic() - t
+        state.record_phase(name, "failed", seconds, str(exc).splitlines()[0])
+        phases.append({"name": name, "seconds": round(seconds, 2), "status": "failed"})
+        raise
+    seconds = time.monotonic() - t
+    state.record_phase(name, "done", seconds, None)
+    phases.append({"name": name, "seconds": round(seconds, 2), "status": "done"})
+    log(f"phase {name}: done in {seconds:.1f}s")
+    return result
+
+
+def create_cluster(
+    spec: ClusterSpec,
+    log: Log,
+    *,
+    up_to: str = "kubernetes",
+    concurrency: int = 8,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    state = ClusterState.create_or_load(spec.name)
+    state.save_spec(spec.to_dict())
+    phases: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"cluster": spec.name, "cluster_id": state.cluster_id, "phases": phases}
+    with provision.session_for(spec, env) as session:
+        _plan, outcomes = _phase(
+            state,
+            "vms",
+            log,
+            lambda: provision.provision_vms(spec, state, session, log, concurrency=concurrency),
+            phases,
+        )
+    result["nodes"] = [
+        {
+            "name": o.node.name,
+            "role": o.node.role,
+            "address": o.node.address,
+            "esxi_host": o.esxi_host,
+            "created": o.created,
+            "changed": o.changed,
+        }
+        for o in outcomes
+    ]
+    result["created"] = sum(o.created for o in outcomes)
+    result["changed"] = sum(o.changed for o in outcomes)
+    result["state_dir"] = str(state.path)
+    result["up_to"] = up_to
+    return result
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
+    state = ClusterState.load(name) if ClusterState.exists(name) else None
+    saved = state.load_spec_dict() if state else None
+    vs = (saved or {}).get("vsphere", {})
+    tls = vs.get("tls", {})
+    creds = vs.get("credentials", {})
+    server = vs.get("server") or env.get("VKP_VSPHERE_SERVER")
+    if vs.get("server") and vs.get("port"):
+        server = f"{vs['server']}:{vs['port']}"
+    user = env.get(creds.get("user_env", "VKP_VSPHERE_USER"))
+    password = env.get(creds.get("password_env", "VKP_VSPHERE_PASSWORD"))
+    if not server or not user or not password:
+        raise ProvisionerError(
+            "cannot reach vCenter: no server or credentials (the local state is gone or has none)",
+            hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
+        )
+    return connect(
+        server,
+        user,
+        password,
+        thumbprint=tls.get("thumbprint") or env.get("VKP_VSPHERE_THUMBPRINT"),
+        ca_file=tls.get("ca_file") or env.get("VKP_VSPHERE_CA_FILE"),
+        insecure=bool(tls.get("insecure"))
+        or env.get("VKP_VSPHERE_INSECURE", "").lower() in ("1", "true", "yes"),
+    )
+
+
+def _retrieve(content: Any, kind: Any, props: list[str]) -> list[Any]:
+    """Properties of every object of a kind, in one RetrievePropertiesEx (plus continuations)."""
+    pcq = vmodl.query.PropertyCollector
+    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
+    try:
+        spec = pcq.FilterSpec(
+            objectSet=[
+                pcq.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
+                )
+            ],
+            propSet=[pcq.PropertySpec(type=kind, pathSet=props)],
+        )
+        pc = content.propertyCollector
+        res = pc.RetrievePropertiesEx([spec], pcq.RetrieveOptions())
+        out = []
+        while res is not None:
+            out.extend(res.objects)
+            res = pc.ContinueRetrievePropertiesEx(res.token) if res.token else None
+        return out
+    finally:
+        view.Destroy()
+
+
+def find_owned(content: Any, name: str) -> dict[str, Any]:
+    """Everything in vCenter that belongs to cluster `name`: VMs (by ownership mark), rules, folders."""
+    owned_vms = []
+    for oc in _retrieve(content, vim.VirtualMachine, ["config.extraConfig"]):
+        props = {p.name: p.val for p in oc.propSet}
+        extra = {o.key: o.value for o in props.get("config.extraConfig") or []}
+        if extra.get(provision.OWNER_NAME) == name:
+            owned_vms.append(oc.obj)
+    rules = []
+    for oc in _retrieve(content, vim.ClusterComputeResource, ["name"]):
+        for rule in placement.find_rules(oc.obj, name):
+            rules.append((oc.obj, rule))
+    folders = []
+    for oc in _retrieve(content, vim.Folder, ["name", "parent"]):
+        props = {p.name: p.val for p in oc.propSet}
+        parent = props.get("parent")
+        if props.get("name") == name and isinstance(parent, vim.Folder) and parent.name == "vkp":
+            folders.append(oc.obj)
+    return {"vms": owned_vms, "rules": rules, "folders": folders}
+
+
+def delete_cluster(name: str, log: Log, *, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if env is None else env
+    with _session_from_env_or_state(name, env) as session:
+        content = session.content
+        owned = find_owned(content, name)
+        counts = {k: len(v) for k, v in owned.items()}
+        if not any(counts.values()):
+            log(f"nothing of cluster {name} found in vCenter")
+        deadline = time.monotonic() + 600
+        on = [vm for vm in owned["vms"] if vm.runtime.powerState == "poweredOn"]
+        if on:
+            waits.wait_for_tasks(content, [session.call(vms.power_off, vm) for vm in on], deadline=deadline)
+            log(f"powered off {len(on)} VM(s)")
+        if owned["vms"]:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                tasks = list(pool.map(lambda vm: session.call(vms.destroy, vm), owned["vms"]))
+            waits.wait_for_tasks(content, tasks, deadline=deadline)
+            log(f"destroyed {len(owned['vms'])} VM(s)")
+        by_cluster: dict[Any, list[Any]] = {}
+        for cl, rule in owned["rules"]:
+            by_cluster.setdefault(cl, []).append(rule)
+        for cl, rules in by_cluster.items():
+            waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
+            log(f"removed rules {', '.join(r.name for r in rules)}")
+        for folder in owned["folders"]:
+            parent = folder.parent
+            waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
+            log(f"removed folder vkp/{name}")
+            if parent.name == "vkp" and not parent.childEntity:
+                waits.wait_for_tasks(content, [session.call(vms.destroy_folder, parent)], deadline=deadline)
+        left = find_owned(content, name)
+        leftovers = [f"VM {vm.name}" for vm in left["vms"]] + [f"rule {r.name}" for _, r in left["rules"]]
+        leftovers += [f"folder {f.name}" for f in left["folders"]]
+    if ClusterState.exists(name):
+        ClusterState.load(name).remove()
+    if leftovers:
+        raise ProvisionerError(
+            f"cluster {name}: {len(leftovers)} object(s) left behind: {', '.join(leftovers)}",
+            hint="run delete-cluster again; if they persist, remove them in vCenter",
+        )
+    return {"cluster": name, "deleted": counts, "leftovers": leftovers}
+
+
+# -- read-only views ---------------------------------------------------------------------------
+
+
+def list_clusters() -> list[dict[str, Any]]:
+    out = []
+    for name in ClusterState.list_all():
+        st = ClusterState.load(name)
+        phases = st.phases()
+        last = phases[-1] if phases else None
+        out.append(
+            {
+                "name": name,
+                "cluster_id": st.cluster_id,
+                "nodes": len(st.nodes),
+                "last_phase": f"{last.name} {last.status}" if last else None,
+            }
+        )
+    return out
+
+
+def describe_cluster(name: str) -> dict[str, Any]:
+    if not ClusterState.exists(name):
+        from provisioner.errors import NotFound
+
+        raise NotFound("cluster", name, hint="`vkp list-clusters` shows the clusters this machine manages")
+    st = ClusterState.load(name)
+    return {
+        "name": name,
+        "cluster_id": st.cluster_id,
+        "nodes": [
+            {
+                "name": n.name,
+                "role": n.role,
+                "address": n.address,
+                "esxi_host": n.esxi_host,
+                "moid": n.moid,
+                "instance_uuid": n.instance_uuid,
+            }
+            for n in sorted(st.nodes.values(), key=lambda n: (ROLE_ORDER.get(n.role, 9), n.name))
+        ],
+        "phases": [dataclasses.asdict(p) for p in st.phases()],
+        "state_dir": str(st.path),
+        "hosts_inventory": str(st.path / "hosts.yaml"),
+    }
+
+
+def dry_run(spec: ClusterSpec, up_to: str) -> dict[str, Any]:
+    """What create-cluster would do, without contacting vCenter or any node."""
+    from provisioner.plan import make_plan
+
+    plan = make_plan(spec)
+    actions = []
+    for n in plan.nodes:
+        actions.append(
+            f"{n.name}: linked clone of {spec.vsphere.template} ({n.cpus} vCPU, {n.memory_mb} MB) "
+            f"into {plan.folder}, guestinfo cloud-init for {n.address}, power on, wait for SSH"
+        )
+    for rule in plan.anti_affinity_rules:
+        actions.append(f"DRS anti-affinity rule {rule.name}: {', '.join(rule.vms)}")
+    return {"cluster": spec.name, "dry_run": True, "up_to": up_to, "actions": actions, "plan": plan.to_dict()}

@@ -1,0 +1,388 @@
+"""create-cluster's vSphere half: connect, preflight, clone, place, boot, pin SSH.
+
+The order of work per VM is a small pipeline (clone -> guestinfo -> power on -> address ->
+SSH -> redact userdata). VMs run through it in parallel; only the calls that load vCenter
+(clones, reconfigures, power-ons) are bounded by --concurrency, while waits hold no slot, so
+one slow guest does not hold back the clones of the others.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vim
+
+from provisioner.bootstrap.cloudinit import cloud_init_documents
+from provisioner.errors import AuthError, PreflightError, ProvisionerError, SSHError
+from provisioner.plan import NodePlan, Plan, make_plan
+from provisioner.spec import ClusterSpec
+from provisioner.ssh.commands import Cmd
+from provisioner.ssh.connector import Connection
+from provisioner.state import ClusterState, NodeRecord
+from provisioner.vsphere import find, placement, specs, vms, waits
+from provisioner.vsphere.session import Session, connect
+
+Log = Callable[[str], None]
+
+OWNER_NAME = "vkp.cluster.name"
+OWNER_ID = "vkp.cluster.id"
+
+
+def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
+    """Log in to the spec's vCenter; credentials come from the environment or a prompt, never the file."""
+    env = os.environ if env is None else env
+    vs = spec.vsphere
+    user = env.get(vs.credentials.user_env)
+    password = env.get(vs.credentials.password_env)
+    if not user or not password:
+        if not sys.stdin.isatty():
+            raise AuthError(
+                f"no vCenter credentials: set {vs.credentials.user_env} and {vs.credentials.password_env}",
+                hint='for the embedded lab: eval "$(vkp lab env)"',
+            )
+        user = user or input(f"vCenter user for {vs.server}: ")
+        password = password or getpass.getpass(f"password for {user}@{vs.server}: ")
+    if vs.tls.insecure:
+        print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
+    return connect(
+        f"{vs.server}:{vs.port}",
+        user,
+        password,
+        thumbprint=vs.tls.thumbprint,
+        ca_file=vs.tls.ca_file,
+        insecure=vs.tls.insecure,
+    )
+
+
+@dataclass
+class Inventory:
+    """The vCenter objects a spec names, each resolved to exactly one."""
+
+    datacenter: Any
+    cluster: Any
+    datastore: Any
+    network: Any
+    pool: Any
+    template: Any
+    hosts: list[Any]
+    folder_path: str
+    folder: Any | None  # None until created
+
+    @property
+    def template_nic(self) -> Any:
+        nics = [
+            d
+            for d in self.template.config.hardware.device
+            if isinstance(d, vim.vm.device.VirtualEthernetCard)
+        ]
+        return nics[0]
+
+
+def resolve(content: Any, spec: ClusterSpec, folder_path: str) -> Inventory:
+    vs = spec.vsphere
+    problems: list[ProvisionerError] = []
+
+    def attempt(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ProvisionerError as exc:
+            problems.append(exc)
+            return None
+
+    dc = find.datacenter(content, _required(vs.datacenter))
+    cluster = attempt(lambda: find.cluster(content, dc, _required(vs.cluster)))
+    datastore = attempt(lambda: find.datastore(content, dc, _required(vs.datastore)))
+    network = attempt(lambda: find.network_target(content, find.network(content, dc, _required(vs.network))))
+    template = attempt(lambda: find.template(content, dc, _required(vs.template)))
+    pool = attempt(lambda: find.resource_pool(content, dc, cluster, vs.resource_pool)) if cluster else None
+    if problems:
+        raise PreflightError([str(p) for p in problems])
+    hosts = find.hosts(cluster)
+    if spec.placement.hosts:
+        wanted = set(spec.placement.hosts)
+        hosts = [h for h in hosts if h.name in wanted]
+        missing = wanted - {h.name for h in hosts}
+        if missing:
+            raise PreflightError(
+                [f"placement.hosts: {', '.join(sorted(missing))} not in cluster {cluster.name}"]
+            )
+    folder = find.folder(content, dc, folder_path)
+    return Inventory(dc, cluster, datastore, network, pool, template, hosts, folder_path, folder)
+
+
+def _required(value: str | None) -> str:
+    # validate() guarantees these are set; this narrows the type for the checker.
+    assert value is not None
+    return value
+
+
+def owned_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
+    """The VMs in the cluster's folder that carry its ownership mark, by name."""
+    if folder is None:
+        return {}
+    out = {}
+    for vm in find.vms_in_folder(folder):
+        extra = {o.key: o.value for o in vm.config.extraConfig or []} if vm.config else {}
+        if extra.get(OWNER_NAME) == cluster_name:
+            out[vm.name] = vm
+    return out
+
+
+def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, owned: dict[str, Any]) -> None:
+    """Read-only checks that stop create-cluster before it creates anything."""
+    problems = []
+    snapshot = inv.template.snapshot
+    if snapshot is None or snapshot.currentSnapshot is None:
+        problems.append(
+            f"template {inv.template.name!r} has no snapshot, so linked clones are impossible; "
+            "take a snapshot of it, or set vsphere.linked_clone: false for (slow) full clones"
+        )
+    for name, vm in owned.items():
+        extra = {o.key: o.value for o in vm.config.extraConfig or []}
+        if extra.get(OWNER_ID) != state.cluster_id:
+            problems.append(
+                f"VM {name} belongs to another cluster named {plan.cluster!r} (id {extra.get(OWNER_ID)}), "
+                "not the one in the local state; run `vkp delete-cluster` for it first"
+            )
+    names = {n.name for n in plan.nodes}
+    ips = find.all_vm_guest_ips(content)
+    owned_names = set(owned)
+    for node in plan.nodes:
+        holder = ips.get(node.address)
+        if holder and holder not in owned_names:
+            problems.append(
+                f"address {node.address} (planned for {node.name}) is already used by VM {holder}"
+            )
+    taken = find.vm_names(content, inv.datacenter) & names - owned_names
+    for name in sorted(taken):
+        problems.append(f"a VM named {name} already exists and is not part of this cluster")
+    if not inv.hosts:
+        problems.append(f"cluster {inv.cluster.name} has no connected host outside maintenance mode")
+    if problems:
+        raise PreflightError(problems)
+
+
+@dataclass
+class NodeOutcome:
+    node: NodePlan
+    vm: Any = None
+    esxi_host: str | None = None
+    created: bool = False
+    changed: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class VMPhase:
+    def __init__(
+        self,
+        session: Session,
+        spec: ClusterSpec,
+        plan: Plan,
+        inv: Inventory,
+        state: ClusterState,
+        log: Log,
+        concurrency: int = 8,
+        deadline: float = 600.0,
+    ) -> None:
+        self.session, self.spec, self.plan, self.inv, self.state = session, spec, plan, inv, state
+        self.log = log
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.deadline = deadline
+        self.hosts_by_name = {h.name: h for h in inv.hosts}
+
+    def run(self, owned: dict[str, Any]) -> list[NodeOutcome]:
+        content = self.session.content
+        if self.inv.folder is None:
+            self.inv.folder = vms.ensure_folder_path(content, self.inv.datacenter, self.inv.folder_path)
+            self.log(f"folder {self.inv.folder_path} created")
+        outcomes: list[NodeOutcome] = []
+        errors: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, len(self.plan.nodes))) as pool:
+            futures = {pool.submit(self._node, n, owned.get(n.name)): n for n in self.plan.nodes}
+            for fut in as_completed(futures):
+                node = futures[fut]
+                try:
+                    outcomes.append(fut.result())
+                except ProvisionerError as exc:
+                    errors.append(f"{node.name}: {exc}")
+                    self.log(f"{node.name}: FAILED: {exc}")
+        # Rules once the VMs exist; DRS applies them to later placements and migrations.
+        present = {o.node.name: o.vm for o in outcomes if o.vm is not None}
+        rules = {
+            rule.role: [present[v] for v in rule.vms if v in present]
+            for rule in self.plan.anti_affinity_rules
+        }
+        if self.spec.placement.anti_affinity and rules:
+            tasks = placement.ensure_rules(self.inv.cluster, self.plan.cluster, rules)
+            if tasks:
+                waits.wait_for_tasks(content, tasks, deadline=time.monotonic() + 120)
+                self.log(f"anti-affinity rules: {', '.join(r.name for r in self.plan.anti_affinity_rules)}")
+        if errors:
+            raise ProvisionerError(
+                f"{len(errors)} of {len(self.plan.nodes)} VMs failed:\n  " + "\n  ".join(errors),
+                hint="fix the cause and run create-cluster again: it resumes with what exists",
+            )
+        order = {n.name: i for i, n in enumerate(self.plan.nodes)}
+        return sorted(outcomes, key=lambda o: order[o.node.name])
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """One vCenter operation under the concurrency bound; returns its task's result."""
+        with self.slots:
+            task = self.session.call(fn)
+            return waits.wait_for_tasks(
+                self.session.content, [task], deadline=time.monotonic() + self.deadline
+            )[0]
+
+    def _node(self, node: NodePlan, vm: Any | None) -> NodeOutcome:
+        out = NodeOutcome(node)
+        t0 = time.monotonic()
+        host = self.hosts_by_name.get(node.esxi_host or "")
+        if vm is None:
+            vm = self._clone(node, host)
+            out.created = out.changed = True
+            out.seconds["clone"] = time.monotonic() - t0
+            self.log(f"{node.name}: cloned on {host.name if host else '-'} ({out.seconds['clone']:.1f}s)")
+        out.vm = vm
+        out.esxi_host = vm.runtime.host.name if vm.runtime.host else None
+        self._record(node, vm)
+        hw = vm.config.hardware
+        if (hw.numCPU, hw.memoryMB) != (node.cpus, node.memory_mb):
+            # Check, then change: covers VMs adopted from an earlier size, and clones whose
+            # config the server did not apply with the clone.
+            self._call(lambda: vms.reconfigure(vm, specs.resize_spec(node.cpus, node.memory_mb)))
+            out.changed = True
+        if vm.runtime.powerState != "poweredOn":
+            t = time.monotonic()
+            mac = next(
+                d.macAddress
+                for d in vm.config.hardware.device
+                if isinstance(d, vim.vm.device.VirtualEthernetCard)
+            )
+            metadata, userdata = self._cloud_init(node, str(mac))
+            self._call(
+                lambda: vms.reconfigure(
+                    vm,
+                    vim.vm.ConfigSpec(extraConfig=_options(specs.guestinfo_extra_config(metadata, userdata))),
+                )
+            )
+            self._call(lambda: vms.power_on(vm))
+            out.changed = True
+            out.seconds["power_on"] = time.monotonic() - t
+            self.log(f"{node.name}: powered on")
+        t = time.monotonic()
+        waits.wait_for_guest_ip(
+            self.session.content, vm, expected=node.address, deadline=time.monotonic() + self.deadline
+        )
+        out.seconds["address"] = time.monotonic() - t
+        t = time.monotonic()
+        self._check_ssh(node)
+        out.seconds["ssh"] = time.monotonic() - t
+        if _has_userdata(vm):
+            # The userdata carried the node's private host key; it must not linger in VM properties.
+            self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec()))
+            out.changed = True
+        self.log(
+            f"{node.name}: {node.address} answers SSH with its pinned host key ({time.monotonic() - t0:.1f}s)"
+        )
+        return out
+
+    def _clone(self, node: NodePlan, host: Any | None) -> Any:
+        snapshot = self.inv.template.snapshot.currentSnapshot if self.inv.template.snapshot else None
+        extra = {
+            **specs.ownership_extra_config(self.plan.cluster, self.state.cluster_id),
+            "vkp.node.role": node.role,
+        }
+        spec = specs.clone_spec(
+            cpus=node.cpus,
+            memory_mb=node.memory_mb,
+            snapshot=snapshot,
+            pool=self.inv.pool,
+            host=host,
+            datastore=self.inv.datastore,
+            nic=self.inv.template_nic,
+            network=self.inv.network,
+            extra_config=extra,
+            linked=self.spec.vsphere.linked_clone,
+        )
+        folder = self.inv.folder
+        return self._call(lambda: vms.clone(self.inv.template, folder, node.name, spec))
+
+    def _cloud_init(self, node: NodePlan, mac: str) -> tuple[str, str]:
+        net = self.spec.network
+        _priv_path, public = self.state.ssh_keypair()
+        host_private, host_public = self.state.host_key(node.name)
+        assert net.prefix is not None and net.gateway is not None  # validate() requires both
+        return cloud_init_documents(
+            node_name=node.name,
+            address=node.address,
+            prefix=net.prefix,
+            gateway=net.gateway,
+            dns=list(net.dns),
+            mac=mac,
+            ssh_user=self.spec.ssh.user,
+            ssh_public_key=public,
+            host_key_private=host_private,
+            host_key_public=host_public,
+            instance_id=f"{self.state.cluster_id}-{node.name}",
+        )
+
+    def _record(self, node: NodePlan, vm: Any) -> None:
+        self.state.save_node(
+            NodeRecord(
+                name=node.name,
+                role=node.role,
+                address=node.address,
+                esxi_host=vm.runtime.host.name if vm.runtime.host else None,
+                moid=vm._moId,
+                instance_uuid=vm.config.instanceUuid,
+            )
+        )
+
+    def _check_ssh(self, node: NodePlan) -> None:
+        key_path, _ = self.state.ssh_keypair()
+        with Connection(
+            node.name,
+            node.address,
+            self.spec.ssh.user,
+            key_path,
+            self.state.known_hosts_path,
+            port=self.spec.ssh.port,
+            connect_deadline=self.deadline,
+        ) as conn:
+            result = conn.run(Cmd("hostname"))
+            if result.stdout.strip() != node.name:
+                raise SSHError(f"{node.name} ({node.address}) answers as {result.stdout.strip()!r}")
+
+
+def _options(d: dict[str, str]) -> list[Any]:
+    return [vim.option.OptionValue(key=k, value=v) for k, v in d.items()]
+
+
+def _has_userdata(vm: Any) -> bool:
+    return any(o.key == "guestinfo.userdata" and o.value for o in vm.config.extraConfig or [])
+
+
+def provision_vms(
+    spec: ClusterSpec, state: ClusterState, session: Session, log: Log, *, concurrency: int = 8
+) -> tuple[Plan, list[NodeOutcome]]:
+    content = session.content
+    folder_path = spec.vsphere.folder or f"vkp/{spec.name}"
+    inv = resolve(content, spec, folder_path)
+    plan = make_plan(spec, hosts=[h.name for h in inv.hosts])
+    owned = owned_vms(inv.folder, spec.name)
+    preflight(content, inv, plan, state, owned)
+    log(f"preflight ok: {len(plan.nodes)} VMs, {len(owned)} already there, {len(inv.hosts)} ESXi hosts")
+    for n in plan.nodes:
+        state.host_key(n.name)  # generated once, before the VM exists, so it can be pinned
+    state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
+    outcomes = VMPhase(session, spec, plan, inv, state, log, concurrency=concurrency).run(owned)
+    state.write_hosts_inventory()
+    return plan, outcomes
