@@ -380,6 +380,54 @@ def certs_cmd(name: str, output: str) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+# -- vkp ssh / vkp etcdctl (provisioner/bootstrap/tools.py) ----------------------------------
+
+
+@main.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@OUTPUT_OPTION
+@click.argument("name")
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh_cmd(name: str, node: str, command: tuple[str, ...], output: str) -> None:
+    """Open a shell on NODE of cluster NAME, or run COMMAND there (after --).
+
+    Uses the cluster's SSH key and accepts only the host key vkp pinned for the node. With a
+    command, its output is streamed and vkp exits with the command's exit status; standard input
+    is passed on when it is not a terminal. Options go before NAME.
+
+    \b
+    Examples:
+      vkp ssh demo demo-etcd-1
+      vkp ssh demo demo-worker-1 -- sudo ctr version
+      vkp ssh demo demo-etcd-1 -- 'sudo journalctl -u etcd | tail -20'
+    """
+    from provisioner.bootstrap.tools import ssh
+
+    sys.exit(run(lambda: ssh(name, node, command), output))
+
+
+@main.command("etcdctl", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@OUTPUT_OPTION
+@click.argument("name")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
+    """Run etcdctl (API v3) against the etcd members of cluster NAME.
+
+    Runs on the first etcd node, with every member as an endpoint and vkp's own etcd client
+    certificate; the certificate and key reach the node on standard input, live in a private
+    temporary directory while etcdctl runs, and are removed when it exits. Exits with etcdctl's
+    exit status.
+
+    \b
+    Examples:
+      vkp etcdctl demo -- endpoint health
+      vkp etcdctl demo -- member list -w table
+    """
+    from provisioner.bootstrap.tools import etcdctl
+
+    sys.exit(run(lambda: etcdctl(name, args), output))
+
+
 def _register() -> None:
     # Sub-command modules attach themselves to `main`; imported here so `vkp --help` lists them.
     from provisioner.lab import cli as lab_cli

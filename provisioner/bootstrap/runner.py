@@ -692,8 +692,9 @@ def _play_failed(
         lines.append(f"  {f.host}, step {f.step}:")
         lines += [f"    {line}" for line in (f.error or "").splitlines()]
     failed_hosts = {f.host for f in failures}
+    local = all(r.host == "local" for r in preport.results)
     done = [h for h in preport.hosts if h not in failed_hosts and any(r.host == h for r in preport.results)]
-    not_started = [h for h in preport.hosts if not any(r.host == h for r in preport.results)]
+    not_started = [h for h in preport.hosts if not local and not any(r.host == h for r in preport.results)]
     if done:
         lines.append(f"  completed on: {', '.join(done)}")
     if not_started:
@@ -702,7 +703,9 @@ def _play_failed(
     codes = {getattr(f.exception, "exit_code", ExitCode.ERROR) for f in failures}
     return PlayFailed(
         "\n".join(lines),
-        hint=f"fix the cause and re-run: the run resumes at {first.step} on {first.host}; "
+        hint=f"fix the cause and re-run: the run resumes at {first.step}"
+        + ("" if first.host == "local" else f" on {first.host}")
+        + "; "
         "what completed is not repeated",
         exit_code=codes.pop() if len(codes) == 1 else ExitCode.ERROR,
         report=report,

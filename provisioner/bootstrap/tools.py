@@ -21,6 +21,7 @@ from typing import Any
 
 import paramiko
 
+from provisioner.bootstrap.steps.etcd import url
 from provisioner.errors import NotFound, ProvisionerError, SSHError
 from provisioner.ssh.commands import Cmd
 from provisioner.ssh.connector import Connection
@@ -91,13 +92,19 @@ def _stream(chan: paramiko.Channel, *, stdin: bytes | None, forward_stdin: bool)
     """Copy the channel's stdout/stderr to ours as it arrives; the remote exit status."""
 
     def feed() -> None:
-        with contextlib.suppress(OSError):
+        # OSError: the remote command stopped reading, or our stdin cannot be read (closed, or
+        # replaced by a test harness); either way the remote side gets end-of-file.
+        try:
             if stdin is not None:
                 chan.sendall(stdin)
             elif forward_stdin:
                 while chunk := os.read(sys.stdin.fileno(), 65536):
                     chan.sendall(chunk)
-            chan.shutdown_write()
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError, EOFError):
+                chan.shutdown_write()
 
     threading.Thread(target=feed, daemon=True).start()
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -165,24 +172,36 @@ def _interactive(chan: paramiko.Channel) -> int:
     return chan.recv_exit_status()
 
 
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 def ssh(name: str, node: str, command: Sequence[str] = ()) -> int:
     """Open a shell on node (with a pty, when stdin is a terminal) or run command there with its
     output streamed; the remote exit status. The command is given to the remote shell as ssh
     does: its words joined by spaces."""
-    state = ClusterState.load(name)
+    return ssh_in(ClusterState.load(name), node, command)
+
+
+def ssh_in(state: ClusterState, node: str, command: Sequence[str] = ()) -> int:
+    """ssh() for a cluster state already loaded."""
+    name = state.name
     conn = connection(state, node).open()
     try:
         chan = _transport(conn).open_session(timeout=30)
         try:
             if not command:
-                if not sys.stdin.isatty():
+                if not _stdin_is_tty():
                     raise ProvisionerError(
                         "no terminal for an interactive shell",
                         hint=f"give a command: vkp ssh {name} {node} -- CMD",
                     )
                 return _interactive(chan)
             chan.exec_command(" ".join(command))
-            return _stream(chan, stdin=None, forward_stdin=not sys.stdin.isatty())
+            return _stream(chan, stdin=None, forward_stdin=not _stdin_is_tty())
         finally:
             chan.close()
     finally:
@@ -209,9 +228,13 @@ def etcdctl_command(endpoints: Sequence[str], args: Sequence[str]) -> Cmd:
 def etcdctl(name: str, args: Sequence[str]) -> int:
     """Run `etcdctl ARGS` (API v3) on the first etcd node against all members with vkp's client
     certificate; output streamed, the exit status returned."""
+    return etcdctl_in(ClusterState.load(name), args)
+
+
+def etcdctl_in(state: ClusterState, args: Sequence[str]) -> int:
+    """etcdctl() for a cluster state already loaded."""
     from provisioner.bootstrap.pki import load_pki
 
-    state = ClusterState.load(name)
     members = etcd_members(state)
     pki = load_pki(state)
     try:
@@ -224,7 +247,7 @@ def etcdctl(name: str, args: Sequence[str]) -> int:
             str(exc.filename),
             hint="the etcd phase makes it: vkp create-cluster ... --up-to etcd",
         ) from None
-    endpoints = [f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in members]
+    endpoints = [url(m.address or "", ETCD_CLIENT_PORT) for m in members]
     cmd = etcdctl_command(endpoints, args)
     conn = connection(state, members[0].name).open()
     try:
