@@ -204,7 +204,7 @@ class VMPhase:
             self.inv.folder = vms.ensure_folder_path(content, self.inv.datacenter, self.inv.folder_path)
             self.log(f"folder {self.inv.folder_path} created")
         outcomes: list[NodeOutcome] = []
-        errors: list[str] = []
+        errors: list[ProvisionerError] = []
         with ThreadPoolExecutor(max_workers=max(1, len(self.plan.nodes))) as pool:
             futures = {pool.submit(self._node, n, owned.get(n.name)): n for n in self.plan.nodes}
             for fut in as_completed(futures):
@@ -212,8 +212,9 @@ class VMPhase:
                 try:
                     outcomes.append(fut.result())
                 except ProvisionerError as exc:
-                    errors.append(f"{node.name}: {exc}")
-                    self.log(f"{node.name}: FAILED: {exc}")
+                    exc.message = f"{node.name}: {exc.message}"
+                    errors.append(exc)
+                    self.log(f"FAILED {exc.message}")
         # Rules once the VMs exist; DRS applies them to later placements and migrations.
         present = {o.node.name: o.vm for o in outcomes if o.vm is not None}
         rules = {
@@ -226,10 +227,14 @@ class VMPhase:
                 waits.wait_for_tasks(content, tasks, deadline=time.monotonic() + 120)
                 self.log(f"anti-affinity rules: {', '.join(r.name for r in self.plan.anti_affinity_rules)}")
         if errors:
-            raise ProvisionerError(
-                f"{len(errors)} of {len(self.plan.nodes)} VMs failed:\n  " + "\n  ".join(errors),
+            failed = ProvisionerError(
+                f"{len(errors)} of {len(self.plan.nodes)} VMs failed:\n  "
+                + "\n  ".join(e.message for e in errors),
                 hint="fix the cause and run create-cluster again: it resumes with what exists",
             )
+            # The exit code says what kind of failure it was (vCenter, SSH, timeout...).
+            failed.exit_code = errors[0].exit_code
+            raise failed
         order = {n.name: i for i, n in enumerate(self.plan.nodes)}
         return sorted(outcomes, key=lambda o: order[o.node.name])
 
