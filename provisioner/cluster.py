@@ -76,6 +76,7 @@ def create_cluster(
             "esxi_host": o.esxi_host,
             "created": o.created,
             "changed": o.changed,
+            "seconds": {k: round(v, 2) for k, v in o.seconds.items()},
         }
         for o in outcomes
     ]
