@@ -142,12 +142,15 @@ def _wait_booted(lab: Lab, node: str, deadline: float = 180.0) -> None:
 def _bootstrap(lab: Lab, label: str, capfd: pytest.CaptureFixture[str]) -> dict[str, Any]:
     lines: list[str] = []
     result = run_bootstrap(lab.spec, lab.plan, lab.state, up_to="runtime", log=lines.append)
-    print(f"\n--- {label} ---\n" + "\n".join(lines), flush=True)
     summary = {
         p["play"]: {"seconds": p["seconds"], "facts": p["facts"], "steps": p["steps"]}
         for p in result["plays"]
     }
-    print(json.dumps({"seconds": result["seconds"], "round_trips": result["round_trips"], "plays": summary}))
+    with capfd.disabled():  # the timings are worth seeing with -s; capfd is for vkp ssh's output
+        print(f"\n--- {label} ---\n" + "\n".join(lines), flush=True)
+        print(
+            json.dumps({"seconds": result["seconds"], "round_trips": result["round_trips"], "plays": summary})
+        )
     return result
 
 
