@@ -7,6 +7,7 @@ finished phase changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -17,7 +18,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from provisioner import provision
-from provisioner.errors import ProvisionerError
+from provisioner.errors import NotFound, ProvisionerError
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
 from provisioner.vsphere import placement, vms, waits
@@ -91,8 +92,11 @@ def create_cluster(
 
 
 def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
-    state = ClusterState.load(name) if ClusterState.exists(name) else None
-    saved = state.load_spec_dict() if state else None
+    saved = None
+    if ClusterState.exists(name):
+        # A state dir from a run killed before it saved the spec has none: use the environment.
+        with contextlib.suppress(NotFound):
+            saved = ClusterState.load(name).load_spec_dict()
     vs = (saved or {}).get("vsphere", {})
     tls = vs.get("tls", {})
     creds = vs.get("credentials", {})
@@ -229,8 +233,6 @@ def list_clusters() -> list[dict[str, Any]]:
 
 def describe_cluster(name: str) -> dict[str, Any]:
     if not ClusterState.exists(name):
-        from provisioner.errors import NotFound
-
         raise NotFound("cluster", name, hint="`vkp list-clusters` shows the clusters this machine manages")
     st = ClusterState.load(name)
     return {

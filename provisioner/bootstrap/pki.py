@@ -250,7 +250,13 @@ def _leaf_profiles(plan: Plan) -> list[_Profile]:
     for node in plan.by_role("etcd"):
         dns = (node.name, "localhost")
         ips = (node.address, "127.0.0.1")
-        out.append(_Profile(f"etcd-server-{node.name}", node.name, "etcd-ca", server=True, dns=dns, ips=ips))
+        # clientAuth too, as kubeadm issues it: etcd's own gRPC gateway dials its member with
+        # the server certificate, and client-cert-auth refuses a server-only one.
+        out.append(
+            _Profile(
+                f"etcd-server-{node.name}", node.name, "etcd-ca", server=True, client=True, dns=dns, ips=ips
+            )
+        )
         out.append(
             _Profile(
                 f"etcd-peer-{node.name}", node.name, "etcd-ca", server=True, client=True, dns=dns, ips=ips

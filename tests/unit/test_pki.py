@@ -136,10 +136,11 @@ def test_key_usages_as_kubeadm_and_etcd_need(shared: PKI) -> None:
         assert bc.critical and bc.value.ca is True
         ku = c.extensions.get_extension_for_class(x509.KeyUsage).value
         assert ku.key_cert_sign and ku.crl_sign and ku.digital_signature
-    server, peer = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
     for n in ETCD_NODES:
-        assert eku(cert(shared, f"etcd-server-{n}")) == {server}
-        assert eku(cert(shared, f"etcd-peer-{n}")) == {server, peer}
+        # clientAuth on the server cert too: etcd's gRPC gateway dials its own member with it.
+        assert eku(cert(shared, f"etcd-server-{n}")) == {server, client}
+        assert eku(cert(shared, f"etcd-peer-{n}")) == {server, client}
     for name in ("apiserver-etcd-client", "vkp-etcd-client"):
         assert eku(cert(shared, name)) == {ExtendedKeyUsageOID.CLIENT_AUTH}
     for name in LEAVES:
