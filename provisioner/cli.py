@@ -241,7 +241,7 @@ def create_cluster_cmd(
         if dry_run:
             from provisioner.cluster import dry_run as show_dry_run
 
-            return show_dry_run(spec, up_to)
+            return show_dry_run(spec, up_to, Progress())
         _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
         return create_cluster(spec, Progress(), up_to=up_to, concurrency=concurrency)
 
@@ -383,6 +383,11 @@ def certs_cmd(name: str, output: str) -> None:
 # -- vkp ssh / vkp etcdctl (provisioner/bootstrap/tools.py) ----------------------------------
 
 
+def _after_dashes(args: tuple[str, ...]) -> tuple[str, ...]:
+    # With interspersed args off, click hands the "--" separator through with what follows it.
+    return args[1:] if args[:1] == ("--",) else args
+
+
 @main.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @OUTPUT_OPTION
 @click.argument("name")
@@ -403,7 +408,7 @@ def ssh_cmd(name: str, node: str, command: tuple[str, ...], output: str) -> None
     """
     from provisioner.bootstrap.tools import ssh
 
-    sys.exit(run(lambda: ssh(name, node, command), output))
+    sys.exit(run(lambda: ssh(name, node, _after_dashes(command)), output))
 
 
 @main.command("etcdctl", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -424,6 +429,8 @@ def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
       vkp etcdctl demo -- member list -w table
     """
     from provisioner.bootstrap.tools import etcdctl
+
+    args = _after_dashes(args)
 
     sys.exit(run(lambda: etcdctl(name, args), output))
 

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -57,12 +58,15 @@ def create_cluster(
     concurrency: int = 8,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Run the phases up to up_to; a re-run resumes and changes only what is missing."""
+    from provisioner.bootstrap.phases import run_bootstrap
+
     state = ClusterState.create_or_load(spec.name)
     state.save_spec(spec.to_dict())
     phases: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"cluster": spec.name, "cluster_id": state.cluster_id, "phases": phases}
+    result: dict[str, Any] = {"cluster": spec.name, "cluster_id": state.cluster_id, "up_to": up_to}
     with provision.session_for(spec, env) as session:
-        _plan, outcomes = _phase(
+        plan, outcomes = _phase(
             state,
             "vms",
             log,
@@ -84,8 +88,18 @@ def create_cluster(
     result["created"] = sum(o.created for o in outcomes)
     result["changed"] = sum(o.changed for o in outcomes)
     result["state_dir"] = str(state.path)
-    result["up_to"] = up_to
+    result["phases"] = phases
+    if up_to != "vms":
+        report = run_bootstrap(spec, plan, state, up_to=up_to, log=log)
+        _bootstrap_phases(report, phases)
+        result["bootstrap"] = report
+        result["changed"] += report["changed"]
     return result
+
+
+def _bootstrap_phases(report: dict[str, Any], phases: list[dict[str, Any]]) -> None:
+    for name, seconds in (report.get("phase_seconds") or {}).items():
+        phases.append({"name": name, "seconds": round(seconds, 2), "status": "done"})
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -255,8 +269,11 @@ def describe_cluster(name: str) -> dict[str, Any]:
     }
 
 
-def dry_run(spec: ClusterSpec, up_to: str) -> dict[str, Any]:
-    """What create-cluster would do, without contacting vCenter or any node."""
+def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
+    """What create-cluster would do, without contacting vCenter or any node, writing nothing."""
+    import tempfile
+
+    from provisioner.bootstrap.phases import run_bootstrap
     from provisioner.plan import make_plan
 
     plan = make_plan(spec)
@@ -268,4 +285,14 @@ def dry_run(spec: ClusterSpec, up_to: str) -> dict[str, Any]:
         )
     for rule in plan.anti_affinity_rules:
         actions.append(f"DRS anti-affinity rule {rule.name}: {', '.join(rule.vms)}")
-    return {"cluster": spec.name, "dry_run": True, "up_to": up_to, "actions": actions, "plan": plan.to_dict()}
+    result: dict[str, Any] = {"cluster": spec.name, "dry_run": True, "up_to": up_to, "actions": actions}
+    result["plan"] = plan.to_dict()
+    if up_to != "vms":
+        # Steps read keys from a state; a throwaway one keeps a dry run from creating the real one.
+        with tempfile.TemporaryDirectory(prefix="vkp-dry-run-") as home:
+            if ClusterState.exists(spec.name):
+                state = ClusterState.load(spec.name)
+            else:
+                state = ClusterState.create_or_load(spec.name, home=Path(home))
+            result["bootstrap"] = run_bootstrap(spec, plan, state, up_to=up_to, log=log, dry_run=True)
+    return result
