@@ -4,10 +4,10 @@ Everything here is pure (no network, no vSphere): a spec is loaded and validated
 call is made, and every problem is reported at once with its field path and what to do.
 
 Merge order, later wins: plan defaults <- spec file <- explicit name/plan arguments.
-Environment variables (VKP_VSPHERE_*, VKP_NETWORK_*, VKP_API_ENDPOINT) fill vsphere and network
-settings the file leaves out, so `vkp create-cluster NAME --plan small` works from the
-environment alone. Credentials are never part of the spec: it records only the names of the
-environment variables to read at connect time.
+Environment variables (VKP_VSPHERE_*, VKP_NETWORK_*, VKP_API_ENDPOINT, VKP_K8S_ARTIFACTS) fill
+vsphere, network and artifact settings the file leaves out, so `vkp create-cluster NAME --plan
+small` works from the environment alone. Credentials are never part of the spec: it records
+only the names of the environment variables to read at connect time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ API_MODES = ("auto", "direct", "kube-vip", "haproxy-keepalived")
 KEY_TYPES = ("rsa", "ecdsa")
 RSA_SIZES = (2048, 3072, 4096)
 HOSTNAME_MAX = 63  # node names become VM names and host names: one DNS label each
+# Kubernetes minors vkp's kubeadm configuration is written for (kubeadm.k8s.io/v1beta3 and
+# v1beta4 both exist across them; the templates choose by minor).
+K8S_MINORS = (28, 31)
+DEFAULT_K8S_VERSION = "1.30.4"
+DEFAULT_IMAGE_REPOSITORY = "registry.k8s.io"
+# The pause image kubeadm 1.30 expects (kubeadm config images list); containerd's sandbox image.
+PAUSE_VERSION = "3.9"
 
 DEFAULT_PLANS_FILE = Path(__file__).resolve().parent.parent / "inventory" / "plans.yaml"
 PLANS_FILE_ENV = "VKP_PLANS_FILE"
@@ -77,6 +84,7 @@ ENV_SETTINGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("network", "gateway"), "VKP_NETWORK_GATEWAY"),
     (("network", "dns"), "VKP_NETWORK_DNS"),
     (("network", "api_endpoint", "address"), "VKP_API_ENDPOINT"),
+    (("kubernetes", "artifacts", "source"), "VKP_K8S_ARTIFACTS"),
 )
 ENV_FOR = {".".join(p): var for p, var in ENV_SETTINGS}
 
@@ -240,12 +248,51 @@ class SSHSpec:
 
 
 @dataclass(frozen=True)
+class ArtifactsSpec:
+    """Where the Kubernetes binaries and control-plane images come from.
+
+    source: "upstream" (dl.k8s.io), a mirror base URL with the same layout, or local:/dir on
+    the operator's machine (provisioner/bootstrap/artifacts.py has the layouts).
+    image_tarballs: a directory on the operator's machine of *.tar images to import into
+    containerd on every node, for sites that cannot pull from any registry.
+    sandbox_image: None means <image_repository>/pause:<PAUSE_VERSION>.
+    """
+
+    source: str = "upstream"
+    image_repository: str = DEFAULT_IMAGE_REPOSITORY
+    image_tarballs: str | None = None
+    sandbox_image: str | None = None
+
+
+@dataclass(frozen=True)
 class KubernetesSpec:
-    version: str = "1.30.4"
+    version: str = DEFAULT_K8S_VERSION
     pod_cidr: str = "10.244.0.0/16"
     service_cidr: str = "10.96.0.0/12"
     cni: str = "calico"
-    artifact_source: str = "https://dl.k8s.io/release"
+    cni_version: str | None = None  # None: the version vkp pins for the CNI
+    vsphere_csi: bool = False  # vSphere cloud provider (CPI) and CSI driver
+    artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
+
+    @property
+    def sandbox_image(self) -> str:
+        a = self.artifacts
+        return a.sandbox_image or f"{a.image_repository}/pause:{PAUSE_VERSION}"
+
+    @property
+    def image_repository(self) -> str:
+        return self.artifacts.image_repository
+
+    @property
+    def artifact_source(self) -> str:
+        """The old name of artifacts.source, for readers written before it moved."""
+        return self.artifacts.source
+
+    @property
+    def minor(self) -> int:
+        """1.30.4 -> 30 (0 when the version is malformed, which validation reports)."""
+        m = _K8S_VERSION.fullmatch(self.version)
+        return int(m.group(1)) if m else 0
 
 
 @dataclass(frozen=True)
@@ -369,13 +416,17 @@ def load_spec(
         raw["name"] = name
     if plan is not None:
         raw["plan"] = plan
+    r = _Reader(str(path) if path else None)
+    legacy = _migrate_artifact_source(raw, r)
     if path is not None:
         _resolve_ca_file(raw, path.parent)
+        _resolve_artifact_paths(raw, path.parent)
     origins = _fill_from_env(raw, env)
+    if legacy:
+        origins.update(legacy)
     if plans is None:
         plans = load_plans(env.get(PLANS_FILE_ENV) or None)
 
-    r = _Reader(str(path) if path else None)
     spec = _build(raw, r, plans)
     problems = list(r.problems)
     if check:
@@ -615,6 +666,8 @@ _VSPHERE_KEYS = {
     "resource_pool", "linked_clone", "credentials", "tls",
 }  # fmt: skip
 _ROLE_KEYS = {"count", "cpus", "memory_mb", "disk_gb", "addresses"}
+_K8S_KEYS = {"version", "pod_cidr", "service_cidr", "cni", "cni_version", "vsphere_csi", "artifacts"}
+_ARTIFACT_KEYS = {"source", "image_repository", "image_tarballs", "sandbox_image"}
 
 
 def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> ClusterSpec:
@@ -748,14 +801,25 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
         user=r.get_str(sd, "user", "ssh", SSHSpec.user) or "", port=r.get_int(sd, "port", "ssh", 22) or 0
     )
 
-    kd = r.section(raw, "kubernetes", "", {"version", "pod_cidr", "service_cidr", "cni", "artifact_source"})
-    kdef = KubernetesSpec()
+    kd = r.section(raw, "kubernetes", "", _K8S_KEYS)
+    kdef, adef = KubernetesSpec(), ArtifactsSpec()
+    ad = r.section(kd, "artifacts", "kubernetes", _ARTIFACT_KEYS)
+    cni_version = r.get_str(kd, "cni_version", "kubernetes")
     kubernetes = KubernetesSpec(
         version=(r.get_str(kd, "version", "kubernetes", kdef.version) or "").removeprefix("v"),
         pod_cidr=r.get_str(kd, "pod_cidr", "kubernetes", kdef.pod_cidr) or "",
         service_cidr=r.get_str(kd, "service_cidr", "kubernetes", kdef.service_cidr) or "",
         cni=r.get_str(kd, "cni", "kubernetes", kdef.cni) or "",
-        artifact_source=r.get_str(kd, "artifact_source", "kubernetes", kdef.artifact_source) or "",
+        cni_version=cni_version.removeprefix("v") if cni_version else None,
+        vsphere_csi=r.get_bool(kd, "vsphere_csi", "kubernetes", False),
+        artifacts=ArtifactsSpec(
+            source=r.get_str(ad, "source", "kubernetes.artifacts", adef.source) or adef.source,
+            image_repository=(
+                r.get_str(ad, "image_repository", "kubernetes.artifacts", adef.image_repository) or ""
+            ).rstrip("/"),
+            image_tarballs=r.get_str(ad, "image_tarballs", "kubernetes.artifacts"),
+            sandbox_image=r.get_str(ad, "sandbox_image", "kubernetes.artifacts"),
+        ),
     )
 
     ed = r.section(raw, "etcd", "", {"heartbeat_interval", "election_timeout"})
@@ -790,6 +854,48 @@ def _resolve_ca_file(raw: dict[str, Any], base: Path) -> None:
         ca = Path(tls["ca_file"].strip()).expanduser()
         if not ca.is_absolute():
             tls["ca_file"] = str((base / ca).resolve())
+
+
+def _migrate_artifact_source(raw: dict[str, Any], r: _Reader) -> dict[str, str]:
+    """kubernetes.artifact_source (before artifacts: existed) becomes kubernetes.artifacts.source.
+
+    Done before the environment is read, so the file's value keeps winning over VKP_K8S_ARTIFACTS.
+    """
+    kd = raw.get("kubernetes")
+    if not isinstance(kd, dict) or "artifact_source" not in kd:
+        return {}
+    old = kd.pop("artifact_source")
+    ad = kd.get("artifacts")
+    if ad is None:
+        ad = kd["artifacts"] = {}
+    if not isinstance(ad, dict):
+        return {}  # the section's own problem is reported when it is read
+    if ad.get("source") is not None:
+        r.add(
+            "kubernetes.artifact_source",
+            "is the old name of kubernetes.artifacts.source, which is set too; keep only artifacts.source",
+        )
+        return {}
+    ad["source"] = old
+    return {"kubernetes.artifacts.source": "kubernetes.artifact_source, the old name of this field"}
+
+
+def _resolve_artifact_paths(raw: dict[str, Any], base: Path) -> None:
+    # Relative to the spec, like ca_file, so an inventory directory can carry its artifacts.
+    kd = raw.get("kubernetes")
+    ad = kd.get("artifacts") if isinstance(kd, dict) else None
+    if not isinstance(ad, dict):
+        return
+    src = ad.get("source")
+    if isinstance(src, str) and src.strip().startswith("local:"):
+        rest = src.strip()[len("local:") :].strip()
+        if rest and not Path(rest).expanduser().is_absolute():
+            ad["source"] = f"local:{(base / rest).resolve()}"
+    tarballs = ad.get("image_tarballs")
+    if isinstance(tarballs, str) and tarballs.strip():
+        t = Path(tarballs.strip()).expanduser()
+        if not t.is_absolute():
+            ad["image_tarballs"] = str((base / t).resolve())
 
 
 def _split_server(server: str, port: int, port_given: bool, r: _Reader) -> tuple[str, int]:
@@ -840,7 +946,15 @@ def normalize_thumbprint(s: str) -> str | None:
 _DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_K8S_VERSION = re.compile(r"1\.\d+\.\d+")
+_K8S_VERSION = re.compile(r"1\.(\d+)\.(\d+)")
+_SEMVER = re.compile(r"\d+\.\d+\.\d+")
+# A registry host (with optional port) and optional path, as kubeadm's imageRepository takes it.
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)?")
+# registry/path/name:tag or @sha256:digest (lower-case repository, as the distribution spec says).
+_IMAGE_REF = re.compile(
+    r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)+"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})"
+)
 _THUMB = re.compile(r"([0-9A-F]{2}:){31}[0-9A-F]{2}")
 _ROLE_PLURAL = {"etcd": "etcd members", "master": "masters", "worker": "workers"}
 _REQUIRED_VSPHERE = ("server", "datacenter", "cluster", "datastore", "network", "template")
@@ -1198,6 +1312,34 @@ def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
     )
 
 
+def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
+    from provisioner.bootstrap.artifacts import ArtifactSource
+
+    p: list[tuple[str, str]] = []
+    ap = "kubernetes.artifacts"
+    try:
+        ArtifactSource.parse(a.source)
+    except ValueError as exc:
+        p.append((f"{ap}.source", str(exc)))
+    if not _REGISTRY.fullmatch(a.image_repository):
+        p.append(
+            (
+                f"{ap}.image_repository",
+                f"must be a registry and path without a scheme, like {DEFAULT_IMAGE_REPOSITORY} or "
+                f"mirror.example.com:5000/k8s; got {a.image_repository!r}",
+            )
+        )
+    if a.sandbox_image is not None and not _IMAGE_REF.fullmatch(a.sandbox_image):
+        p.append(
+            (
+                f"{ap}.sandbox_image",
+                f"must be an image with a tag or digest, like {DEFAULT_IMAGE_REPOSITORY}/pause:"
+                f"{PAUSE_VERSION}; got {a.sandbox_image!r}",
+            )
+        )
+    return p
+
+
 def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     p: list[tuple[str, str]] = []
     # placement
@@ -1211,8 +1353,19 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
         p.append(("ssh.port", f"must be a TCP port (1-65535); got {spec.ssh.port}"))
     # kubernetes
     k = spec.kubernetes
+    lo, hi = K8S_MINORS
     if not _K8S_VERSION.fullmatch(k.version):
-        p.append(("kubernetes.version", f"must be a release like 1.30.4; got {k.version!r}"))
+        p.append(
+            ("kubernetes.version", f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {k.version!r}")
+        )
+    elif not lo <= k.minor <= hi:
+        p.append(
+            (
+                "kubernetes.version",
+                f"{k.version} is outside the versions vkp supports (1.{lo} to 1.{hi}); pick a release "
+                f"in that range, e.g. {DEFAULT_K8S_VERSION}",
+            )
+        )
     if k.cni not in CNIS:
         p.append(("kubernetes.cni", f"unknown CNI {k.cni!r}; use one of {', '.join(CNIS)}"))
     nets: dict[str, IPNetwork] = {}
@@ -1258,14 +1411,9 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
                     "use a shorter prefix such as /16",
                 )
             )
-    src = k.artifact_source
-    if not (re.match(r"(https?|file)://", src) or src.startswith("/")):
-        p.append(
-            (
-                "kubernetes.artifact_source",
-                f"must be an http(s):// or file:// URL or an absolute path; got {src!r}",
-            )
-        )
+    if k.cni_version is not None and not _SEMVER.fullmatch(k.cni_version):
+        p.append(("kubernetes.cni_version", f"must be a release like 3.28.1; got {k.cni_version!r}"))
+    p += _check_artifacts(k.artifacts)
     # etcd tuning
     e = spec.etcd
     if e.heartbeat_interval < 1:

@@ -425,3 +425,98 @@ def test_validate_accepts_a_loaded_spec_and_rejects_a_broken_one() -> None:
     with pytest.raises(SpecError) as ei:
         validate(broken)
     assert dict(ei.value.problems)["topology.etcd.count"].startswith("must be odd (1, 3, 5)")
+
+
+# --- kubernetes: version range and artifacts -----------------------------------------------------
+
+
+def test_kubernetes_artifact_defaults() -> None:
+    k = load_spec(None, name="x", plan="dev", env=LAB_ENV).kubernetes
+    assert k.version == "1.30.4" and 28 <= k.minor <= 31
+    assert k.artifacts.source == "upstream"
+    assert k.artifacts.image_repository == "registry.k8s.io"
+    assert k.artifacts.image_tarballs is None
+    assert k.sandbox_image == "registry.k8s.io/pause:3.9"
+    assert (k.cni, k.cni_version, k.vsphere_csi) == ("calico", None, False)
+
+
+def test_artifact_settings_from_the_file(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        """
+        name: x
+        plan: dev
+        kubernetes:
+          version: v1.31.0
+          cni: flannel
+          cni_version: v0.25.6
+          vsphere_csi: true
+          artifacts:
+            source: local:artifacts
+            image_repository: mirror.example.com:5000/k8s/
+            image_tarballs: images
+        """,
+    )
+    k = load_spec(f, env=LAB_ENV | {"VKP_K8S_ARTIFACTS": "https://ignored.example"}).kubernetes
+    assert k.version == "1.31.0" and k.cni_version == "0.25.6" and k.vsphere_csi is True
+    # Relative to the spec file, like ca_file; the file wins over the environment.
+    assert k.artifacts.source == f"local:{(tmp_path / 'artifacts').resolve()}"
+    assert k.artifacts.image_tarballs == str((tmp_path / "images").resolve())
+    assert k.sandbox_image == "mirror.example.com:5000/k8s/pause:3.9"
+
+
+def test_artifact_source_from_the_environment() -> None:
+    env = LAB_ENV | {"VKP_K8S_ARTIFACTS": "http://198.18.0.1:8080/k8s"}
+    assert (
+        load_spec(None, name="x", plan="dev", env=env).kubernetes.artifacts.source == env["VKP_K8S_ARTIFACTS"]
+    )
+    p = problems(env=LAB_ENV | {"VKP_K8S_ARTIFACTS": "ftp://mirror/k8s"}, name="x", plan="dev")
+    assert "VKP_K8S_ARTIFACTS" in p["kubernetes.artifacts.source"]
+    assert "local:/path/to/dir" in p["kubernetes.artifacts.source"]
+
+
+def test_old_artifact_source_key_still_works(tmp_path: Path) -> None:
+    f = write(tmp_path, "name: x\nplan: dev\nkubernetes: {artifact_source: /srv/k8s}\n")
+    k = load_spec(f, env=LAB_ENV).kubernetes
+    assert k.artifacts.source == "/srv/k8s" and k.artifact_source == "/srv/k8s"
+    f = write(tmp_path, "name: x\nplan: dev\nkubernetes: {artifact_source: 'gopher://x'}\n")
+    assert "old name" in problems(f)["kubernetes.artifacts.source"]
+    f = write(
+        tmp_path,
+        "name: x\nplan: dev\nkubernetes: {artifact_source: /a, artifacts: {source: upstream}}\n",
+    )
+    assert "keep only artifacts.source" in problems(f)["kubernetes.artifact_source"]
+
+
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [("1.27.9", "1.28 to 1.31"), ("1.32.0", "1.28 to 1.31"), ("1.30", "X.Y.Z"), ("latest", "1.30.4")],
+)
+def test_kubernetes_version_is_a_supported_release(tmp_path: Path, version: str, says: str) -> None:
+    f = write(tmp_path, f"name: x\nplan: dev\nkubernetes: {{version: '{version}'}}\n")
+    assert says in problems(f)["kubernetes.version"]
+
+
+def test_artifact_checks_name_their_fields(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        """
+        name: x
+        plan: dev
+        kubernetes:
+          cni_version: latest
+          vsphere_csi: maybe
+          artifacts:
+            source: https://user:pw@mirror.example/k8s
+            image_repository: https://registry.k8s.io
+            sandbox_image: pause
+            mirror: x
+        """,
+    )
+    p = problems(f)
+    assert "3.28.1" in p["kubernetes.cni_version"]
+    assert "true or false" in p["kubernetes.vsphere_csi"]
+    assert "credentials" in p["kubernetes.artifacts.source"]
+    assert "without a scheme" in p["kubernetes.artifacts.image_repository"]
+    assert "tag or digest" in p["kubernetes.artifacts.sandbox_image"]
+    assert "unknown key" in p["kubernetes.artifacts.mirror"]

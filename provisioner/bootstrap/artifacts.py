@@ -1,0 +1,564 @@
+"""Kubernetes artifacts: where kubeadm, kubelet and kubectl come from, and how each is verified.
+
+Sources (kubernetes.artifacts.source in the spec, or VKP_K8S_ARTIFACTS):
+
+    upstream                 https://dl.k8s.io/release
+    https://mirror/k8s       a mirror with the same layout (http:// is accepted for lab mirrors:
+                             the checksums, not the transport, are what is trusted)
+    local:/path/dir          a directory on the operator's machine, for air-gapped sites
+
+Layout of an upstream or mirror source, and of a local directory that copies it:
+
+    {base}/v{version}/bin/linux/{arch}/{kubeadm,kubelet,kubectl}
+    {base}/v{version}/bin/linux/{arch}/{file}.sha256        "<hex>" or "<hex>  <file>"
+
+A local directory may instead hold the files flat, with a .sha256 next to each or one
+SHA256SUMS file (sha256sum's output); arch is amd64 or arm64, as the node reports it.
+
+Trust: every file is checked against the SHA-256 published beside it before anything is
+installed, and a set is installed only when all of its files verified, so a node never ends up
+with a kubelet from one build and a kubeadm from another. For upstream and mirror sources the
+node downloads (curl) into a private staging directory next to /usr/local/bin, verifies, and
+only then renames each file into place (rename is atomic on one filesystem). For a local
+source this machine verifies the files, pushes them into the same staging directory, and the
+node verifies them again before the same renames.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from provisioner.errors import ArtifactError
+from provisioner.ssh.commands import Cmd, Result
+
+if TYPE_CHECKING:
+    from provisioner.spec import KubernetesSpec
+
+UPSTREAM_BASE = "https://dl.k8s.io/release"
+BINARIES = ("kubeadm", "kubelet", "kubectl")
+INSTALL_DIR = "/usr/local/bin"
+# Under INSTALL_DIR, so the final rename never crosses a filesystem (and stays atomic).
+STAGING_DIR = f"{INSTALL_DIR}/.vkp-staging"
+SUMS_FILE = "SHA256SUMS"
+# uname -m -> Kubernetes' name for the architecture.
+ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+PROBE_TIMEOUT = 5.0  # seconds, per request from the operator's machine
+# curl on the node: bounded connect and total time, a few retries for transient failures.
+_CURL = (
+    "curl --fail --silent --show-error --location --proto =http,https "
+    "--connect-timeout 10 --retry 3 --retry-delay 2"
+)
+FETCH_SUMS_TIMEOUT = 300.0
+INSTALL_TIMEOUT = 3000.0
+
+Log = Callable[[str], None]
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# ELF e_machine values of the two architectures Kubernetes publishes here.
+_ELF_MACHINES = {62: "amd64", 183: "arm64"}
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactSource:
+    """A parsed artifact source: kind is upstream, mirror or local; location a base URL or a dir."""
+
+    kind: str
+    location: str
+
+    @classmethod
+    def parse(cls, text: str, *, base_dir: Path | None = None) -> ArtifactSource:
+        """Parse the spec's value; ValueError saying what a valid one looks like.
+
+        Old spellings keep working: a file:// URL or an absolute path is a local directory.
+        A relative local path is taken relative to base_dir (the spec's directory), else cwd.
+        """
+        s = (text or "").strip()
+        if s in ("", "upstream"):
+            return cls("upstream", UPSTREAM_BASE)
+        local: str | None = None
+        if s.startswith("local:"):
+            local = s[len("local:") :]
+        elif s.startswith("file://"):
+            local = urllib.parse.unquote(urllib.parse.urlsplit(s).path)
+        elif s.startswith(("/", "~")):
+            local = s
+        if local is not None:
+            if not local.strip():
+                raise ValueError("local: needs a directory, e.g. local:/srv/k8s-artifacts")
+            p = Path(local.strip()).expanduser()
+            if not p.is_absolute():
+                p = (base_dir or Path.cwd()) / p
+            return cls("local", os.path.normpath(p))
+        parts = urllib.parse.urlsplit(s)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"must be upstream, a mirror URL (https://host/path, same layout as {UPSTREAM_BASE}) "
+                f"or local:/path/to/dir; got {s!r}"
+            )
+        if parts.username or parts.password:
+            raise ValueError(
+                "a mirror URL must not carry credentials (they would be stored with the spec and "
+                "shown in logs); use a mirror that allows anonymous reads on the node network"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"a mirror URL is a base path without ?query or #fragment; got {s!r}")
+        base = s.rstrip("/")
+        return cls("upstream" if base == UPSTREAM_BASE else "mirror", base)
+
+    @property
+    def remote(self) -> bool:
+        return self.kind != "local"
+
+    def describe(self) -> str:
+        if self.kind == "upstream":
+            return f"upstream ({self.location})"
+        if self.kind == "mirror":
+            return f"mirror {self.location}"
+        return f"local directory {self.location} (on this machine)"
+
+    def url(self, version: str, arch: str, name: str) -> str:
+        """Where a remote source publishes name (name may end in .sha256)."""
+        if not self.remote:
+            raise ValueError("a local source has no URLs")
+        return f"{self.location}/v{version}/bin/linux/{arch}/{name}"
+
+    def directory(self, version: str, arch: str) -> Path:
+        """The local directory holding the files: the upstream layout if present, else flat."""
+        root = Path(self.location)
+        nested = root / f"v{version}" / "bin" / "linux" / arch
+        return nested if nested.is_dir() else root
+
+
+def source_of(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+    try:
+        return ArtifactSource.parse(k8s.artifacts.source, base_dir=base_dir)
+    except ValueError as exc:
+        raise ArtifactError(f"kubernetes.artifacts.source: {exc}") from None
+
+
+def node_arch(uname_m: str) -> str:
+    arch = ARCHES.get(uname_m.strip())
+    if arch is None:
+        raise ArtifactError(
+            f"the node's architecture {uname_m.strip()!r} has no Kubernetes binaries in the "
+            f"{'/'.join(sorted(set(ARCHES.values())))} layout vkp installs from"
+        )
+    return arch
+
+
+# -- checksums --------------------------------------------------------------------------------
+
+
+def parse_checksum(text: str, name: str) -> str:
+    """The SHA-256 of name from a .sha256 file ("<hex>" or "<hex>  name") or a SHA256SUMS file
+    (one "<hex>  name" or "<hex> *name" per line). Lower-case hex; ValueError if absent."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) == 1 and _HEX64.fullmatch(lines[0]):
+        return lines[0].lower()
+    for ln in lines:
+        parts = ln.split(None, 1)
+        if len(parts) == 2 and _HEX64.fullmatch(parts[0]):
+            listed = parts[1].strip().lstrip("*")
+            if listed == name or listed.rsplit("/", 1)[-1] == name:
+                return parts[0].lower()
+    if len(lines) == 1 and _HEX64.fullmatch(lines[0].split(None, 1)[0]):
+        raise ValueError(f"the checksum file names {lines[0].split(None, 1)[1]!r}, not {name!r}")
+    raise ValueError(f"no SHA-256 for {name} in it (expected '<64 hex digits>' or '<hex>  {name}')")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify(data: bytes, expected_sha256: str, *, name: str = "file", source: str = "") -> str:
+    """The data's SHA-256 if it is expected_sha256; else ArtifactError naming both."""
+    actual = sha256_hex(data)
+    if actual != expected_sha256.lower():
+        raise mismatch_error(name, source, expected_sha256.lower(), actual)
+    return actual
+
+
+def mismatch_error(name: str, source: str, expected: str, actual: str, *, where: str = "") -> ArtifactError:
+    return ArtifactError(
+        f"{name} from {source or 'the artifact source'}{where} does not match its published checksum: "
+        f"expected sha256 {expected}, got {actual}. Nothing was installed.",
+        hint="the file is damaged or the source holds a different build than its .sha256 says; "
+        "fetch the file and its .sha256 again from the same release (dl.k8s.io/release/v<version>/"
+        "bin/linux/<arch>/) and re-run",
+    )
+
+
+# -- what is missing, and how to provide it --------------------------------------------------
+
+
+def provide_hint(version: str) -> str:
+    return (
+        "provide the artifacts one of two ways: a mirror with the dl.k8s.io layout "
+        f"({{base}}/v{version}/bin/linux/{{amd64|arm64}}/kubeadm plus kubeadm.sha256, the same for "
+        "kubelet and kubectl) as kubernetes.artifacts.source: https://mirror.example/k8s, or a "
+        "directory on this machine holding kubeadm, kubelet, kubectl and their .sha256 files (or a "
+        "SHA256SUMS) as kubernetes.artifacts.source: local:/path/to/dir. VKP_K8S_ARTIFACTS sets the "
+        "same when the spec leaves it out. `vkp create-cluster --up-to runtime` stops before the "
+        "Kubernetes phase on purpose; the phases before it stay as they are"
+    )
+
+
+def unavailable_error(source: ArtifactSource, version: str, what: str, reason: str) -> ArtifactError:
+    return ArtifactError(
+        f"Kubernetes v{version} artifacts are not available: {what} could not be fetched from "
+        f"{source.describe()}: {reason}. The Kubernetes phase cannot run without kubeadm, kubelet "
+        "and kubectl, and nothing of it was installed.",
+        hint=provide_hint(version),
+    )
+
+
+# curl's exit codes that mean "the source is not there" rather than "a file is bad".
+_CURL_REASONS = {
+    5: "the proxy's host name could not be resolved",
+    6: "the host name could not be resolved (DNS)",
+    7: "the connection was refused or there is no route to the host",
+    28: "the connection timed out",
+    35: "the TLS handshake failed",
+    60: "the server's TLS certificate could not be verified",
+}
+
+
+def curl_reason(rc: int, stderr: str) -> str:
+    text = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if rc == 22:
+        m = re.search(r"error:?\s*(\d{3})", text)
+        code = m.group(1) if m else "an HTTP error"
+        return f"HTTP {code}" + (" (no such file there)" if code == "404" else "")
+    if rc == 127:
+        return "curl is not installed on the node (common.packages installs it)"
+    known = _CURL_REASONS.get(rc)
+    detail = f" ({text})" if text else ""
+    return f"{known}{detail}" if known else f"curl exited {rc}{detail}"
+
+
+# -- node side: commands and what they print ------------------------------------------------
+
+# Positional pairs: name url. One line per file: "<name> <curl exit> <base64 of output>";
+# stops at the first failure, since the source is then unreachable or incomplete.
+_FETCH_SUMS_SCRIPT = (
+    "set -u\n"
+    'command -v curl >/dev/null 2>&1 || { echo "- 127 "; exit 0; }\n'
+    'while [ "$#" -ge 2 ]; do\n'
+    "  name=$1 url=$2; shift 2\n"
+    f'  out=$({_CURL} --max-time 60 "$url" 2>&1); rc=$?\n'
+    '  echo "$name $rc $(printf %s "$out" | base64 -w0)"\n'
+    '  [ "$rc" -eq 0 ] || exit 0\n'
+    "done\n"
+)
+
+# $1 download|staged, $2 install dir, $3 staging dir (staged) or "" (download makes its own);
+# then triples name url sha256 (url "-" when staged). Every file is fetched (or found staged)
+# and verified before the first rename: a failure leaves the installed files as they were.
+# Lines: "fetch-failed <name> <curl exit> <base64 stderr>", "missing <name>",
+# "mismatch <name> <actual sha256>", "installed <name>".
+_INSTALL_SCRIPT = (
+    "set -u\n"
+    "umask 077\n"
+    "mode=$1 dir=$2 stage=$3; shift 3\n"
+    'if [ "$mode" = download ]; then\n'
+    '  command -v curl >/dev/null 2>&1 || { echo "fetch-failed - 127 "; exit 10; }\n'
+    '  stage=$(mktemp -d "$dir/.vkp-download.XXXXXX") || exit 3\n'
+    "fi\n"
+    "trap 'rm -rf -- \"$stage\"' EXIT\n"
+    "names=\n"
+    'while [ "$#" -ge 3 ]; do\n'
+    "  name=$1 url=$2 sum=$3; shift 3\n"
+    '  if [ "$mode" = download ]; then\n'
+    f'    err=$({_CURL} --max-time 900 --output "$stage/$name" "$url" 2>&1); rc=$?\n'
+    '    if [ "$rc" -ne 0 ]; then\n'
+    '      echo "fetch-failed $name $rc $(printf %s "$err" | base64 -w0)"; exit 10\n'
+    "    fi\n"
+    '  elif [ ! -f "$stage/$name" ]; then echo "missing $name"; exit 12\n'
+    "  fi\n"
+    "  got=$(sha256sum < \"$stage/$name\" | cut -d' ' -f1)\n"
+    '  if [ "$got" != "$sum" ]; then echo "mismatch $name $got"; exit 11; fi\n'
+    '  names="$names $name"\n'
+    "done\n"
+    "for name in $names; do\n"
+    '  chown root:root "$stage/$name" && chmod 0755 "$stage/$name" || exit 4\n'
+    "done\n"
+    "for name in $names; do\n"
+    '  mv -f -- "$stage/$name" "$dir/$name" || exit 5\n'
+    '  echo "installed $name"\n'
+    "done\n"
+)
+
+
+def fetch_sums_command(source: ArtifactSource, version: str, arch: str, names: Iterable[str]) -> Cmd:
+    args: list[str] = []
+    for n in names:
+        args += [n, source.url(version, arch, f"{n}.sha256")]
+    return Cmd.shell(_FETCH_SUMS_SCRIPT, *args)
+
+
+def parse_fetched_sums(
+    result: Result, source: ArtifactSource, version: str, arch: str, names: Iterable[str]
+) -> dict[str, str]:
+    """{name: published sha256} from fetch_sums_command's output; ArtifactError on any failure."""
+    wanted = list(names)
+    got: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+            continue
+        name, rc = parts[0], int(parts[1])
+        out = base64.b64decode(parts[2].strip() or b"").decode(errors="replace") if len(parts) > 2 else ""
+        target = f"{name}.sha256" if name != "-" else "the checksum files"
+        url = source.url(version, arch, f"{name}.sha256") if name != "-" else source.location
+        if rc != 0:
+            raise unavailable_error(source, version, f"{target} ({url})", curl_reason(rc, out))
+        try:
+            got[name] = parse_checksum(out, name)
+        except ValueError as exc:
+            raise ArtifactError(
+                f"{target} from {source.describe()} ({url}) is not a checksum file: {exc}",
+                hint="a mirror must publish <file>.sha256 next to each file, as dl.k8s.io does",
+            ) from None
+    missing = [n for n in wanted if n not in got]
+    if missing:
+        raise ArtifactError(
+            f"reading the checksums of {', '.join(missing)} from {source.describe()} on the node gave "
+            f"no answer (exit {result.exit_status}): {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    return got
+
+
+def install_command(mode: str, plan: Mapping[str, tuple[str, str]], *, install_dir: str = INSTALL_DIR) -> Cmd:
+    """mode download: plan is {name: (url, sha256)}; staged: {name: ("-", sha256)} in STAGING_DIR."""
+    if mode not in ("download", "staged"):
+        raise ValueError(f"mode is download or staged, not {mode!r}")
+    args: list[str] = [mode, install_dir, STAGING_DIR if mode == "staged" else ""]
+    for name, (url, digest) in plan.items():
+        args += [name, url, digest]
+    return Cmd.shell(_INSTALL_SCRIPT, *args)
+
+
+def check_install(
+    result: Result, source: ArtifactSource, version: str, arch: str, expected: Mapping[str, str], node: str
+) -> list[str]:
+    """The names install_command installed; ArtifactError naming file, source and checksums."""
+    installed: list[str] = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "installed" and len(parts) == 2:
+            installed.append(parts[1])
+        elif parts[0] == "mismatch" and len(parts) == 3:
+            raise mismatch_error(
+                parts[1], source.describe(), expected.get(parts[1], "?"), parts[2], where=f" on {node}"
+            )
+        elif parts[0] == "fetch-failed" and len(parts) >= 3:
+            name = parts[1]
+            err = base64.b64decode(parts[3]).decode(errors="replace") if len(parts) > 3 else ""
+            url = source.url(version, arch, name) if source.remote and name != "-" else source.location
+            raise unavailable_error(source, version, f"{name} ({url})", curl_reason(int(parts[2]), err))
+        elif parts[0] == "missing" and len(parts) == 2:
+            raise ArtifactError(
+                f"{parts[1]} was pushed to {node}:{STAGING_DIR} but is not there any more; nothing was "
+                "installed",
+                hint="re-run: the files are pushed again",
+            )
+    if result.exit_status != 0:
+        raise ArtifactError(
+            f"installing {', '.join(expected)} on {node} failed (exit {result.exit_status}); nothing was "
+            f"installed: {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    return installed
+
+
+# -- local sources: verified on this machine -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    name: str
+    path: Path
+    sha256: str
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _published_sum(directory: Path, name: str) -> tuple[str, Path]:
+    """(sha256, the file it came from): name.sha256 first, then SHA256SUMS."""
+    own = directory / f"{name}.sha256"
+    sums = directory / SUMS_FILE
+    for candidate in (own, sums):
+        if candidate.is_file():
+            try:
+                return parse_checksum(candidate.read_text(errors="replace"), name), candidate
+            except ValueError as exc:
+                if candidate == own or not own.is_file():
+                    raise ArtifactError(f"{candidate}: {exc}") from None
+    raise FileNotFoundError(f"neither {own.name} nor {SUMS_FILE}")
+
+
+def _elf_arch(path: Path) -> str | None:
+    with path.open("rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None  # not an ELF binary: nothing to tell from it
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return _ELF_MACHINES.get(machine, f"machine {machine}")
+
+
+def verify_local(
+    source: ArtifactSource, version: str, arch: str, names: Iterable[str] = BINARIES
+) -> dict[str, LocalFile]:
+    """Every file of the set present, with a published checksum it matches, for arch.
+
+    Checked here, on the operator's machine, before anything is pushed: a missing or damaged
+    file stops the step with nothing installed anywhere.
+    """
+    directory = source.directory(version, arch)
+    if not directory.is_dir():
+        raise unavailable_error(source, version, "the directory", f"{directory} does not exist")
+    out: dict[str, LocalFile] = {}
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            raise unavailable_error(source, version, name, f"{path} does not exist")
+        try:
+            expected, sums_file = _published_sum(directory, name)
+        except FileNotFoundError as exc:
+            raise unavailable_error(
+                source, version, f"the checksum of {name}", f"{exc} in {directory}"
+            ) from None
+        actual = _hash_file(path)
+        if actual != expected:
+            raise mismatch_error(name, f"{source.describe()} ({path}, checksum from {sums_file.name})",
+                                 expected, actual)  # fmt: skip
+        built_for = _elf_arch(path)
+        if built_for is not None and built_for != arch:
+            raise ArtifactError(
+                f"{path} is built for {built_for}, but the node is {arch}; nothing was installed",
+                hint=f"put the {arch} binaries under {source.location}/v{version}/bin/linux/{arch}/",
+            )
+        out[name] = LocalFile(name, path, actual)
+    return out
+
+
+# -- the preflight on the operator's machine -------------------------------------------------
+
+
+def _fetch_status(url: str, timeout: float) -> None:
+    """Raise urllib/OS errors if url does not answer 2xx to HEAD (or GET where HEAD is refused)."""
+    for method in ("HEAD", "GET"):
+        req = urllib.request.Request(url, method=method, headers={"User-Agent": "vkp"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+                if method == "GET":
+                    resp.read(4096)
+                return
+        except urllib.error.HTTPError as exc:
+            if method == "HEAD" and exc.code in (405, 501):
+                continue
+            raise
+
+
+def _url_reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}" + (" (no such file there)" if exc.code == 404 else f" {exc.reason}")
+    inner = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(inner, socket.gaierror):
+        return f"the host name could not be resolved (DNS: {inner.strerror or inner})"
+    if isinstance(inner, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(inner, TimeoutError | socket.timeout):
+        return "the connection timed out"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS failed ({inner})"
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror.lower()
+    return str(inner)
+
+
+def probe_source(spec: KubernetesSpec, log: Log, *, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast, from this machine, when the artifact source cannot serve the set.
+
+    Remote: one request (HEAD) for kubeadm's .sha256 of the pinned version (amd64, then arm64
+    if amd64 is absent), with a short timeout, and only to the configured source. Local: the
+    directory holds every file and a checksum for each (hashing waits for the step). Raises
+    ArtifactError (exit code 12) saying what is missing and how to provide it.
+    """
+    source = source_of(spec)
+    version = spec.version
+    if source.remote:
+        _probe_remote(source, version, log, timeout)
+    else:
+        _probe_local(source, version, log)
+    tarballs = spec.artifacts.image_tarballs
+    if tarballs and not Path(tarballs).expanduser().is_dir():
+        raise ArtifactError(
+            f"kubernetes.artifacts.image_tarballs: {tarballs} is not a directory on this machine",
+            hint="point it at a directory of image tarballs (*.tar, from `ctr images export` or "
+            "`docker save`), or remove it to pull images from kubernetes.artifacts.image_repository",
+        )
+
+
+def _probe_remote(source: ArtifactSource, version: str, log: Log, timeout: float) -> None:
+    last: tuple[str, BaseException] | None = None
+    for arch in ("amd64", "arm64"):
+        url = source.url(version, arch, "kubeadm.sha256")
+        try:
+            _fetch_status(url, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = (url, exc)
+            if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+                continue
+            break
+        else:
+            log(f"artifacts: {source.describe()} serves Kubernetes v{version} ({url} answers)")
+            return
+    assert last is not None
+    raise unavailable_error(
+        source, version, f"kubeadm.sha256 ({last[0]}, checked from this machine)", _url_reason(last[1])
+    )
+
+
+def _probe_local(source: ArtifactSource, version: str, log: Log) -> None:
+    root = Path(source.location)
+    if not root.is_dir():
+        raise unavailable_error(source, version, "the directory", f"{root} does not exist")
+    first_missing: list[str] | None = None
+    for arch in ("amd64", "arm64"):
+        directory = source.directory(version, arch)
+        missing = []
+        for name in BINARIES:
+            if not (directory / name).is_file():
+                missing.append(name)
+            elif not ((directory / f"{name}.sha256").is_file() or (directory / SUMS_FILE).is_file()):
+                missing.append(f"{name}.sha256 (or {SUMS_FILE})")
+        if not missing:
+            log(f"artifacts: {source.describe()} holds kubeadm, kubelet, kubectl and their checksums")
+            return
+        first_missing = first_missing or missing
+    raise unavailable_error(
+        source, version, ", ".join(first_missing or []), f"not in {source.directory(version, 'amd64')}"
+    )
