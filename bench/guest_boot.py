@@ -33,6 +33,13 @@ def seed(name: str, mac: str, ip: str) -> guest.NoCloudSeed:
     )
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (all but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / 100.0  # USER_HZ is 100 on Linux
+
+
 def wait_ssh(ip: str, deadline: float) -> float | None:
     while time.monotonic() < deadline:
         try:
@@ -62,6 +69,7 @@ def run(n: int, root: Path, gdir: Path) -> None:
         done = wait_ssh(ip, t0 + 180)
         times[gid] = None if done is None else done - t0
 
+    cpu0 = busy_cpu_seconds()
     t0 = time.monotonic()
     threads = [threading.Thread(target=one, args=s) for s in specs]
     for t in threads:
@@ -69,6 +77,7 @@ def run(n: int, root: Path, gdir: Path) -> None:
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    cpu = busy_cpu_seconds() - cpu0
     ok = [v for v in times.values() if v is not None]
     line = f"{n} guest(s) at once: SSH after "
     if ok:
@@ -77,6 +86,7 @@ def run(n: int, root: Path, gdir: Path) -> None:
     if len(ok) != n:
         line += f"; {n - len(ok)} never answered"
     print(line, flush=True)
+    print(f"  CPU busy until the last SSH answer: {cpu:.1f} s ({cpu / n:.1f} s per guest)", flush=True)
     time.sleep(SETTLE)
     mems = [guest.guest_memory(gid) for gid, _, _ in specs]
     rss = statistics.mean(m["rss"] for m in mems) / 2**20

@@ -89,6 +89,8 @@ def main() -> int:
         vm_phase = result["phases"][0]["seconds"]
         print(f"VM phase, {vms} VMs (create-cluster): {vm_phase:6.1f} s   (whole command {wall:.1f} s)")
         print(f"ratio VM phase / critical path:   {vm_phase / critical:6.2f}    (goal < 1.5)")
+        for n in result["nodes"]:
+            print(f"  {n['name']:<14} " + ", ".join(f"{k} {v:.1f}s" for k, v in n["seconds"].items()))
         print(f"SOAP calls: {calls} in all, {calls / vms:.1f} per VM")
         for method, n in CALLS.most_common():
             print(f"  {method:<32} {n:4d}")

@@ -32,6 +32,15 @@ from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
 
+VM_FACTS = [
+    "runtime.host",
+    "runtime.powerState",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "config.hardware.device",
+    "config.instanceUuid",
+    "config.extraConfig",
+]
 OWNER_NAME = "vkp.cluster.name"
 OWNER_ID = "vkp.cluster.id"
 
@@ -197,6 +206,7 @@ class VMPhase:
         self.slots = threading.BoundedSemaphore(concurrency)
         self.deadline = deadline
         self.hosts_by_name = {h.name: h for h in inv.hosts}
+        self.host_names = {h._moId: h.name for h in inv.hosts}
 
     def run(self, owned: dict[str, Any]) -> list[NodeOutcome]:
         content = self.session.content
@@ -256,19 +266,24 @@ class VMPhase:
             out.seconds["clone"] = time.monotonic() - t0
             self.log(f"{node.name}: cloned on {host.name if host else '-'} ({out.seconds['clone']:.1f}s)")
         out.vm = vm
-        out.esxi_host = vm.runtime.host.name if vm.runtime.host else None
-        self._record(node, vm)
-        hw = vm.config.hardware
-        if (hw.numCPU, hw.memoryMB) != (node.cpus, node.memory_mb):
+        # Everything this pipeline needs to know about the VM, in one round trip.
+        facts = find.props_of(self.session.content, vm, VM_FACTS)
+        host_ref = facts.get("runtime.host")
+        out.esxi_host = self.host_names.get(host_ref._moId) if host_ref is not None else None
+        self._record(node, vm, out.esxi_host, facts.get("config.instanceUuid"))
+        if (facts.get("config.hardware.numCPU"), facts.get("config.hardware.memoryMB")) != (
+            node.cpus,
+            node.memory_mb,
+        ):
             # Check, then change: covers VMs adopted from an earlier size, and clones whose
             # config the server did not apply with the clone.
             self._call(lambda: vms.reconfigure(vm, specs.resize_spec(node.cpus, node.memory_mb)))
             out.changed = True
-        if vm.runtime.powerState != "poweredOn":
+        if facts.get("runtime.powerState") != "poweredOn":
             t = time.monotonic()
             mac = next(
                 d.macAddress
-                for d in vm.config.hardware.device
+                for d in facts.get("config.hardware.device") or []
                 if isinstance(d, vim.vm.device.VirtualEthernetCard)
             )
             metadata, userdata = self._cloud_init(node, str(mac))
@@ -282,6 +297,11 @@ class VMPhase:
             out.changed = True
             out.seconds["power_on"] = time.monotonic() - t
             self.log(f"{node.name}: powered on")
+            has_userdata = True
+        else:
+            has_userdata = any(
+                o.key == "guestinfo.userdata" and o.value for o in facts.get("config.extraConfig") or []
+            )
         t = time.monotonic()
         waits.wait_for_guest_ip(
             self.session.content, vm, expected=node.address, deadline=time.monotonic() + self.deadline
@@ -290,7 +310,7 @@ class VMPhase:
         t = time.monotonic()
         self._check_ssh(node)
         out.seconds["ssh"] = time.monotonic() - t
-        if _has_userdata(vm):
+        if has_userdata:
             # The userdata carried the node's private host key; it must not linger in VM properties.
             self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec()))
             out.changed = True
@@ -339,15 +359,15 @@ class VMPhase:
             instance_id=f"{self.state.cluster_id}-{node.name}",
         )
 
-    def _record(self, node: NodePlan, vm: Any) -> None:
+    def _record(self, node: NodePlan, vm: Any, esxi_host: str | None, instance_uuid: str | None) -> None:
         self.state.save_node(
             NodeRecord(
                 name=node.name,
                 role=node.role,
                 address=node.address,
-                esxi_host=vm.runtime.host.name if vm.runtime.host else None,
+                esxi_host=esxi_host,
                 moid=vm._moId,
-                instance_uuid=vm.config.instanceUuid,
+                instance_uuid=instance_uuid,
             )
         )
 
@@ -369,10 +389,6 @@ class VMPhase:
 
 def _options(d: dict[str, str]) -> list[Any]:
     return [vim.option.OptionValue(key=k, value=v) for k, v in d.items()]
-
-
-def _has_userdata(vm: Any) -> bool:
-    return any(o.key == "guestinfo.userdata" and o.value for o in vm.config.extraConfig or [])
 
 
 def provision_vms(

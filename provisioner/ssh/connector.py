@@ -225,8 +225,10 @@ class Connection:
                     lambda: self._attempt(pinned, pkey, started),
                     retry_on=is_transient,
                     deadline=self.connect_deadline,
-                    initial=0.5,
-                    maximum=5.0,
+                    # A refused connection costs nothing to retry, and sshd on a booting VM comes
+                    # up at an unknown moment: a short cap keeps us from sleeping past it.
+                    initial=0.25,
+                    maximum=1.0,
                     on_retry=on_retry,
                 )
             except AuthenticationException as exc:

@@ -237,11 +237,11 @@ def network_target(content: Any, net: Any) -> Any:
     from provisioner.vsphere.specs import NetworkTarget
 
     if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
-        props = _props_of(content, net, ["name", "key", "config.distributedVirtualSwitch"])
+        props = props_of(content, net, ["name", "key", "config.distributedVirtualSwitch"])
         switch = props["config.distributedVirtualSwitch"]
-        uuid = _props_of(content, switch, ["uuid"])["uuid"]
+        uuid = props_of(content, switch, ["uuid"])["uuid"]
         return NetworkTarget(obj=net, name=props["name"], switch_uuid=uuid, portgroup_key=props["key"])
-    return NetworkTarget(obj=net, name=_props_of(content, net, ["name"])["name"])
+    return NetworkTarget(obj=net, name=props_of(content, net, ["name"])["name"])
 
 
 def resource_pool(content: Any, dc: Any, cluster_obj: Any, path: str | None) -> Any:
@@ -251,7 +251,7 @@ def resource_pool(content: Any, dc: Any, cluster_obj: Any, path: str | None) -> 
     ("Resources/vkp/lab"); a bare name must be unique within the cluster.
     """
     if path is None:
-        return _props_of(content, cluster_obj, ["resourcePool"])["resourcePool"]
+        return props_of(content, cluster_obj, ["resourcePool"])["resourcePool"]
     located, cluster_path = _located(content, cluster_obj, [vim.ResourcePool])
     return find_one(located, "resource pool", path, bases=(cluster_path, f"{cluster_path}/Resources"))
 
@@ -283,7 +283,7 @@ def folder(content: Any, dc: Any, path: str) -> Any | None:
     "/" means the VM folder itself. Only a path both relative readings resolve (a folder
     literally named "vm" under vm/) is Ambiguous.
     """
-    vm_folder = _props_of(content, dc, ["vmFolder"])["vmFolder"]
+    vm_folder = props_of(content, dc, ["vmFolder"])["vmFolder"]
     rel = path.strip().strip("/")
     if not rel:
         return vm_folder
@@ -344,7 +344,7 @@ def hosts(cluster: Any) -> list[Any]:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _props_of(content: Any, obj: Any, props: Sequence[str]) -> dict[str, Any]:
+def props_of(content: Any, obj: Any, props: Sequence[str]) -> dict[str, Any]:
     """Several properties of one object in one round trip."""
     spec = _pcq.FilterSpec(
         objectSet=[_pcq.ObjectSpec(obj=obj, skip=False)],
