@@ -1,5 +1,5 @@
 """The steps playbooks can name. Importing this package registers every one of them."""
 
-from provisioner.bootstrap.steps import common, containerd, etcd
+from provisioner.bootstrap.steps import common, containerd, etcd, kubernetes
 
-__all__ = ["common", "containerd", "etcd"]
+__all__ = ["common", "containerd", "etcd", "kubernetes"]
