@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from provisioner import provision
 from provisioner.errors import NotFound, ProvisionerError
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
-from provisioner.vsphere import placement, vms, waits
+from provisioner.vsphere import find, placement, vms, waits
 from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
@@ -135,50 +135,23 @@ def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
     )
 
 
-def _retrieve(content: Any, kind: Any, props: list[str]) -> list[Any]:
-    """Properties of every object of a kind, in one RetrievePropertiesEx (plus continuations)."""
-    pcq = vmodl.query.PropertyCollector
-    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
-    try:
-        spec = pcq.FilterSpec(
-            objectSet=[
-                pcq.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
-                )
-            ],
-            propSet=[pcq.PropertySpec(type=kind, pathSet=props)],
-        )
-        pc = content.propertyCollector
-        res = pc.RetrievePropertiesEx([spec], pcq.RetrieveOptions())
-        out = []
-        while res is not None:
-            out.extend(res.objects)
-            res = pc.ContinueRetrievePropertiesEx(res.token) if res.token else None
-        return out
-    finally:
-        view.Destroy()
-
-
 def find_owned(content: Any, name: str) -> dict[str, Any]:
     """Everything in vCenter that belongs to cluster `name`: VMs (by ownership mark), rules, folders."""
     owned_vms = []
-    for oc in _retrieve(content, vim.VirtualMachine, ["config.extraConfig"]):
-        props = {p.name: p.val for p in oc.propSet}
+    root = content.rootFolder
+    for vm, props in find.retrieve(content, root, [vim.VirtualMachine], ["config.extraConfig"]).items():
         extra = {o.key: o.value for o in props.get("config.extraConfig") or []}
         if extra.get(provision.OWNER_NAME) == name:
-            owned_vms.append(oc.obj)
+            owned_vms.append(vm)
     rules = []
-    for oc in _retrieve(content, vim.ClusterComputeResource, ["name"]):
-        for rule in placement.find_rules(oc.obj, name):
-            rules.append((oc.obj, rule))
+    for cl in find.retrieve(content, root, [vim.ClusterComputeResource], ["name"]):
+        for rule in placement.find_rules(cl, name):
+            rules.append((cl, rule))
     folders = []
-    for oc in _retrieve(content, vim.Folder, ["name", "parent"]):
-        props = {p.name: p.val for p in oc.propSet}
+    for folder, props in find.retrieve(content, root, [vim.Folder], ["name", "parent"]).items():
         parent = props.get("parent")
         if props.get("name") == name and isinstance(parent, vim.Folder) and parent.name == "vkp":
-            folders.append(oc.obj)
+            folders.append(folder)
     return {"vms": owned_vms, "rules": rules, "folders": folders}
 
 

@@ -164,7 +164,7 @@ class ClusterState:
         root = _private_dir(home or state_home())
         path = _private_dir(root / name)
         state_file = path / "state.json"
-        with _file_lock(path):
+        with file_lock(path):
             if not state_file.exists():
                 data = {
                     "version": STATE_VERSION,
@@ -232,7 +232,7 @@ class ClusterState:
     def _mutate(self, change: Callable[[dict[str, Any]], None]) -> None:
         # Node clones run in parallel threads, and each saves its node: read-modify-write under
         # both locks so no update is lost.
-        with self._lock, _file_lock(self.path):
+        with self._lock, file_lock(self.path):
             data = self._read()
             change(data)
             atomic_write(self._state_file, json.dumps(data, indent=2) + "\n", 0o644)
@@ -331,7 +331,7 @@ class ClusterState:
 
     def _keypair(self, private_path: Path, comment: str) -> tuple[Path, str]:
         public_path = private_path.with_name(private_path.name + ".pub")
-        with self._lock, _file_lock(self.path):
+        with self._lock, file_lock(self.path):
             if not private_path.exists():
                 private, public = _new_ed25519(comment)
                 # Public first: an orphaned .pub (crash in between) is overwritten next time,
@@ -399,7 +399,7 @@ class ClusterState:
 
 
 @contextlib.contextmanager
-def _file_lock(directory: Path) -> Iterator[None]:
+def file_lock(directory: Path) -> Iterator[None]:
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

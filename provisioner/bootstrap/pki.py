@@ -24,13 +24,10 @@ cluster depends on it, so a damaged one stops vkp with an error instead.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import ipaddress
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from provisioner.errors import ProvisionerError
 from provisioner.plan import Plan
 from provisioner.spec import PKISpec
-from provisioner.state import ClusterState, atomic_write
+from provisioner.state import ClusterState, atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +219,7 @@ def ensure_pki(state: ClusterState, plan: Plan, pki_spec: PKISpec) -> PKI:
     now = dt.datetime.now(dt.UTC)
     # Two vkp processes on one cluster must not both create a CA: the second would overwrite
     # the first after leaves were already signed by it.
-    with _lock(root):
+    with file_lock(root):
         cas = {
             "ca": _ensure_ca(pki, "ca", "kubernetes", pki_spec, now),
             "etcd-ca": _ensure_ca(pki, "etcd-ca", "etcd-ca", pki_spec, now),
@@ -533,13 +530,3 @@ def _sans(cert: x509.Certificate) -> set[str]:
     return {f"DNS:{d}" for d in ext.get_values_for_type(x509.DNSName)} | {
         f"IP:{i}" for i in ext.get_values_for_type(x509.IPAddress)
     }
-
-
-@contextlib.contextmanager
-def _lock(directory: Path) -> Iterator[None]:
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
