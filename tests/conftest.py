@@ -63,3 +63,18 @@ def lab() -> Iterator[LabHandle]:
     yield LabHandle()
     if not was_up and lab_mod.read_state() is not None:
         lab_mod.down(_log)
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # In CI every test must run: a skip there hides a missing install step.
+    if os.environ.get("CI") and _skipped:
+        print(f"\nCI: {len(_skipped)} test(s) skipped, which CI does not allow: {', '.join(_skipped)}")
+        session.exitstatus = 1
