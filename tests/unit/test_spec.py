@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -38,7 +39,7 @@ def write(tmp_path: Path, text: str, name: str = "cluster.yaml") -> Path:
     return p
 
 
-def problems(path: Path | None = None, *, env: dict[str, str] | None = None, **kw: str) -> dict[str, str]:
+def problems(path: Path | None = None, *, env: dict[str, str] | None = None, **kw: Any) -> dict[str, str]:
     """{field path: message} of the SpecError the spec raises (fails if it loads)."""
     with pytest.raises(SpecError) as ei:
         load_spec(path, env=LAB_ENV if env is None else env, **kw)
