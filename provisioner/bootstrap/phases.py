@@ -23,7 +23,7 @@ from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
-IMPLEMENTED = ("etcd", "runtime")
+IMPLEMENTED = ("etcd", "runtime", "kubernetes")
 CONNECT_DEADLINE = 180.0
 
 Log = Callable[[str], None]
@@ -96,9 +96,8 @@ def run_bootstrap(
 ) -> dict[str, Any]:
     """Run the bootstrap phases up to up_to; the playbook report as a dict.
 
-    up_to "kubernetes" runs etcd and runtime and then raises PhaseNotImplemented (in a dry run,
-    the report says so instead): the Kubernetes phase is the next piece of work, and vkp does
-    not pretend to have done it.
+    Every playbook phase is implemented now; PhaseNotImplemented stays for a playbook that
+    reserves a phase before its steps exist (in a dry run, the report says so instead).
     """
     wanted = phases_up_to(up_to)
     runnable = [p for p in wanted if p in IMPLEMENTED]

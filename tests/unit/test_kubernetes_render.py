@@ -99,7 +99,10 @@ def test_the_kubelet_and_containerd_agree_on_the_cgroup_driver_and_sandbox(tmp_p
     cluster = make(tmp_path, "small")
     kubelet = docs(k8s.render_init_config(first_master(cluster), cluster, TOKEN))["KubeletConfiguration"]
     toml = containerd.render_config(cluster)
-    runc = '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n          SystemdCgroup = true'
+    runc = (
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+        "          SystemdCgroup = true"
+    )
     assert kubelet["cgroupDriver"] == "systemd" and runc in toml
     assert f'sandbox_image = "{cluster.spec.kubernetes.sandbox_image}"' in toml
     assert 'bin_dir = "/opt/cni/bin"' in toml
