@@ -435,6 +435,57 @@ def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
     sys.exit(run(lambda: etcdctl(name, args), output))
 
 
+# -- vkp get-credentials (provisioner/bootstrap/kubeconfig.py) -------------------------------
+
+
+@main.command("get-credentials")
+@click.argument("name")
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Also merge into ~/.kube/config (or $KUBECONFIG's first file) as context NAME.",
+)
+@OUTPUT_OPTION
+def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
+    """Write cluster NAME's admin kubeconfig and print its path, or merge it into your kubeconfig.
+
+    The kubeconfig is built on this machine from the cluster's own PKI: a client certificate for
+    kubernetes-admin (group system:masters) signed by the cluster CA, the CA embedded, and the
+    API endpoint as the server. It is written to <state>/admin.conf with mode 0600. It exists
+    as soon as the PKI does; until the kubernetes phase is done, vkp says so (the API does not
+    answer yet).
+
+    With --merge the cluster, user (NAME-admin) and context (NAME) are put into ~/.kube/config,
+    or the first file of $KUBECONFIG: other entries are kept, entries of the same name are
+    replaced, the current context is set only if there was none, and the file is written
+    atomically with mode 0600.
+
+    \b
+    Examples:
+      vkp get-credentials demo                       # prints the admin.conf path
+      kubectl --kubeconfig "$(vkp get-credentials demo)" get nodes
+      vkp get-credentials demo --merge && kubectl --context demo get nodes
+      vkp get-credentials demo -o json
+    """
+    from provisioner.bootstrap.kubeconfig import default_kubeconfig_path, get_credentials
+
+    def body() -> dict[str, Any]:
+        target = default_kubeconfig_path(os.environ) if merge else None
+        return get_credentials(name, merge_into=target)
+
+    result = run(body, output)
+    if output == "json":
+        emit_json({"ok": True, **result})
+        return
+    for w in result["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+    if merge:
+        what = "merged into" if result["changed"] else "already in"
+        click.echo(f"context {result['context']} {what} {result['merged_into']} (server {result['server']})")
+    else:
+        click.echo(result["path"])
+
+
 def _register() -> None:
     # Sub-command modules attach themselves to `main`; imported here so `vkp --help` lists them.
     from provisioner.lab import cli as lab_cli

@@ -439,6 +439,19 @@ def load_spec(
     return spec
 
 
+def spec_from_dict(data: Mapping[str, Any]) -> ClusterSpec:
+    """A spec back from ClusterSpec.to_dict() (the state's spec.yaml), without re-validating it
+    or reading the environment: it is what the cluster was built from, not a new request."""
+    raw = {k: v for k, v in dict(data).items() if k not in ("source", "plan")}
+    r = _Reader(str(data.get("source") or "spec.yaml in the cluster state"))
+    _migrate_artifact_source(raw, r)
+    spec = _build(raw, r, {})
+    if r.problems:
+        raise SpecError(r.problems)
+    plan = data.get("plan")
+    return dataclasses.replace(spec, plan=str(plan) if plan else None)
+
+
 def validate(spec: ClusterSpec) -> None:
     """Raise SpecError listing every problem in spec, each as (field path, what to do)."""
     problems = _check(spec)

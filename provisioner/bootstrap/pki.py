@@ -11,9 +11,11 @@ the files can be copied to /etc/kubernetes/pki unchanged:
     etcd/<node>-server.crt/.key                    etcd client-facing serving cert
     etcd/<node>-peer.crt/.key                      etcd peer cert (server and client auth)
     etcd/vkp-client.crt/.key                       vkp's own etcd client (health checks)
+    admin.crt/.key                                 the cluster admin (CN kubernetes-admin,
+                                                   O system:masters), made by ensure_admin
 
 Names used by PKI.cert_pem/key_pem/path: "ca", "etcd-ca", "front-proxy-ca", "sa",
-"etcd-server-<node>", "etcd-peer-<node>", "apiserver-etcd-client", "vkp-etcd-client".
+"etcd-server-<node>", "etcd-peer-<node>", "apiserver-etcd-client", "vkp-etcd-client", "admin".
 
 Everything is made once and reused: a re-run reads the files and writes nothing. A leaf is
 reissued (new key, same CA) only when it is missing, its SANs no longer match the plan, it
@@ -110,6 +112,7 @@ def _files(name: str) -> tuple[str, str]:
         "sa": ("sa.pub", "sa.key"),
         "apiserver-etcd-client": ("apiserver-etcd-client.crt", "apiserver-etcd-client.key"),
         "vkp-etcd-client": ("etcd/vkp-client.crt", "etcd/vkp-client.key"),
+        "admin": ("admin.crt", "admin.key"),
     }
     if name in fixed:
         return fixed[name]
@@ -158,7 +161,8 @@ class PKI:
 
     def names(self) -> list[str]:
         """Every certificate present: CAs, then the fixed leaves, then etcd nodes' leaves by name."""
-        out = [n for n in (*CA_NAMES, "apiserver-etcd-client", "vkp-etcd-client") if self.path(n).is_file()]
+        fixed = (*CA_NAMES, "apiserver-etcd-client", "vkp-etcd-client", "admin")
+        out = [n for n in fixed if self.path(n).is_file()]
         etcd = self.root / "etcd"
         if etcd.is_dir():
             nodes: list[str] = []
@@ -229,6 +233,31 @@ def ensure_pki(state: ClusterState, plan: Plan, pki_spec: PKISpec) -> PKI:
         for profile in _leaf_profiles(plan):
             ca_cert, ca_key = cas[profile.issuer]
             _ensure_leaf(pki, profile, ca_cert, ca_key, pki_spec, now)
+    return pki
+
+
+# O=system:masters, not kubeadm 1.29+'s kubeadm:cluster-admins: vkp signs this certificate
+# itself with the cluster CA, and system:masters is a group the API server grants everything
+# on every version (no RBAC binding needed, none to be missing before kubeadm init made it).
+ADMIN_PROFILE = _Profile("admin", "kubernetes-admin", "ca", client=True, org="system:masters")
+
+
+def ensure_admin(state: ClusterState, pki_spec: PKISpec) -> PKI:
+    """The admin client certificate, issued by the existing cluster CA (reissued like any leaf).
+
+    Never creates a CA: PKIError when the cluster has none yet (it is made in the etcd phase).
+    """
+    root = pki_dir(state)
+    pki = PKI(root)
+    if not (pki.path("ca").is_file() and pki.key_path("ca").is_file()):
+        raise PKIError(
+            f"cluster {state.name} has no cluster CA yet ({pki.path('ca')})",
+            hint="it is made at the start of create-cluster's etcd phase; run create-cluster first",
+        )
+    now = dt.datetime.now(dt.UTC)
+    with file_lock(root):
+        ca_cert, ca_key = _load_cert(pki.path("ca")), _load_key(pki.key_path("ca"))
+        _ensure_leaf(pki, ADMIN_PROFILE, ca_cert, ca_key, pki_spec, now)
     return pki
 
 

@@ -521,3 +521,17 @@ def test_artifact_checks_name_their_fields(tmp_path: Path) -> None:
     assert "without a scheme" in p["kubernetes.artifacts.image_repository"]
     assert "tag or digest" in p["kubernetes.artifacts.sandbox_image"]
     assert "unknown key" in p["kubernetes.artifacts.mirror"]
+
+
+def test_spec_from_the_state_round_trips(tmp_path: Path) -> None:
+    from provisioner.spec import spec_from_dict
+
+    f = write(
+        tmp_path, "name: x\nplan: dev\nkubernetes: {cni: flannel, artifacts: {source: local:/srv/k8s}}\n"
+    )
+    spec = load_spec(f, env=LAB_ENV)
+    saved = yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    again = spec_from_dict(saved)
+    assert again.to_dict() | {"source": None} == spec.to_dict() | {"source": None}
+    saved["kubernetes"]["artifact_source"] = saved["kubernetes"].pop("artifacts")["source"]
+    assert spec_from_dict(saved).kubernetes.artifacts.source == "local:/srv/k8s"
