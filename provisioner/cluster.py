@@ -22,7 +22,7 @@ from provisioner import provision
 from provisioner.errors import NotFound, ProvisionerError
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
-from provisioner.vsphere import find, placement, vms, waits
+from provisioner.vsphere import find, placement, specs, vms, waits
 from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
@@ -141,7 +141,7 @@ def find_owned(content: Any, name: str) -> dict[str, Any]:
     root = content.rootFolder
     for vm, props in find.retrieve(content, root, [vim.VirtualMachine], ["config.extraConfig"]).items():
         extra = {o.key: o.value for o in props.get("config.extraConfig") or []}
-        if extra.get(provision.OWNER_NAME) == name:
+        if extra.get(specs.OWNER_CLUSTER_NAME) == name:
             owned_vms.append(vm)
     rules = []
     for cl in find.retrieve(content, root, [vim.ClusterComputeResource], ["name"]):

@@ -41,8 +41,6 @@ VM_FACTS = [
     "config.instanceUuid",
     "config.extraConfig",
 ]
-OWNER_NAME = "vkp.cluster.name"
-OWNER_ID = "vkp.cluster.id"
 
 
 def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
@@ -140,7 +138,7 @@ def owned_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
     out = {}
     for vm in find.vms_in_folder(folder):
         extra = {o.key: o.value for o in vm.config.extraConfig or []} if vm.config else {}
-        if extra.get(OWNER_NAME) == cluster_name:
+        if extra.get(specs.OWNER_CLUSTER_NAME) == cluster_name:
             out[vm.name] = vm
     return out
 
@@ -156,9 +154,10 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
         )
     for name, vm in owned.items():
         extra = {o.key: o.value for o in vm.config.extraConfig or []}
-        if extra.get(OWNER_ID) != state.cluster_id:
+        other_id = extra.get(specs.OWNER_CLUSTER_ID)
+        if other_id != state.cluster_id:
             problems.append(
-                f"VM {name} belongs to another cluster named {plan.cluster!r} (id {extra.get(OWNER_ID)}), "
+                f"VM {name} belongs to another cluster named {plan.cluster!r} (id {other_id}), "
                 "not the one in the local state; run `vkp delete-cluster` for it first"
             )
     names = {n.name for n in plan.nodes}
@@ -322,8 +321,9 @@ class VMPhase:
     def _clone(self, node: NodePlan, host: Any | None) -> Any:
         snapshot = self.inv.template.snapshot.currentSnapshot if self.inv.template.snapshot else None
         extra = {
-            **specs.ownership_extra_config(self.plan.cluster, self.state.cluster_id),
-            "vkp.node.role": node.role,
+            **specs.ownership_extra_config(self.plan.cluster, self.state.cluster_id, node.role),
+            # Disks must show stable serials to the guest: the vSphere CSI driver finds volumes by them.
+            "disk.EnableUUID": "TRUE",
         }
         spec = specs.clone_spec(
             cpus=node.cpus,
