@@ -23,16 +23,9 @@ from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
-IMPLEMENTED = ("etcd", "runtime", "kubernetes")
 CONNECT_DEADLINE = 180.0
 
 Log = Callable[[str], None]
-
-
-class PhaseNotImplemented(ProvisionerError):
-    """A phase the playbook reserves but vkp cannot carry out yet; .report holds what did run."""
-
-    report: dict[str, Any] | None = None
 
 
 class _PlaceholderPKI:
@@ -100,8 +93,6 @@ def run_bootstrap(
     reserves a phase before its steps exist (in a dry run, the report says so instead).
     """
     wanted = phases_up_to(up_to)
-    runnable = [p for p in wanted if p in IMPLEMENTED]
-    missing = [p for p in wanted if p not in IMPLEMENTED]
     playbook = load_playbook(playbook_path or PLAYBOOK)
     if dry_run:
         pki: Any = _PlaceholderPKI()
@@ -112,7 +103,7 @@ def run_bootstrap(
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=pki)
 
     hosts: list[NodePlan] = []
-    for play in playbook.for_phases(set(runnable)):
+    for play in playbook.for_phases(set(wanted)):
         hosts += [n for n in play.hosts.select(plan) if n not in hosts]
     started = time.monotonic()
     conns: dict[str, Connection] = {}
@@ -124,31 +115,49 @@ def run_bootstrap(
         if not dry_run:
             state.record_phase(phase, status, seconds, detail)  # type: ignore[arg-type]
 
+    # The Kubernetes phase runs on its own, after the artifact source has answered from here:
+    # a source that is not there (the embedded lab has none) then stops it before any node is
+    # touched, with what to do, and the etcd and runtime phases stay done.
+    batches = [[p for p in wanted if p != "kubernetes"], [p for p in wanted if p == "kubernetes"]]
+    reports = []
     try:
-        report = run_playbook(
-            playbook, cluster, conns, phases=set(runnable), log=log, dry_run=dry_run, on_phase=on_phase
-        )
+        for batch in filter(None, batches):
+            if "kubernetes" in batch and not dry_run:
+                _probe_artifacts(spec, state, log)
+            reports.append(
+                run_playbook(
+                    playbook, cluster, conns, phases=set(batch), log=log, dry_run=dry_run, on_phase=on_phase
+                )
+            )
     finally:
         for c in conns.values():
             c.close()
-    result = report.to_dict()
+    result = _merge([r.to_dict() for r in reports], wanted, dry_run)
     result["seconds"] = round(time.monotonic() - started, 2)
     result["round_trips"] = {name: c.round_trips for name, c in conns.items()}
-    result["dry_run"] = dry_run
-    if missing:
-        message = (
-            f"the {', '.join(missing)} phase is not implemented yet: vkp stops after "
-            f"{runnable[-1] if runnable else 'the VMs'} (done above)"
-        )
-        if dry_run:
-            result["not_implemented"] = missing
-            log(f"dry run: {message}")
-        else:
-            exc = PhaseNotImplemented(
-                message,
-                hint="pass --up-to runtime to stop there without an error; the Kubernetes phase "
-                "(kubeadm, control plane, workers) is the next piece of work",
-            )
-            exc.report = result
-            raise exc
     return result
+
+
+def _probe_artifacts(spec: ClusterSpec, state: ClusterState, log: Log) -> None:
+    from provisioner.bootstrap.artifacts import probe_source
+
+    try:
+        probe_source(spec.kubernetes, log)
+    except ProvisionerError as exc:
+        state.record_phase("kubernetes", "failed", 0.0, exc.message.splitlines()[0])
+        raise
+
+
+def _merge(reports: list[dict[str, Any]], phases: list[str], dry_run: bool) -> dict[str, Any]:
+    """One report for the whole bootstrap out of the reports of its batches."""
+    merged: dict[str, Any] = {"phases": phases, "dry_run": dry_run, "plays": [], "phase_seconds": {}}
+    for key in ("ok", "changed", "failed", "skipped"):
+        merged[key] = sum(r[key] for r in reports)
+    merged["restarts"] = [x for r in reports for x in r["restarts"]]
+    merged["warnings"] = [x for r in reports for x in r["warnings"]]
+    merged["resumed_from"] = next((r["resumed_from"] for r in reports if r["resumed_from"]), None)
+    for r in reports:
+        merged["playbook"] = r["playbook"]
+        merged["plays"] += r["plays"]
+        merged["phase_seconds"].update(r["phase_seconds"])
+    return merged

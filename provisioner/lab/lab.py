@@ -106,6 +106,7 @@ def env_lines(state: dict[str, Any], password: str) -> list[str]:
         "VKP_NETWORK_PREFIX": str(paths.PREFIX),
         "VKP_NETWORK_GATEWAY": paths.GATEWAY,
         "VKP_NETWORK_DNS": paths.GATEWAY,
+        "VKP_K8S_ARTIFACTS": f"local:{paths.ARTIFACTS}",
     }
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
@@ -161,6 +162,7 @@ def up(opts: LabOptions, log: Log) -> dict[str, Any]:
     with ExitStack() as undo:
         paths.RUN.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.RUN, 0o700)
+        paths.ARTIFACTS.mkdir(parents=True, exist_ok=True)
         undo.callback(lambda: down(lambda _m: None))
         network.ensure_bridge()
         cert, _key = simulator.make_certificate(paths.RUN)

@@ -13,6 +13,10 @@ LAB_HOME = Path(os.environ.get("VKP_LAB_HOME", "/var/lib/vkp-lab"))
 CACHE = LAB_HOME / "cache"
 RUN = LAB_HOME / "run"
 GUESTS = RUN / "guests"  # one directory per realized VM: overlay upper/work, seed, logs
+# Kubernetes artifacts for lab clusters (kubeadm, kubelet, kubectl and their .sha256 files):
+# nothing here can download them, so `vkp lab env` points clusters at this directory, where
+# a user who has them can put them. Kept across `vkp lab down`, like the cache.
+ARTIFACTS = LAB_HOME / "artifacts"
 ENV_FILE = RUN / "env"  # `vkp lab env` output, 0600 (holds the generated password)
 STATE_FILE = RUN / "lab.json"  # how the running lab was started: port, hosts, pids
 

@@ -34,7 +34,7 @@ from provisioner.bootstrap.engine import (
     parse_facts,
     step,
 )
-from provisioner.bootstrap.phases import PLAYBOOK, PhaseNotImplemented, phases_up_to, run_bootstrap
+from provisioner.bootstrap.phases import PLAYBOOK, phases_up_to, run_bootstrap
 from provisioner.bootstrap.render import TemplateError, render
 from provisioner.bootstrap.runner import (
     HostSelector,
@@ -618,9 +618,6 @@ def test_the_kubernetes_phase_is_planned_in_a_dry_run(tmp_path: Path) -> None:
     assert result["phases"] == ["etcd", "runtime", "kubernetes"]
     assert "kubernetes-health" in [p["play"] for p in result["plays"]]
     assert not (cluster.state.path / "pki").exists()  # a dry run makes no CA
-    # Kept for a playbook that reserves a phase before its steps exist.
-    err = PhaseNotImplemented("the kubernetes phase is not implemented yet")
-    assert err.exit_code == ExitCode.ERROR
 
 
 # -- the facts script and etcdctl's stdin, run by a real local shell ----------------------------------

@@ -66,7 +66,7 @@ from provisioner.bootstrap.engine import (
 from provisioner.bootstrap.render import render
 from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
 from provisioner.bootstrap.steps.etcd import client_endpoints
-from provisioner.errors import CommandFailed, PreflightError, ProvisionerError, Timeout
+from provisioner.errors import ArtifactError, CommandFailed, PreflightError, ProvisionerError, Timeout
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
 from provisioner.ssh.commands import MASK, Cmd, Result, Secret
@@ -590,7 +590,7 @@ def _fetch(f: Fetch) -> StepGen:
         try:
             data = f.local.read_bytes()
         except OSError as exc:
-            raise ProvisionerError(
+            raise ArtifactError(
                 f"{f.what}: cannot read {f.local} ({exc.strerror})",
                 hint="a local artifact source carries the pinned add-on manifests under the same "
                 "relative paths as a mirror",
