@@ -510,8 +510,7 @@ def reset(spec: ClusterSpec, plan: Plan, state: ClusterState) -> tuple[int, list
     """Back to the cold run's starting point as far as both tools' actions go: every file vkp
     uploaded removed, and every service it started stopped.
 
-    Stopping matters: with etcd running, etcd.certs restarts it (the certificates changed)
-    before etcd.configure has put its unit and config back, and that restart fails.
+    Stopped, so that both tools start the services from the same point (a cold first run).
     """
     files: dict[str, list[str]] = {}
     services: dict[str, list[str]] = {}

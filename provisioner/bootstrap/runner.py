@@ -6,7 +6,7 @@ A playbook is a YAML list of plays:
       phase: etcd                     # etcd | runtime | kubernetes (create-cluster --up-to)
       hosts: etcd                     # all, etcd, master, worker, master[0], master[1:], master+worker
       serial: 1                       # optional: hosts at a time (default: all at once)
-      steps: [etcd.certs, etcd.configure, etcd.start]
+      steps: [etcd.configure, etcd.start]
 
 Everything is checked when the file loads (unknown keys, phases, host selectors, step names)
 so a typo fails before any host is touched. Order is data: plays run in file order, and a

@@ -275,21 +275,21 @@ def test_the_cluster_playbook_loads_in_phase_order() -> None:
         ("addons", "kubernetes"),
         ("kubernetes-health", "kubernetes"),
     ]
-    assert pb.plays[1].steps == ("etcd.certs", "etcd.configure", "etcd.start")
+    assert pb.plays[1].steps == ("etcd.configure", "etcd.start")
     assert pb.plays[1].serial is None  # members start together
 
 
 def test_an_unknown_step_names_file_play_and_step_before_anything_runs(tmp_path: Path) -> None:
     f = tmp_path / "pb.yaml"
     f.write_text(
-        "- {play: etcd, phase: etcd, hosts: etcd, steps: [etcd.certs, etcd.configur]}\n"
+        "- {play: etcd, phase: etcd, hosts: etcd, steps: [etcd.configure, etcd.strat]}\n"
         "- {play: rt, phase: runtime, hosts: mastr, steps: [containerd.start], paralel: true}\n"
         "- {play: late, phase: etcd, hosts: etcd, steps: [etcd.start], serial: 0}\n"
     )
     with pytest.raises(PlaybookError) as ei:
         load_playbook(f)
     msg = str(ei.value)
-    assert f"{f}: play 'etcd': unknown step 'etcd.configur'; did you mean 'etcd.configure'?" in msg
+    assert f"{f}: play 'etcd': unknown step 'etcd.strat'; did you mean 'etcd.start'?" in msg
     assert "play 'rt': hosts: unknown role 'mastr'" in msg
     assert "play 'rt': unknown key(s) paralel" in msg
     assert "play 'late': phase etcd comes after a later phase's play" in msg
@@ -374,7 +374,7 @@ def etcd_playbook() -> runner.Playbook:
                 "play": "etcd",
                 "phase": "etcd",
                 "hosts": "etcd",
-                "steps": ["etcd.certs", "etcd.configure", "etcd.start"],
+                "steps": ["etcd.configure", "etcd.start"],
             }
         ]
     )
@@ -384,7 +384,7 @@ def test_etcd_steps_change_once_then_report_ok_without_commands(tmp_path: Path) 
     cluster = make_cluster(tmp_path)
     hosts = hosts_for(cluster.plan)
     first = run_playbook(etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
-    assert first.count("changed") == 9 and first.restarts == []
+    assert first.count("changed") == 6 and first.restarts == []
     h = hosts["demo-etcd-1"]
     assert h.files["/etc/etcd/pki/server.key"][1:] == ("600", "etcd:etcd")
     assert h.files["/etc/etcd/pki/server.crt"][1:] == ("644", "root:root")
@@ -402,7 +402,7 @@ def test_etcd_steps_change_once_then_report_ok_without_commands(tmp_path: Path) 
     for host in hosts.values():
         host.commands.clear()
     again = run_playbook(etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
-    assert (again.count("ok"), again.count("changed"), again.restarts) == (9, 0, [])
+    assert (again.count("ok"), again.count("changed"), again.restarts) == (6, 0, [])
     # Facts once per host and play, and nothing else: unchanged files are not even sent.
     assert h.commands == ["facts"]
     assert h.services["etcd"].started == started
@@ -418,7 +418,7 @@ def test_a_changed_setting_rewrites_the_config_and_restarts_the_running_member(t
     report = run_playbook(etcd_playbook(), slower, hosts, phases={"etcd"}, log=quiet)
     assert sorted(report.restarts) == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
     by_step = {s["step"]: s for s in report.plays[0].step_summary()}
-    assert by_step["etcd.configure"]["changed"] == 3 and by_step["etcd.certs"]["ok"] == 3
+    assert by_step["etcd.configure"]["changed"] == 3
     assert "heartbeat-interval: 200" in hosts["demo-etcd-2"].files["/etc/etcd/etcd.conf.yml"][0].decode()
     # The unit did not change, so no daemon-reload.
     assert not any("daemon-reload" in c for c in hosts["demo-etcd-2"].commands[-6:])
@@ -485,7 +485,7 @@ def test_dry_run_shows_files_and_commands_with_secrets_masked(tmp_path: Path) ->
     lines: list[str] = []
     pb = playbook_of(
         [
-            {"play": "etcd", "phase": "etcd", "hosts": "etcd", "steps": ["etcd.certs", "etcd.configure"]},
+            {"play": "etcd", "phase": "etcd", "hosts": "etcd", "steps": ["etcd.configure"]},
             {"play": "s", "phase": "etcd", "hosts": "etcd[0]", "steps": ["test.secret_fails"]},
         ]
     )
@@ -592,10 +592,10 @@ def test_report_has_per_play_and_per_step_timings_and_counts(tmp_path: Path) -> 
     hosts = hosts_for(cluster.plan)
     d = run_playbook(etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet).to_dict()
     (play,) = d["plays"]
-    assert play["play"] == "etcd" and play["changed"] == 9 and play["seconds"] >= 0
-    assert [s["step"] for s in play["steps"]] == ["etcd.certs", "etcd.configure", "etcd.start"]
+    assert play["play"] == "etcd" and play["changed"] == 6 and play["seconds"] >= 0
+    assert [s["step"] for s in play["steps"]] == ["etcd.configure", "etcd.start"]
     assert all({"ok", "changed", "max_seconds", "round_trips"} <= set(s) for s in play["steps"])
-    assert play["facts"]["demo-etcd-1"]["round_trips"] == 3  # first gather, then after each change
+    assert play["facts"]["demo-etcd-1"]["round_trips"] == 2  # first gather, then after the change
     assert d["phase_seconds"].keys() == {"etcd"}
 
 

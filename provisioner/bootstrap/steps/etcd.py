@@ -64,8 +64,7 @@ def _cert_probes(node: NodePlan, cluster: Cluster) -> list[File]:
     return [File(CONFIG_DIR), File(PKI_DIR)] + [File(path) for _, path, _ in _cert_files(node)]
 
 
-@step("etcd.certs", probes=_cert_probes)
-def certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+def _certs(node: NodePlan, cluster: Cluster) -> StepGen:
     """The etcd CA and the member's server and peer certificates in /etc/etcd/pki."""
     files = [
         (path, cluster.pki.key_pem(name) if kind == "key" else cluster.pki.cert_pem(name), kind)
@@ -78,8 +77,6 @@ def certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
             yield Upload(data, path, 0o600, "etcd:etcd", secret=True)
         else:
             yield Upload(data, path, 0o644, "root:root")
-    # A running member reads its CA only at start; a stopped one is started by etcd.start.
-    yield Restart("etcd")
 
 
 def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
@@ -106,11 +103,22 @@ def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
 
 @step(
     "etcd.configure",
-    probes=lambda node, cluster: [File(DATA_DIR), File(CONFIG_FILE), File(UNIT_FILE), Service("etcd")],
+    probes=lambda node, cluster: [
+        *_cert_probes(node, cluster),
+        File(DATA_DIR),
+        File(CONFIG_FILE),
+        File(UNIT_FILE),
+        Service("etcd"),
+    ],
 )
 def configure(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """The member's configuration file and systemd unit, and its 0700 data directory."""
+    """The member's certificates, configuration file, systemd unit and 0700 data directory.
+
+    One step, so that a running member is restarted once, after all of it is in place: a
+    member restarted between new certificates and the configuration that names them fails.
+    """
     config, unit = render_config(node, cluster)
+    yield from _certs(node, cluster)
     yield EnsureDir(DATA_DIR, 0o700, "etcd:etcd")
     yield Upload(config, CONFIG_FILE, 0o644, "root:root")
     unit_changed = yield Upload(unit, UNIT_FILE, 0o644, "root:root")
