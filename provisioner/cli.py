@@ -486,6 +486,47 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
         click.echo(result["path"])
 
 
+@main.command("resize")
+@click.argument("name")
+@click.option("--workers", type=click.IntRange(1, 500), required=True, help="The number of workers wanted.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="vCenter operations in flight at once when adding workers.",
+)
+@OUTPUT_OPTION
+def resize_cmd(name: str, workers: int, yes: bool, concurrency: int, output: str) -> None:
+    """Grow or shrink a cluster's worker pool.
+
+    Adding clones the new workers and takes them through every phase the cluster has reached
+    (on a Kubernetes cluster they join it). Removing takes the highest-numbered workers away:
+    cordoned, drained and deleted from Kubernetes when it runs, then their VMs destroyed and
+    their addresses released. Masters and etcd members are never touched.
+
+    \b
+    Examples:
+      vkp resize demo --workers 5
+      vkp resize demo --workers 2 --yes -o json
+    """
+    from provisioner.cluster import resize_cluster
+    from provisioner.output import Progress
+
+    def body() -> dict[str, Any]:
+        _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
+        return resize_cluster(name, workers, Progress(), concurrency=concurrency)
+
+    result = run(body, output)
+    if output == "json":
+        emit_json({"ok": True, **result})
+    else:
+        changes = [f"added {', '.join(result['added'])}"] if result["added"] else []
+        changes += [f"removed {', '.join(result['removed'])}"] if result["removed"] else []
+        click.echo(f"cluster {name}: {workers} worker(s); " + ("; ".join(changes) or "nothing to change"))
+
+
 def _register() -> None:
     # Sub-command modules attach themselves to `main`; imported here so `vkp --help` lists them.
     from provisioner.lab import cli as lab_cli

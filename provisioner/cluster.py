@@ -269,3 +269,81 @@ def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
                 state = ClusterState.create_or_load(spec.name, home=Path(home))
             result["bootstrap"] = run_bootstrap(spec, plan, state, up_to=up_to, log=log, dry_run=True)
     return result
+
+
+# -- resize ------------------------------------------------------------------------------------
+
+
+def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -> dict[str, Any]:
+    """Grow or shrink the worker pool to `workers`.
+
+    Growing is create-cluster with the larger spec, up to the last phase the cluster reached:
+    the new VMs are cloned and bootstrapped, the others are checked and left alone. Shrinking
+    removes the highest-numbered workers: drained and deleted from Kubernetes when it runs,
+    then their VMs destroyed and their addresses released from the state.
+    """
+    import dataclasses as dc
+
+    from provisioner.plan import make_plan
+    from provisioner.spec import spec_from_dict, validate
+
+    state = ClusterState.load(name)
+    spec = spec_from_dict(state.load_spec_dict())
+    topo = spec.topology
+    new_spec = dc.replace(spec, topology=dc.replace(topo, worker=dc.replace(topo.worker, count=workers)))
+    validate(new_spec)
+    current = topo.worker.count
+    reached = [p for p in PHASES if (rec := state.phase(p)) is not None and rec.status == "done"]
+    up_to = reached[-1] if reached else "vms"
+    if workers == current:
+        log(f"cluster {name} already has {workers} worker(s)")
+        return {"cluster": name, "workers": workers, "added": [], "removed": []}
+    if workers > current:
+        before = set(state.nodes)
+        result = create_cluster(new_spec, log, up_to=up_to, concurrency=concurrency)
+        added = [n["name"] for n in result["nodes"] if n["name"] not in before]
+        return {"cluster": name, "workers": workers, "added": added, "removed": [], "up_to": up_to}
+
+    old = make_plan(spec).by_role("worker")
+    going = [n for n in old if n.index > workers][::-1]
+    if "kubernetes" in reached:
+        _drain(state, spec, [n.name for n in going], log)
+    with provision.session_for(spec) as session:
+        content = session.content
+        vms_by_name = {vm.name: vm for vm in find_owned(content, name)["vms"]}
+        doomed = [vms_by_name[n.name] for n in going if n.name in vms_by_name]
+        deadline = time.monotonic() + 600
+        for vm in doomed:
+            waits.power_off_and_wait(content, vm, deadline=deadline)
+        if doomed:
+            waits.wait_for_tasks(content, [session.call(vms.destroy, vm) for vm in doomed], deadline=deadline)
+    for n in going:
+        state.remove_node(n.name)
+        log(f"{n.name}: removed, address {n.address} released")
+    state.save_spec(new_spec.to_dict())
+    state.write_hosts_inventory()
+    plan = make_plan(new_spec)
+    state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
+    return {"cluster": name, "workers": workers, "added": [], "removed": [n.name for n in going]}
+
+
+def _drain(state: ClusterState, spec: ClusterSpec, nodes: list[str], log: Log) -> None:
+    """Cordon and drain each node, then delete it from Kubernetes, through the first master."""
+    from provisioner.plan import make_plan
+    from provisioner.ssh.commands import Cmd, sudo
+    from provisioner.ssh.connector import Connection
+
+    master = make_plan(spec).by_role("master")[0]
+    key, _ = state.ssh_keypair()
+    kubectl = ("kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf")
+    with Connection(
+        master.name, master.address, spec.ssh.user, key, state.known_hosts_path, port=spec.ssh.port
+    ) as conn:
+        for node in nodes:
+            # --ignore-daemonsets: their pods would come back anyway; emptyDir data goes with the node.
+            drain = Cmd(
+                *kubectl, "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s"
+            )
+            conn.run(sudo(drain), timeout=360)
+            conn.run(sudo(Cmd(*kubectl, "delete", "node", node, "--ignore-not-found")))
+            log(f"{node}: drained and deleted from Kubernetes")

@@ -39,6 +39,10 @@ from provisioner.retry import retry_call
 from provisioner.ssh.commands import Cmd, Result, sudo
 
 log = logging.getLogger(__name__)
+# paramiko logs every refused banner while sshd starts as an ERROR with a traceback; vkp
+# reports connection attempts itself, so keep paramiko's from reaching the terminal.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 _TRANSIENT_ERRNOS = {
     errno.ECONNREFUSED,

@@ -173,7 +173,24 @@ def test_5_etcd_member_whose_vm_went_down_comes_back(env: dict[str, str], lab: L
     assert sorted(m.name for m in report.members) == ETCD and report.ok
 
 
-def test_6_changed_host_key_is_refused(env: dict[str, str]) -> None:
+def test_6_resize_adds_and_removes_workers(env: dict[str, str], lab: LabHandle) -> None:
+    r = vkp(env, "resize", "lab", "--workers", "3", "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["added"] == ["lab-worker-3"]
+    r = on_node(env, "lab-worker-3", "systemctl is-active containerd")
+    assert r.stdout.strip() == "active", "a new worker goes through every phase the cluster reached"
+    r = vkp(env, "resize", "lab", "--workers", "2", "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["removed"] == ["lab-worker-3"]
+    assert "lab-worker-3" not in state(env).nodes
+    with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
+        view = s.content.viewManager.CreateContainerView(s.content.rootFolder, [vim.VirtualMachine], True)
+        names = {v.name for v in view.view}
+        view.Destroy()
+    assert "lab-worker-3" not in names and "lab-worker-2" in names
+
+
+def test_7_changed_host_key_is_refused(env: dict[str, str]) -> None:
     swap = (
         "sudo ssh-keygen -q -t ed25519 -N '' -f /tmp/other && "
         "sudo cp /tmp/other /etc/ssh/ssh_host_ed25519_key && "
