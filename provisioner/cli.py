@@ -339,6 +339,13 @@ def describe_cluster_cmd(name: str, output: str) -> None:
         emit_json({"ok": True, **d})
         return
     click.echo(f"cluster {d['name']} (id {d['cluster_id']})")
+    k8s = d.get("kubernetes") or {}
+    if k8s:
+        click.echo(f"  kubernetes {k8s['version']} at {k8s['endpoint']} (phase {k8s['phase']})")
+        if "readyz" in k8s:
+            click.echo(f"  API /readyz: {k8s['readyz']}")
+        for node, ready in (k8s.get("nodes") or {}).items():
+            click.echo(f"  node {node}: {ready}")
     for n in d["nodes"]:
         click.echo(
             f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-':<14} {n['moid']}"

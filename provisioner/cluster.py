@@ -225,6 +225,7 @@ def describe_cluster(name: str) -> dict[str, Any]:
     return {
         "name": name,
         "cluster_id": st.cluster_id,
+        "kubernetes": _kubernetes_view(st),
         "nodes": [
             {
                 "name": n.name,
@@ -240,6 +241,42 @@ def describe_cluster(name: str) -> dict[str, Any]:
         "state_dir": str(st.path),
         "hosts_inventory": str(st.path / "hosts.yaml"),
     }
+
+
+def _kubernetes_view(st: ClusterState) -> dict[str, Any]:
+    """Version and endpoint from the saved spec; readiness from the API when the phase is done."""
+    from provisioner.bootstrap import kube_api
+    from provisioner.bootstrap.pki import load_pki
+    from provisioner.plan import make_plan
+    from provisioner.spec import spec_from_dict
+
+    try:
+        spec = spec_from_dict(st.load_spec_dict())
+    except ProvisionerError:
+        return {}
+    endpoint = make_plan(spec).api_endpoint.url
+    view: dict[str, Any] = {"version": spec.kubernetes.version, "endpoint": endpoint}
+    phase = st.phase("kubernetes")
+    view["phase"] = phase.status if phase else "not started"
+    if phase is None or phase.status != "done":
+        return view
+    try:
+        api = kube_api.client(load_pki(st), endpoint, timeout=5)
+        ready, detail = api.readyz()
+        view["readyz"] = "ok" if ready else detail
+        nodes = api.get("/api/v1/nodes") if ready else {}
+    except ProvisionerError as exc:
+        view["readyz"] = exc.message
+        return view
+    view["nodes"] = {
+        str(item["metadata"]["name"]): next(
+            ("Ready" if c.get("status") == "True" else "NotReady")
+            for c in item.get("status", {}).get("conditions", [])
+            if c.get("type") == "Ready"
+        )
+        for item in (nodes or {}).get("items", [])
+    }
+    return view
 
 
 def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
