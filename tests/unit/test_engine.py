@@ -22,11 +22,9 @@ from provisioner.bootstrap.engine import (
     Cluster,
     Facts,
     File,
-    FileFact,
     Local,
     Probe,
     Run,
-    Service,
     ServiceFact,
     StepGen,
     Upload,
@@ -50,6 +48,7 @@ from provisioner.plan import Plan, make_plan
 from provisioner.spec import EtcdSpec, load_spec
 from provisioner.ssh.commands import Cmd, Result, Secret
 from provisioner.state import ClusterState
+from tests.unit import fakes
 from tests.unit.test_spec import LAB_ENV
 
 KEY = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
@@ -63,76 +62,8 @@ class FakePKI:
         return KEY
 
 
-class FakeHost:
-    """A node as the engine sees it through a Connection: files, directories, services, and a
-    log of every command (masked, as it would be shown)."""
-
-    become = True
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.files: dict[str, tuple[bytes, str, str]] = {}  # path -> content, mode, owner
-        self.dirs: dict[str, tuple[str, str]] = {}
-        self.services: dict[str, ServiceFact] = {}
-        self.commands: list[str] = []
-        self.fail: dict[str, Result] = {}  # substring of a masked command -> its result
-        self.round_trips = 0
-        self.lock = threading.Lock()
-
-    # -- what Connection offers --------------------------------------------------------------
-
-    def run(
-        self,
-        cmd: Cmd,
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-        retry_safe: bool = False,
-    ) -> Result:
-        from provisioner.errors import CommandFailed
-
-        self.round_trips += 1
-        shown = cmd.masked()
-        self.commands.append(shown)
-        result = self._answer(cmd)
-        for needle, res in self.fail.items():
-            if needle in shown:
-                result = res
-        if check and result.exit_status != 0:
-            raise CommandFailed(self.name, shown, result.exit_status, result.stdout, result.stderr)
-        return result
-
-    def put(self, data: bytes, path: str, *, mode: int, owner: str | None = None) -> bool:
-        self.round_trips += 1
-        self.commands.append(f"put {path}")
-        new = (data, format(mode, "o"), owner or "root:root")
-        changed = self.files.get(path) != new
-        self.files[path] = new
-        return changed
-
-    def facts(self, probes: list[Any]) -> Facts:
-        if not probes:
-            return Facts({})  # as gather_facts: nothing to ask, no round trip
-        self.round_trips += 1
-        self.commands.append("facts")
-        values: dict[Any, Any] = {}
-        for p in probes:
-            if isinstance(p, File):
-                if p.path in self.dirs:
-                    values[p] = FileFact("dir", None, *self.dirs[p.path])
-                elif p.path in self.files:
-                    data, mode, owner = self.files[p.path]
-                    values[p] = FileFact("file", hashlib.sha256(data).hexdigest(), mode, owner)
-                else:
-                    values[p] = FileFact("absent")
-            elif isinstance(p, Service):
-                values[p] = self.services.get(p.name, ServiceFact())
-            else:
-                values[p] = self._check(p)
-        return Facts(values)
-
-    # -- behaviour -------------------------------------------------------------------------
+class FakeHost(fakes.FakeHost):
+    """Answers the checks and commands of the etcd and runtime steps as a node would."""
 
     def _check(self, probe: Check) -> Result:
         script = str(probe.cmd.args[2]) if probe.cmd.args[0] == "sh" else ""
@@ -147,15 +78,7 @@ class FakeHost:
             return Result(0, "Server:\n  Version: 1.6\n", "") if active else Result(1, "", "")
         return Result(0, "", "")
 
-    def _answer(self, cmd: Cmd) -> Result:
-        args = [a for a in cmd.args if isinstance(a, str)]
-        if args[:3] == ["sudo", "-n", "--"]:
-            args = args[3:]
-        if args[:2] == ["sh", "-c"] and "mkdir -p" in args[2]:
-            path, mode, owner = args[4], args[5], args[6]
-            changed = self.dirs.get(path) != (mode, owner)
-            self.dirs[path] = (mode, owner)
-            return Result(0, "yes\n" if changed else "no\n", "")
+    def _command(self, args: list[str]) -> Result:
         if args[:2] == ["sh", "-c"] and "systemctl restart" in args[2]:
             svc = args[4]
             if self.services.get(svc, ServiceFact()).is_active:

@@ -5,7 +5,6 @@ way a node would (files appear) and the API is a fake that records what vkp aske
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import replace
@@ -16,105 +15,19 @@ import pytest
 import yaml
 
 from provisioner.bootstrap import runner
-from provisioner.bootstrap.engine import Check, Cluster, Facts, File, FileFact, Service, ServiceFact
+from provisioner.bootstrap.engine import Check, Cluster, Facts, ServiceFact
 from provisioner.bootstrap.phases import PLAYBOOK
 from provisioner.bootstrap.pki import ensure_pki
 from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
 from provisioner.bootstrap.steps import kubernetes as k8s
-from provisioner.errors import CommandFailed
 from provisioner.plan import make_plan
 from provisioner.spec import PKISpec, load_spec
 from provisioner.ssh.commands import Cmd, Result
 from provisioner.state import ClusterState
+from tests.unit import fakes
 from tests.unit.test_spec import LAB_ENV
 
 VIP = "198.18.0.251"
-
-
-class FakeHost:
-    """A node as the engine sees it through a Connection: files, directories, services, and a
-    log of every command as it would be shown (masked). (tests/unit/test_engine.py has the same
-    model; importing it would register its test steps twice.)"""
-
-    become = True
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.files: dict[str, tuple[bytes, str, str]] = {}  # path -> content, mode, owner
-        self.dirs: dict[str, tuple[str, str]] = {}
-        self.services: dict[str, ServiceFact] = {}
-        self.commands: list[str] = []
-        self.fail: dict[str, Result] = {}  # substring of a masked command -> its result
-        self.round_trips = 0
-
-    def run(
-        self,
-        cmd: Cmd,
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-        retry_safe: bool = False,
-    ) -> Result:
-        self.round_trips += 1
-        shown = cmd.masked()
-        self.commands.append(shown)
-        result = self._answer(cmd)
-        for needle, res in self.fail.items():
-            if needle in shown:
-                result = res
-        if check and result.exit_status != 0:
-            raise CommandFailed(self.name, shown, result.exit_status, result.stdout, result.stderr)
-        return result
-
-    def put(self, data: bytes, path: str, *, mode: int, owner: str | None = None) -> bool:
-        self.round_trips += 1
-        self.commands.append(f"put {path}")
-        new = (data, format(mode, "o"), owner or "root:root")
-        changed = self.files.get(path) != new
-        self.files[path] = new
-        return changed
-
-    def facts(self, probes: list[Any]) -> Facts:
-        if not probes:
-            return Facts({})
-        self.round_trips += 1
-        self.commands.append("facts")
-        values: dict[Any, Any] = {}
-        for p in probes:
-            if isinstance(p, File):
-                if p.path in self.dirs:
-                    values[p] = FileFact("dir", None, *self.dirs[p.path])
-                elif p.path in self.files:
-                    data, mode, owner = self.files[p.path]
-                    values[p] = FileFact("file", hashlib.sha256(data).hexdigest(), mode, owner)
-                else:
-                    values[p] = FileFact("absent")
-            elif isinstance(p, Service):
-                values[p] = self.services.get(p.name, ServiceFact())
-            else:
-                values[p] = self._check(p)
-        return Facts(values)
-
-    def _check(self, probe: Check) -> Result:
-        return Result(0, "", "")
-
-    def _answer(self, cmd: Cmd) -> Result:
-        args = [a for a in cmd.args if isinstance(a, str)]
-        if args[:3] == ["sudo", "-n", "--"]:
-            args = args[3:]
-        if args[:2] == ["sh", "-c"] and 'mkdir -p -- "$d"; changed=yes' in args[2]:
-            path, mode, owner = args[4], args[5], args[6]
-            changed = self.dirs.get(path) != (mode, owner)
-            self.dirs[path] = (mode, owner)
-            return Result(0, "yes\n" if changed else "no\n", "")
-        if args[:1] == ["systemctl"] and len(args) == 3 and args[1] in ("enable", "start", "restart"):
-            s = self.services.get(args[2], ServiceFact(loaded="loaded"))
-            if args[1] == "enable":
-                self.services[args[2]] = replace(s, enabled="enabled")
-            else:
-                self.services[args[2]] = replace(s, active="active")
-        return Result(0, "", "")
 
 
 class World:
@@ -131,7 +44,9 @@ class World:
             self.events.append((host, what))
 
 
-class Node(FakeHost):
+class Node(fakes.FakeHost):
+    """Answers kubeadm as a node would (its files appear) and records it in the world."""
+
     def __init__(self, name: str, world: World) -> None:
         super().__init__(name)
         self.world = world
@@ -140,6 +55,15 @@ class Node(FakeHost):
         if probe.cmd.args[:3] == ("ip", "-o", "route"):
             return Result(0, f"{VIP} dev ens192 src 198.18.0.20 uid 0\n    cache\n", "")
         return super()._check(probe)
+
+    def _command(self, args: list[str]) -> Result:
+        if args[:1] == ["systemctl"] and len(args) == 3 and args[1] in ("enable", "start", "restart"):
+            s = self.services.get(args[2], ServiceFact(loaded="loaded"))
+            if args[1] == "enable":
+                self.services[args[2]] = replace(s, enabled="enabled")
+            else:
+                self.services[args[2]] = replace(s, active="active")
+        return Result(0, "", "")
 
     def run(self, cmd: Cmd, **kw: Any) -> Result:
         shown = cmd.masked()
