@@ -15,26 +15,24 @@ import hashlib
 import http.server
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from provisioner.bootstrap.artifacts import BINARIES, probe_source
-from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.bootstrap.engine import Cluster
 from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
-from provisioner.errors import ArtifactError, ExitCode, SSHError
+from provisioner.errors import ArtifactError, ExitCode
 from provisioner.lab import guest as lab_guest
-from provisioner.lab import guestinfo, paths
+from provisioner.lab import paths
 from provisioner.plan import NodePlan, make_plan
 from provisioner.spec import ClusterSpec, load_spec
 from provisioner.ssh.commands import Cmd, sudo
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
+from tests.lab import guests
 from tests.unit.test_spec import LAB_ENV
 
 pytestmark = pytest.mark.lab
@@ -105,16 +103,6 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _answers(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=1):
-            return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
 @dataclass
 class Node:
     plan_node: NodePlan
@@ -134,53 +122,22 @@ class Node:
 @pytest.fixture(scope="module")
 def node(lab_image: Path, lab_bridge: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     home = tmp_path_factory.mktemp("artifacts")
-    guests = home / "guests"
+    guests_dir = home / "guests"
     spec = _spec("upstream")
     worker = make_plan(spec).by_role("worker")[0]
-    lab_guest.destroy_guest(GID, guests_dir=guests)
-    assert not _answers(worker.address), f"{worker.address} is already in use on the lab bridge"
+    guests.free_address(GID, worker.address, guests_dir)
     state = ClusterState.create_or_load(CLUSTER, home=home / "state")
-    _, login_pub = state.ssh_keypair()
-    host_priv, host_pub = state.host_key(worker.name)
-    meta, user = cloud_init_documents(
-        worker.name, worker.address, paths.PREFIX, paths.GATEWAY, [paths.GATEWAY], MAC, "vkp", login_pub,
-        host_priv, host_pub, f"{state.cluster_id}-{worker.name}",
-    )  # fmt: skip
+    guests.boot_node(
+        state, GID, worker.name, worker.address, MAC, image_root=lab_image, guests_dir=guests_dir
+    )
     state.write_known_hosts([(worker.name, worker.address)])
-    data = guestinfo.parse({"guestinfo.metadata": meta, "guestinfo.userdata": user}, GID)
-    assert data is not None and data.network is not None
-    seed = lab_guest.NoCloudSeed(
-        meta_data=guestinfo.meta_data_document(data),
-        user_data=data.user_data,
-        network_config=yaml.safe_dump(lab_guest.translate_network_config(data.network, mac=MAC)),
-    )
-    lab_guest.start_guest(
-        GID, hostname=worker.name, mac=MAC, image_root=lab_image, guests_dir=guests, seed=seed
-    )
-    key, _ = state.ssh_keypair()
-    conn = Connection(worker.name, worker.address, "vkp", key, state.known_hosts_path, connect_deadline=60)
+    conn = guests.connect_node(state, worker.name, worker.address, connect_deadline=60)
     try:
-        _wait_booted(conn)
+        guests.wait_booted(conn, deadline=300.0, status_timeout=180)
         yield Node(worker, state, conn)
     finally:
         conn.close()
-        lab_guest.destroy_guest(GID, guests_dir=guests)
-
-
-def _wait_booted(conn: Connection, deadline: float = 300.0) -> None:
-    # cloud-init restarts sshd on first boot, which can drop a connection made in that moment;
-    # a busy machine (several lab guests booting) can take minutes.
-    started = time.monotonic()
-    while True:
-        try:
-            conn.open()
-            conn.run(Cmd("cloud-init", "status", "--wait"), check=False, timeout=180)
-            return
-        except (SSHError, EOFError, OSError):
-            conn.close()
-            if time.monotonic() - started > deadline:
-                raise
-            time.sleep(1)
+        lab_guest.destroy_guest(GID, guests_dir=guests_dir)
 
 
 def _spec(source: str) -> ClusterSpec:

@@ -10,8 +10,6 @@ restarts nothing, and a stopped member is brought back by the next run.
 from __future__ import annotations
 
 import json
-import socket
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,21 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from provisioner.bootstrap import tools
-from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.bootstrap.etcd_client import EtcdClient, EtcdError, EtcdUnhealthy, check_cluster
 from provisioner.bootstrap.phases import run_bootstrap
 from provisioner.bootstrap.pki import load_pki
-from provisioner.errors import SSHError
 from provisioner.lab import guest as lab_guest
-from provisioner.lab import guestinfo, paths
 from provisioner.plan import Plan, make_plan
 from provisioner.spec import ClusterSpec, load_spec
 from provisioner.ssh.commands import Cmd, sudo
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, NodeRecord
+from tests.lab import guests
 from tests.unit.test_spec import LAB_ENV
 
 pytestmark = pytest.mark.lab
@@ -53,19 +48,8 @@ class Lab:
     state: ClusterState
 
     def connect(self, node: str) -> Connection:
-        key, _ = self.state.ssh_keypair()
         n = self.plan.node(node)
-        return Connection(n.name, n.address, "vkp", key, self.state.known_hosts_path, connect_deadline=120)
-
-
-def _answers(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=1):
-            return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
+        return guests.connect_node(self.state, n.name, n.address, connect_deadline=120)
 
 
 def _guest_id(address: str) -> str:
@@ -86,30 +70,16 @@ def lab(lab_image: Path, lab_bridge: str, tmp_path_factory: pytest.TempPathFacto
     state = ClusterState.create_or_load(CLUSTER, home=home / "state")
     state.save_spec(spec.to_dict())
     for n in plan.nodes:
-        lab_guest.destroy_guest(_guest_id(n.address), guests_dir=guests_dir)
-        assert not _answers(n.address), f"{n.address} is already in use on the lab bridge"
-    _, login_pub = state.ssh_keypair()
+        guests.free_address(_guest_id(n.address), n.address, guests_dir)
     for n in plan.nodes:
-        host_priv, host_pub = state.host_key(n.name)
-        mac = _mac(n.address)
-        meta, user = cloud_init_documents(
-            n.name, n.address, paths.PREFIX, paths.GATEWAY, [paths.GATEWAY], mac, "vkp", login_pub,
-            host_priv, host_pub, f"{state.cluster_id}-{n.name}",
-        )  # fmt: skip
-        data = guestinfo.parse({"guestinfo.metadata": meta, "guestinfo.userdata": user}, _guest_id(n.address))
-        assert data is not None and data.network is not None
-        seed = lab_guest.NoCloudSeed(
-            meta_data=guestinfo.meta_data_document(data),
-            user_data=data.user_data,
-            network_config=yaml.safe_dump(lab_guest.translate_network_config(data.network, mac=mac)),
-        )
-        lab_guest.start_guest(
+        guests.boot_node(
+            state,
             _guest_id(n.address),
-            hostname=n.name,
-            mac=mac,
+            n.name,
+            n.address,
+            _mac(n.address),
             image_root=lab_image,
             guests_dir=guests_dir,
-            seed=seed,
         )
         state.save_node(NodeRecord(n.name, n.role, n.address))
     state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
@@ -123,20 +93,12 @@ def lab(lab_image: Path, lab_bridge: str, tmp_path_factory: pytest.TempPathFacto
             lab_guest.destroy_guest(_guest_id(n.address), guests_dir=guests_dir)
 
 
-def _wait_booted(lab: Lab, node: str, deadline: float = 180.0) -> None:
-    """What create-cluster's VMs phase guarantees before bootstrap: SSH answers with the pinned
-    key and cloud-init is done (it restarts sshd on first boot, which can reset a connection
-    made in that moment)."""
-    started = time.monotonic()
-    while True:
-        try:
-            with lab.connect(node) as c:
-                c.run(Cmd("cloud-init", "status", "--wait"), check=False, timeout=120)
-                return
-        except (SSHError, EOFError, OSError):
-            if time.monotonic() - started > deadline:
-                raise
-            time.sleep(1)
+def _wait_booted(lab: Lab, node: str) -> None:
+    conn = lab.connect(node)
+    try:
+        guests.wait_booted(conn, deadline=180.0, status_timeout=120)
+    finally:
+        conn.close()
 
 
 def _bootstrap(lab: Lab, label: str, capfd: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -7,56 +7,26 @@ connection. Only the NIC translation is the lab's (as its hypervisor does for ev
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-import yaml
 
-from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.errors import CommandFailed, HostKeyMismatch
 from provisioner.lab import guest as lab_guest
-from provisioner.lab import guestinfo, paths
+from provisioner.lab import paths
 from provisioner.ssh.commands import Cmd, sudo
-from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
+from tests.lab import guests
 
 pytestmark = pytest.mark.lab
 
 GID, NAME, MAC, IP = "vkp-test-ssh61", "ssh-node-1", "00:50:56:18:00:61", "198.18.0.61"
 
 
-def _answers(ip: str) -> bool:
-    # Any answer on port 22, even a refusal, means a machine holds the address.
-    try:
-        with socket.create_connection((ip, 22), timeout=1):
-            return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def node(lab_image, lab_bridge, tmp_path):
-    lab_guest.destroy_guest(GID, guests_dir=tmp_path / "guests")
-    assert not _answers(IP), f"{IP} is already in use on the lab bridge"
+    guests.free_address(GID, IP, tmp_path / "guests")
     st = ClusterState.create_or_load("sshtest", home=tmp_path / "state")
-    _, login_pub = st.ssh_keypair()
-    host_priv, host_pub = st.host_key(NAME)
-    meta, user = cloud_init_documents(
-        NAME, IP, paths.PREFIX, paths.GATEWAY, [paths.GATEWAY], MAC, "vkp", login_pub,
-        host_priv, host_pub, f"{st.cluster_id}-{NAME}",
-    )
+    host_pub = guests.boot_node(st, GID, NAME, IP, MAC, image_root=lab_image, guests_dir=tmp_path / "guests")
     st.write_known_hosts([(NAME, IP)])
-    data = guestinfo.parse({"guestinfo.metadata": meta, "guestinfo.userdata": user}, GID)
-    assert data is not None and data.network is not None
-    seed = lab_guest.NoCloudSeed(
-        meta_data=guestinfo.meta_data_document(data),
-        user_data=data.user_data,
-        network_config=yaml.safe_dump(lab_guest.translate_network_config(data.network, mac=MAC)),
-    )
-    lab_guest.start_guest(GID, hostname=NAME, mac=MAC, image_root=lab_image,
-                          guests_dir=tmp_path / "guests", seed=seed)
     try:
         yield st, host_pub
     finally:
@@ -65,8 +35,7 @@ def node(lab_image, lab_bridge, tmp_path):
 
 def test_node_from_cloud_init_documents(node):
     st, host_pub = node
-    key_path, _ = st.ssh_keypair()
-    with Connection(NAME, IP, "vkp", key_path, st.known_hosts_path, connect_deadline=120) as c:
+    with guests.connect_node(st, NAME, IP, connect_deadline=120) as c:
         assert c.run(Cmd("hostname")).stdout.strip() == NAME
         assert c.run(Cmd("cat", "/sys/class/net/eth0/address")).stdout.strip() == MAC
         route = c.run(Cmd("ip", "-4", "route", "show", "default")).stdout
@@ -98,8 +67,7 @@ def test_another_nodes_key_is_refused(node, tmp_path):
     # Pin a different key for the same address: the real node must be refused, not retried.
     st.host_key("impostor-check")
     st.write_known_hosts([("impostor-check", IP)])
-    key_path, _ = st.ssh_keypair()
-    c = Connection(NAME, IP, "vkp", key_path, st.known_hosts_path, connect_deadline=120)
+    c = guests.connect_node(st, NAME, IP, connect_deadline=120)
     with pytest.raises(HostKeyMismatch):
         # The guest may still be booting: connection refusals are retried, the mismatch is not.
         c.open()
