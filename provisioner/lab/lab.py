@@ -12,7 +12,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -111,16 +110,6 @@ def env_lines(state: dict[str, Any], password: str) -> list[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def prepare(log: Log) -> tuple[Path, Path]:
     """Install what the lab needs and build the simulator and the guest image (cached)."""
     prereqs.require_root()
@@ -152,7 +141,7 @@ def up(opts: LabOptions, log: Log) -> dict[str, Any]:
 
     port = opts.port or paths.DEFAULT_PORT
     hosts = opts.hosts or 3
-    if not _port_free(port):
+    if simulator.port_in_use(port):
         raise LabError(
             f"port {port} on 127.0.0.1 is in use by another process",
             hint="pass --port with a free port, or stop whatever listens there",

@@ -185,7 +185,7 @@ def _write_private(path: Path, data: bytes | str) -> None:
         os.close(fd)
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -233,7 +233,7 @@ def start(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _port_in_use(port):
+    if port_in_use(port):
         raise LabError(
             f"port {port} on 127.0.0.1 is in use by another process; pass --port",
             hint=f"pick a free port, or stop whatever listens there (`ss -ltnp 'sport = :{port}'`)",
