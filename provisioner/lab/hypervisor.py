@@ -29,6 +29,7 @@ from pyVmomi import vim, vmodl
 
 from provisioner.lab import guest as guests
 from provisioner.lab import guestinfo, paths
+from provisioner.vsphere.find import view_filter_spec
 from provisioner.vsphere.session import Session, connect
 
 ADDRESS_DEADLINE = 180.0
@@ -97,17 +98,7 @@ class Hypervisor:
         collector = content.propertyCollector.CreatePropertyCollector()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         pcq = vmodl.query.PropertyCollector
-        spec = pcq.FilterSpec(
-            objectSet=[
-                pcq.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
-                )
-            ],
-            propSet=[pcq.PropertySpec(type=vim.VirtualMachine, pathSet=PROPS)],
-        )
-        collector.CreateFilter(spec, partialUpdates=True)
+        collector.CreateFilter(view_filter_spec(view, [vim.VirtualMachine], PROPS), partialUpdates=True)
         version = ""
         first = True
         try:

@@ -45,6 +45,20 @@ class Located:
 # -- the PropertyCollector ----------------------------------------------------------------------
 
 
+def view_filter_spec(view: Any, types: Sequence[Any], props: Sequence[str]) -> Any:
+    """A FilterSpec for props of every object in a ContainerView (the view itself skipped)."""
+    return _pcq.FilterSpec(
+        objectSet=[
+            _pcq.ObjectSpec(
+                obj=view,
+                skip=True,
+                selectSet=[_pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
+            )
+        ],
+        propSet=[_pcq.PropertySpec(type=t, pathSet=list(props)) for t in types],
+    )
+
+
 def retrieve(
     content: Any, container: Any, types: Sequence[Any], props: Sequence[str], *, recursive: bool = True
 ) -> dict[Any, dict[str, Any]]:
@@ -54,16 +68,7 @@ def retrieve(
     """
     view = content.viewManager.CreateContainerView(container, list(types), recursive)
     try:
-        spec = _pcq.FilterSpec(
-            objectSet=[
-                _pcq.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[_pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
-                )
-            ],
-            propSet=[_pcq.PropertySpec(type=t, pathSet=list(props)) for t in types],
-        )
+        spec = view_filter_spec(view, types, props)
         collector = content.propertyCollector
         out: dict[Any, dict[str, Any]] = {}
         result = collector.RetrievePropertiesEx([spec], _pcq.RetrieveOptions())
