@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths
+
+# The vkp of the interpreter running the tests (the venv under test), whatever PATH says.
+VKP = str(Path(sys.executable).parent / "vkp")
 
 
 def _log(message: str) -> None:

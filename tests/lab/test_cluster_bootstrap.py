@@ -24,7 +24,7 @@ from provisioner.bootstrap.pki import load_pki
 from provisioner.errors import ExitCode
 from provisioner.state import ClusterState
 from provisioner.vsphere.session import connect
-from tests.conftest import LabHandle
+from tests.conftest import VKP, LabHandle
 
 pytestmark = pytest.mark.lab
 
@@ -38,12 +38,12 @@ RUNTIME_NODES = ["lab-master-1", "lab-worker-1", "lab-worker-2"]
 def env(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     e = {**os.environ, **lab.env(), "VKP_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     yield e
-    subprocess.run(["vkp", "delete-cluster", "lab", "--yes"], env=e, capture_output=True)
+    subprocess.run([VKP, "delete-cluster", "lab", "--yes"], env=e, capture_output=True)
 
 
 def vkp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["vkp", *args], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+        [VKP, *args], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
     )
 
 
@@ -83,7 +83,7 @@ def test_1_vms_then_broken_template_uploads_nothing(env: dict[str, str], tmp_pat
 
 def test_2_killed_run_resumes(env: dict[str, str]) -> None:
     proc = subprocess.Popen(
-        ["vkp", "create-cluster", "-f", SPEC, "--yes", "--up-to", "runtime"],
+        [VKP, "create-cluster", "-f", SPEC, "--yes", "--up-to", "runtime"],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

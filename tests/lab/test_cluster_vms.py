@@ -24,7 +24,7 @@ from provisioner.ssh.commands import Cmd
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
 from provisioner.vsphere.session import connect
-from tests.conftest import LabHandle
+from tests.conftest import VKP, LabHandle
 
 pytestmark = pytest.mark.lab
 
@@ -34,7 +34,7 @@ LAB_SPEC = REPO / "inventory" / "lab.yaml"
 
 def vkp(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["vkp", *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [VKP, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
 
 
@@ -215,7 +215,7 @@ def lab_with(lab: LabHandle) -> Iterator[Any]:
 def test_killed_create_converges(lab: LabHandle, lab_with: Any, tmp_path: Path) -> None:
     lab_with(delays={"CloneVM_Task": 3000, "PowerOnVM_Task": 1000})
     env = {**os.environ, **lab.env(), "VKP_STATE_DIR": str(tmp_path / "state")}
-    args = ["vkp", "create-cluster", "-f", str(LAB_SPEC), "--yes", "--up-to", "vms"]
+    args = [VKP, "create-cluster", "-f", str(LAB_SPEC), "--yes", "--up-to", "vms"]
     # Killed while the clones are in flight, then again while VMs power on and boot.
     for kill_after in (1.5, 4.5):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -20,7 +20,7 @@ from provisioner.lab import guest as guests
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths
 from provisioner.vsphere.session import connect
-from tests.conftest import LabHandle
+from tests.conftest import VKP, LabHandle
 
 pytestmark = pytest.mark.lab
 
@@ -225,7 +225,7 @@ def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
     g = guests.find_guest(vm._moId)
     assert g is not None and g.netns
 
-    result = subprocess.run(["vkp", "lab", "down", "-o", "json"], capture_output=True, text=True)
+    result = subprocess.run([VKP, "lab", "down", "-o", "json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["guests_removed"] == 1
 
@@ -242,6 +242,6 @@ def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
     assert str(paths.RUN) not in mounts
 
     # A second down is a no-op; then bring the lab back for later tests in this session.
-    assert subprocess.run(["vkp", "lab", "down"], capture_output=True).returncode == 0
+    assert subprocess.run([VKP, "lab", "down"], capture_output=True).returncode == 0
     lab_mod.up(lab_mod.LabOptions(), print)
     assert os.path.exists(paths.ENV_FILE)
