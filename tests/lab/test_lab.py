@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import socket
 import subprocess
 import time
 from typing import Any
@@ -208,6 +209,64 @@ def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
         assert not (paths.GUESTS / vm._moId).exists(), "destroying the VM must remove its guest"
 
 
+def test_customized_vm_is_realized_with_its_fixed_address(lab: LabHandle) -> None:
+    """A VM customized the classic way (CustomizeVM_Task with a fixed IP) boots with that address."""
+    address = "198.18.0.61"
+    with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
+        content = s.content
+        template = _find(content, vim.VirtualMachine, "debian-12")
+        dc = _find(content, vim.Datacenter, "DC0")
+        cluster = _find(content, vim.ClusterComputeResource, "DC0_C0")
+        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=cluster.resourcePool), powerOn=False)
+        vm = _wait_task(template.CloneVM_Task(folder=dc.vmFolder, name="labtest-custom", spec=spec))
+        try:
+            custom = vim.vm.customization.Specification(
+                identity=vim.vm.customization.LinuxPrep(
+                    hostName=vim.vm.customization.FixedName(name="labtest-custom"), domain="lab"
+                ),
+                globalIPSettings=vim.vm.customization.GlobalIPSettings(),
+                nicSettingMap=[
+                    vim.vm.customization.AdapterMapping(
+                        adapter=vim.vm.customization.IPSettings(
+                            ip=vim.vm.customization.FixedIp(ipAddress=address),
+                            subnetMask="255.255.255.0",
+                            gateway=[paths.GATEWAY],
+                        )
+                    )
+                ],
+            )
+            _wait_task(vm.CustomizeVM_Task(custom))
+            _wait_task(vm.PowerOnVM_Task())
+            deadline = time.monotonic() + 60
+            configured = ""
+            while time.monotonic() < deadline:
+                g = guests.find_guest(vm._moId)
+                if g is not None and g.netns:
+                    configured = subprocess.run(
+                        ["ip", "-n", g.netns, "-4", "-o", "addr", "show", "dev", "eth0"],
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                    if f"{address}/24" in configured:
+                        break
+                time.sleep(0.5)
+            assert f"{address}/24" in configured, f"the guest never configured {address}: {configured!r}"
+            # Reachable there: its sshd answers (no key of ours is on it, so no login).
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection((address, 22), timeout=2) as conn:
+                        assert conn.recv(4) == b"SSH-"
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+        finally:
+            if vm.runtime.powerState == "poweredOn":
+                _wait_task(vm.PowerOffVM_Task())
+            _wait_task(vm.Destroy_Task())
+
+
 def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
     """With a guest running, `vkp lab down` stops and removes everything; then the lab comes back."""
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
@@ -222,6 +281,15 @@ def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
         while not _guest_processes(vm._moId) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _guest_processes(vm._moId), "the powered-on VM should have a running guest"
+        # Without cloud-init network data or customization there is nothing to configure (the lab
+        # has no DHCP): lab status says so instead of leaving the user to wait.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            errors = [g["error"] for g in lab_mod.status()["guests"] if g["vm"] == vm._moId]
+            if errors and errors[0]:
+                break
+            time.sleep(0.5)
+        assert errors == ["no static address configured"]
     g = guests.find_guest(vm._moId)
     assert g is not None and g.netns
 
