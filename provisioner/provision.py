@@ -385,6 +385,17 @@ class VMPhase:
             result = conn.run(Cmd("hostname"))
             if result.stdout.strip() != node.name:
                 raise SSHError(f"{node.name} ({node.address}) answers as {result.stdout.strip()!r}")
+            # sshd answers before cloud-init is done with the node (it even restarts sshd):
+            # bootstrapping then would race with it. retry_safe: the wait may span that restart.
+            done = conn.run(
+                Cmd("cloud-init", "status", "--wait"), check=False, timeout=self.deadline, retry_safe=True
+            )
+            if done.exit_status not in (0, 2):  # 2: done, with recoverable errors (cloud-init 23.4+)
+                said = (done.stdout + done.stderr).strip()[-400:]
+                raise SSHError(
+                    f"{node.name}: cloud-init did not finish cleanly: {said}",
+                    hint=f"see /var/log/cloud-init.log on the node (vkp ssh {self.plan.cluster} {node.name})",
+                )
 
 
 def _options(d: dict[str, str]) -> list[Any]:

@@ -211,7 +211,7 @@ def test_clone_boot_ssh_power_off_destroy(lab: LabHandle) -> None:
 
 def test_customized_vm_is_realized_with_its_fixed_address(lab: LabHandle) -> None:
     """A VM customized the classic way (CustomizeVM_Task with a fixed IP) boots with that address."""
-    address = "198.18.0.61"
+    address = "198.18.0.62"
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
         content = s.content
         template = _find(content, vim.VirtualMachine, "debian-12")

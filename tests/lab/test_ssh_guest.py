@@ -7,6 +7,8 @@ connection. Only the NIC translation is the lab's (as its hypervisor does for ev
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from provisioner.errors import CommandFailed, HostKeyMismatch
@@ -45,6 +47,8 @@ def test_node_from_cloud_init_documents(node):
         assert keys == ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub"]
         served = c.run(sudo(Cmd("cat", "/etc/ssh/ssh_host_ed25519_key.pub"))).stdout.split()[:2]
         assert served == host_pub.split()[:2]
+        # cloud-init turns password logins off in a later stage than the one that starts sshd.
+        guests.wait_booted(c, deadline=time.monotonic() + 120, status_timeout=60)
         sshd = c.run(sudo(Cmd("sshd", "-T"))).stdout.lower().splitlines()
         assert "passwordauthentication no" in sshd
         assert c.run(sudo(Cmd("id", "-u"))).stdout.strip() == "0"
