@@ -17,6 +17,7 @@ import click
 
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit_json
+from provisioner.plan import PHASES
 
 if TYPE_CHECKING:
     from provisioner.spec import ClusterSpec
@@ -166,7 +167,6 @@ def plan_cmd(
     run(body, output)
 
 
-UP_TO = ("vms", "etcd", "runtime", "kubernetes")
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -187,7 +187,7 @@ def _confirm(question: str, yes: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(
     "--up-to",
-    type=click.Choice(UP_TO),
+    type=click.Choice(PHASES),
     default="kubernetes",
     show_default=True,
     help="Stop after this phase: vms (VMs up, SSH pinned), etcd, runtime (containerd), kubernetes.",

@@ -20,13 +20,13 @@ from pyVmomi import vim
 
 from provisioner import provision
 from provisioner.errors import NotFound, ProvisionerError
+from provisioner.plan import PHASES
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
 from provisioner.vsphere import find, placement, specs, vms, waits
 from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
-PHASES = ("vms", "etcd", "runtime", "kubernetes")
 ROLE_ORDER = {"etcd": 0, "master": 1, "worker": 2}
 
 

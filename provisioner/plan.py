@@ -15,6 +15,10 @@ from typing import Any
 from provisioner.errors import NotFound
 from provisioner.spec import ROLES, ClusterSpec, node_name, validate
 
+# create-cluster's phases in order; --up-to stops after one. "vms" is the vSphere half, the
+# others are playbook phases (playbooks/cluster.yaml).
+PHASES = ("vms", "etcd", "runtime", "kubernetes")
+
 # Losing two etcd members or two masters to one host failure costs quorum or the control
 # plane; workers are interchangeable, so their spread is left to DRS.
 RULE_ROLES = ("etcd", "master")

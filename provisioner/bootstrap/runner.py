@@ -54,12 +54,13 @@ from provisioner.bootstrap.engine import (
     registry,
 )
 from provisioner.errors import ExitCode, ProvisionerError
+from provisioner.plan import PHASES as ALL_PHASES
 from provisioner.spec import ROLES
 
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
 
-PHASES = ("etcd", "runtime", "kubernetes")  # after "vms", which is not a playbook phase
+PHASES = ALL_PHASES[1:]  # every phase after "vms", which is not a playbook phase
 PLAY_KEYS = {"play", "phase", "hosts", "steps", "serial"}
 PROGRESS_FILE = "bootstrap.json"
 _TERM = re.compile(r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?")
