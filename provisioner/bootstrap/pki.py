@@ -521,7 +521,12 @@ def _public_bytes(key: PrivateKey) -> bytes:
 
 def _load_key(path: Path) -> PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        # The keys are vkp's own, written 0600 into the state; RSA's consistency check costs
+        # ~75 ms a key and made every re-run spend about a second here. Whether a key belongs
+        # to its certificate is still checked (_same_public_key).
+        key = serialization.load_pem_private_key(
+            path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+        )
     except (ValueError, TypeError) as exc:
         # The exception text from cryptography never includes key material, only the reason.
         raise PKIError(f"{path} is not a readable unencrypted PEM private key ({exc})") from None
