@@ -37,6 +37,9 @@ HOSTNAME_MAX = 63  # node names become VM names and host names: one DNS label ea
 K8S_MINORS = (28, 31)
 DEFAULT_K8S_VERSION = "1.30.4"
 DEFAULT_IMAGE_REPOSITORY = "registry.k8s.io"
+DEFAULT_ETCD_VERSION = "3.5.16"
+# etcd.artifact's value for the distribution's etcd-server package (the default).
+ETCD_PACKAGE = "package"
 # The pause image kubeadm 1.30 expects (kubeadm config images list); containerd's sandbox image.
 PAUSE_VERSION = "3.9"
 
@@ -297,8 +300,21 @@ class KubernetesSpec:
 
 @dataclass(frozen=True)
 class EtcdSpec:
+    """etcd's tuning, and where its binaries come from.
+
+    artifact: "package" (the distribution's etcd-server), or an artifact source for the release
+    tarball of version: "upstream" (GitHub releases), a mirror base URL with the same layout, or
+    local:/dir on the operator's machine (provisioner/bootstrap/artifacts.py has the layouts).
+    """
+
     heartbeat_interval: int = 100  # ms, etcd's default
     election_timeout: int = 1000  # ms, etcd's default
+    artifact: str = ETCD_PACKAGE
+    version: str = DEFAULT_ETCD_VERSION
+
+    @property
+    def from_package(self) -> bool:
+        return self.artifact == ETCD_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -421,6 +437,7 @@ def load_spec(
     if path is not None:
         _resolve_ca_file(raw, path.parent)
         _resolve_artifact_paths(raw, path.parent)
+        _resolve_etcd_artifact(raw, path.parent)
     origins = _fill_from_env(raw, env)
     if legacy:
         origins.update(legacy)
@@ -835,10 +852,12 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
         ),
     )
 
-    ed = r.section(raw, "etcd", "", {"heartbeat_interval", "election_timeout"})
+    ed = r.section(raw, "etcd", "", {"heartbeat_interval", "election_timeout", "artifact", "version"})
     etcd = EtcdSpec(
         heartbeat_interval=r.get_int(ed, "heartbeat_interval", "etcd", 100) or 0,
         election_timeout=r.get_int(ed, "election_timeout", "etcd", 1000) or 0,
+        artifact=(r.get_str(ed, "artifact", "etcd", ETCD_PACKAGE) or ETCD_PACKAGE).strip(),
+        version=(r.get_str(ed, "version", "etcd", DEFAULT_ETCD_VERSION) or "").removeprefix("v"),
     )
     pk = r.section(raw, "pki", "", {"key_type", "rsa_bits"})
     pki = PKISpec(
@@ -909,6 +928,18 @@ def _resolve_artifact_paths(raw: dict[str, Any], base: Path) -> None:
         t = Path(tarballs.strip()).expanduser()
         if not t.is_absolute():
             ad["image_tarballs"] = str((base / t).resolve())
+
+
+def _resolve_etcd_artifact(raw: dict[str, Any], base: Path) -> None:
+    # Relative to the spec, like kubernetes.artifacts.source.
+    ed = raw.get("etcd")
+    if not isinstance(ed, dict):
+        return
+    src = ed.get("artifact")
+    if isinstance(src, str) and src.strip().startswith("local:"):
+        rest = src.strip()[len("local:") :].strip()
+        if rest and not Path(rest).expanduser().is_absolute():
+            ed["artifact"] = f"local:{(base / rest).resolve()}"
 
 
 def _split_server(server: str, port: int, port_given: bool, r: _Reader) -> tuple[str, int]:
@@ -1353,6 +1384,27 @@ def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
     return p
 
 
+def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
+    from provisioner.bootstrap.artifacts import ETCD, ArtifactSource
+
+    p: list[tuple[str, str]] = []
+    if not e.from_package:
+        try:
+            ArtifactSource.parse(e.artifact, layout=ETCD)
+        except ValueError as exc:
+            msg = str(exc)
+            if msg.startswith("must be "):
+                msg = f"must be {ETCD_PACKAGE} (the distribution's etcd-server), {msg[len('must be ') :]}"
+            p.append(("etcd.artifact", msg))
+    if not _SEMVER.fullmatch(e.version):
+        p.append(
+            ("etcd.version", f"must be a release like {DEFAULT_ETCD_VERSION} (X.Y.Z); got {e.version!r}")
+        )
+    elif not e.from_package and not e.version.startswith("3."):
+        p.append(("etcd.version", f"vkp's etcd configuration is for etcd 3.x; got {e.version}"))
+    return p
+
+
 def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     p: list[tuple[str, str]] = []
     # placement
@@ -1446,6 +1498,7 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
         )
     if e.election_timeout > 50000:
         p.append(("etcd.election_timeout", f"etcd allows at most 50000 ms; got {e.election_timeout}"))
+    p += _check_etcd_artifact(e)
     # pki
     if spec.pki.key_type not in KEY_TYPES:
         p.append(("pki.key_type", f"unknown key type {spec.pki.key_type!r}; use rsa or ecdsa"))

@@ -22,6 +22,15 @@ node downloads (curl) into a private staging directory next to /usr/local/bin, v
 only then renames each file into place (rename is atomic on one filesystem). For a local
 source this machine verifies the files, pushes them into the same staging directory, and the
 node verifies them again before the same renames.
+
+etcd (etcd.artifact in the spec, when it is not the distribution's package) comes the same
+ways, as the release tarball and the release's SHA256SUMS:
+
+    {base}/v{version}/etcd-v{version}-linux-{arch}.tar.gz
+    {base}/v{version}/SHA256SUMS                    upstream: github.com/etcd-io/etcd releases
+
+or a local directory holding both (flat, or under v{version}/). The tarball is verified before
+it is unpacked, and etcd and etcdctl from it are installed together, like the Kubernetes set.
 """
 
 from __future__ import annotations
@@ -35,8 +44,8 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,10 +53,12 @@ from provisioner.errors import ArtifactError
 from provisioner.ssh.commands import Cmd, Result
 
 if TYPE_CHECKING:
-    from provisioner.spec import KubernetesSpec
+    from provisioner.spec import EtcdSpec, KubernetesSpec
 
 UPSTREAM_BASE = "https://dl.k8s.io/release"
 BINARIES = ("kubeadm", "kubelet", "kubectl")
+ETCD_UPSTREAM_BASE = "https://github.com/etcd-io/etcd/releases/download"
+ETCD_BINARIES = ("etcd", "etcdctl")
 INSTALL_DIR = "/usr/local/bin"
 # Under INSTALL_DIR, so the final rename never crosses a filesystem (and stays atomic).
 STAGING_DIR = f"{INSTALL_DIR}/.vkp-staging"
@@ -70,6 +81,80 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _ELF_MACHINES = {62: "amd64", 183: "arm64"}
 
 
+# -- layouts: what a source serves, and where ------------------------------------------------
+
+
+def provide_hint(version: str) -> str:
+    return (
+        "provide the artifacts one of two ways: a mirror with the dl.k8s.io layout "
+        f"({{base}}/v{version}/bin/linux/{{amd64|arm64}}/kubeadm plus kubeadm.sha256, the same for "
+        "kubelet and kubectl) as kubernetes.artifacts.source: https://mirror.example/k8s, or a "
+        "directory on this machine holding kubeadm, kubelet, kubectl and their .sha256 files (or a "
+        "SHA256SUMS) as kubernetes.artifacts.source: local:/path/to/dir. VKP_K8S_ARTIFACTS sets the "
+        "same when the spec leaves it out. `vkp create-cluster --up-to runtime` stops before the "
+        "Kubernetes phase on purpose; the phases before it stay as they are"
+    )
+
+
+def etcd_provide_hint(version: str) -> str:
+    return (
+        "provide the release one of three ways: a mirror with the etcd release layout "
+        f"({{base}}/v{version}/etcd-v{version}-linux-{{amd64|arm64}}.tar.gz plus {{base}}/v{version}/"
+        f"{SUMS_FILE}) as etcd.artifact: https://mirror.example/etcd, a directory on this machine "
+        f"holding the tarball and {SUMS_FILE} as etcd.artifact: local:/path/to/dir, or etcd.artifact: "
+        "package to install the distribution's etcd-server"
+    )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a kind of source serves and where, and what its messages say about it.
+
+    release_dir: a release's directory under the base, with {version} and {arch}.
+    sums_file: one checksum file per release directory, or None for a <file>.sha256 beside each.
+    """
+
+    product: str
+    upstream: str
+    release_dir: str
+    sums_file: str | None
+    refetch: str  # where the operator fetches a damaged file again
+    needed: str  # what cannot run when the artifacts are not there
+    provide: Callable[[str], str]
+
+    def sums_name(self, name: str) -> str:
+        return self.sums_file or f"{name}.sha256"
+
+
+K8S = Layout(
+    product="Kubernetes",
+    upstream=UPSTREAM_BASE,
+    release_dir="v{version}/bin/linux/{arch}",
+    sums_file=None,
+    refetch="dl.k8s.io/release/v<version>/bin/linux/<arch>/",
+    needed="The Kubernetes phase cannot run without kubeadm, kubelet and kubectl",
+    provide=provide_hint,
+)
+ETCD = Layout(
+    product="etcd",
+    upstream=ETCD_UPSTREAM_BASE,
+    release_dir="v{version}",
+    sums_file=SUMS_FILE,
+    refetch="github.com/etcd-io/etcd/releases/download/v<version>/",
+    needed="The etcd phase cannot run without etcd and etcdctl",
+    provide=etcd_provide_hint,
+)
+
+
+def etcd_tarball(version: str, arch: str) -> str:
+    return f"etcd-v{version}-linux-{arch}.tar.gz"
+
+
+def etcd_members(version: str, arch: str) -> list[str]:
+    """The paths of etcd and etcdctl inside the release tarball."""
+    return [f"etcd-v{version}-linux-{arch}/{n}" for n in ETCD_BINARIES]
+
+
 # -- sources ----------------------------------------------------------------------------------
 
 
@@ -79,9 +164,10 @@ class ArtifactSource:
 
     kind: str
     location: str
+    layout: Layout = field(default=K8S, repr=False)
 
     @classmethod
-    def parse(cls, text: str, *, base_dir: Path | None = None) -> ArtifactSource:
+    def parse(cls, text: str, *, base_dir: Path | None = None, layout: Layout = K8S) -> ArtifactSource:
         """Parse the spec's value; ValueError saying what a valid one looks like.
 
         Old spellings keep working: a file:// URL or an absolute path is a local directory.
@@ -89,7 +175,7 @@ class ArtifactSource:
         """
         s = (text or "").strip()
         if s in ("", "upstream"):
-            return cls("upstream", UPSTREAM_BASE)
+            return cls("upstream", layout.upstream, layout)
         local: str | None = None
         if s.startswith("local:"):
             local = s[len("local:") :]
@@ -103,11 +189,11 @@ class ArtifactSource:
             p = Path(local.strip()).expanduser()
             if not p.is_absolute():
                 p = (base_dir or Path.cwd()) / p
-            return cls("local", os.path.normpath(p))
+            return cls("local", os.path.normpath(p), layout)
         parts = urllib.parse.urlsplit(s)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                f"must be upstream, a mirror URL (https://host/path, same layout as {UPSTREAM_BASE}) "
+                f"must be upstream, a mirror URL (https://host/path, same layout as {layout.upstream}) "
                 f"or local:/path/to/dir; got {s!r}"
             )
         if parts.username or parts.password:
@@ -118,7 +204,7 @@ class ArtifactSource:
         if parts.query or parts.fragment:
             raise ValueError(f"a mirror URL is a base path without ?query or #fragment; got {s!r}")
         base = s.rstrip("/")
-        return cls("upstream" if base == UPSTREAM_BASE else "mirror", base)
+        return cls("upstream" if base == layout.upstream else "mirror", base, layout)
 
     @property
     def remote(self) -> bool:
@@ -135,12 +221,12 @@ class ArtifactSource:
         """Where a remote source publishes name (name may end in .sha256)."""
         if not self.remote:
             raise ValueError("a local source has no URLs")
-        return f"{self.location}/v{version}/bin/linux/{arch}/{name}"
+        return f"{self.location}/{self.layout.release_dir.format(version=version, arch=arch)}/{name}"
 
     def directory(self, version: str, arch: str) -> Path:
         """The local directory holding the files: the upstream layout if present, else flat."""
         root = Path(self.location)
-        nested = root / f"v{version}" / "bin" / "linux" / arch
+        nested = root / self.layout.release_dir.format(version=version, arch=arch)
         return nested if nested.is_dir() else root
 
 
@@ -149,6 +235,14 @@ def source_of(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactS
         return ArtifactSource.parse(k8s.artifacts.source, base_dir=base_dir)
     except ValueError as exc:
         raise ArtifactError(f"kubernetes.artifacts.source: {exc}") from None
+
+
+def etcd_source(etcd: EtcdSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+    """Where etcd comes from when etcd.artifact is not the distribution's package."""
+    try:
+        return ArtifactSource.parse(etcd.artifact, base_dir=base_dir, layout=ETCD)
+    except ValueError as exc:
+        raise ArtifactError(f"etcd.artifact: {exc}") from None
 
 
 def node_arch(uname_m: str) -> str:
@@ -185,45 +279,37 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def verify(data: bytes, expected_sha256: str, *, name: str = "file", source: str = "") -> str:
+def verify(
+    data: bytes, expected_sha256: str, *, name: str = "file", source: str = "", layout: Layout = K8S
+) -> str:
     """The data's SHA-256 if it is expected_sha256; else ArtifactError naming both."""
     actual = sha256_hex(data)
     if actual != expected_sha256.lower():
-        raise mismatch_error(name, source, expected_sha256.lower(), actual)
+        raise mismatch_error(name, source, expected_sha256.lower(), actual, layout=layout)
     return actual
 
 
-def mismatch_error(name: str, source: str, expected: str, actual: str, *, where: str = "") -> ArtifactError:
+def mismatch_error(
+    name: str, source: str, expected: str, actual: str, *, where: str = "", layout: Layout = K8S
+) -> ArtifactError:
+    sums = layout.sums_file or ".sha256"
     return ArtifactError(
         f"{name} from {source or 'the artifact source'}{where} does not match its published checksum: "
         f"expected sha256 {expected}, got {actual}. Nothing was installed.",
-        hint="the file is damaged or the source holds a different build than its .sha256 says; "
-        "fetch the file and its .sha256 again from the same release (dl.k8s.io/release/v<version>/"
-        "bin/linux/<arch>/) and re-run",
+        hint=f"the file is damaged or the source holds a different build than its {sums} says; "
+        f"fetch the file and its {sums} again from the same release ({layout.refetch}) and re-run",
     )
 
 
 # -- what is missing, and how to provide it --------------------------------------------------
 
 
-def provide_hint(version: str) -> str:
-    return (
-        "provide the artifacts one of two ways: a mirror with the dl.k8s.io layout "
-        f"({{base}}/v{version}/bin/linux/{{amd64|arm64}}/kubeadm plus kubeadm.sha256, the same for "
-        "kubelet and kubectl) as kubernetes.artifacts.source: https://mirror.example/k8s, or a "
-        "directory on this machine holding kubeadm, kubelet, kubectl and their .sha256 files (or a "
-        "SHA256SUMS) as kubernetes.artifacts.source: local:/path/to/dir. VKP_K8S_ARTIFACTS sets the "
-        "same when the spec leaves it out. `vkp create-cluster --up-to runtime` stops before the "
-        "Kubernetes phase on purpose; the phases before it stay as they are"
-    )
-
-
 def unavailable_error(source: ArtifactSource, version: str, what: str, reason: str) -> ArtifactError:
+    layout = source.layout
     return ArtifactError(
-        f"Kubernetes v{version} artifacts are not available: {what} could not be fetched from "
-        f"{source.describe()}: {reason}. The Kubernetes phase cannot run without kubeadm, kubelet "
-        "and kubectl, and nothing of it was installed.",
-        hint=provide_hint(version),
+        f"{layout.product} v{version} artifacts are not available: {what} could not be fetched from "
+        f"{source.describe()}: {reason}. {layout.needed}, and nothing of it was installed.",
+        hint=layout.provide(version),
     )
 
 
@@ -266,15 +352,17 @@ _FETCH_SUMS_SCRIPT = (
     "done\n"
 )
 
-# $1 download|staged, $2 install dir, $3 staging dir (staged) or "" (download makes its own);
+# $1 download|staged, $2 install dir, $3 staging dir (staged) or "" (download makes its own),
+# $4 members to unpack from each (verified) tar.gz and install instead of it, or "";
 # then triples name url sha256 (url "-" when staged). Every file is fetched (or found staged)
 # and verified before the first rename: a failure leaves the installed files as they were.
 # Lines: "fetch-failed <name> <curl exit> <base64 stderr>", "missing <name>",
-# "mismatch <name> <actual sha256>", "installed <name>".
+# "mismatch <name> <actual sha256>", "unpack-failed <name> <base64 stderr>",
+# "unpacked <member name> <sha256>", "installed <name>".
 _INSTALL_SCRIPT = (
     "set -u\n"
     "umask 077\n"
-    "mode=$1 dir=$2 stage=$3; shift 3\n"
+    "mode=$1 dir=$2 stage=$3 members=$4; shift 4\n"
     'if [ "$mode" = download ]; then\n'
     '  command -v curl >/dev/null 2>&1 || { echo "fetch-failed - 127 "; exit 10; }\n'
     '  stage=$(mktemp -d "$dir/.vkp-download.XXXXXX") || exit 3\n'
@@ -294,6 +382,22 @@ _INSTALL_SCRIPT = (
     '  if [ "$got" != "$sum" ]; then echo "mismatch $name $got"; exit 11; fi\n'
     '  names="$names $name"\n'
     "done\n"
+    'if [ -n "$members" ]; then\n'
+    '  mkdir "$stage/.unpacked" || exit 6\n'
+    "  for name in $names; do\n"
+    '    err=$(tar -xzf "$stage/$name" -C "$stage/.unpacked" --no-same-owner --no-same-permissions '
+    "$members 2>&1) || {\n"
+    '      echo "unpack-failed $name $(printf %s "$err" | base64 -w0)"; exit 13; }\n'
+    "  done\n"
+    "  names=\n"
+    "  for m in $members; do\n"
+    "    b=${m##*/}\n"
+    '    mv -f -- "$stage/.unpacked/$m" "$stage/$b" || exit 6\n'
+    "    got=$(sha256sum < \"$stage/$b\" | cut -d' ' -f1)\n"
+    '    echo "unpacked $b $got"\n'
+    '    names="$names $b"\n'
+    "  done\n"
+    "fi\n"
     "for name in $names; do\n"
     '  chown root:root "$stage/$name" && chmod 0755 "$stage/$name" || exit 4\n'
     "done\n"
@@ -307,7 +411,7 @@ _INSTALL_SCRIPT = (
 def fetch_sums_command(source: ArtifactSource, version: str, arch: str, names: Iterable[str]) -> Cmd:
     args: list[str] = []
     for n in names:
-        args += [n, source.url(version, arch, f"{n}.sha256")]
+        args += [n, source.url(version, arch, source.layout.sums_name(n))]
     return Cmd.shell(_FETCH_SUMS_SCRIPT, *args)
 
 
@@ -323,8 +427,8 @@ def parse_fetched_sums(
             continue
         name, rc = parts[0], int(parts[1])
         out = base64.b64decode(parts[2].strip() or b"").decode(errors="replace") if len(parts) > 2 else ""
-        target = f"{name}.sha256" if name != "-" else "the checksum files"
-        url = source.url(version, arch, f"{name}.sha256") if name != "-" else source.location
+        target = source.layout.sums_name(name) if name != "-" else "the checksum files"
+        url = source.url(version, arch, target) if name != "-" else source.location
         if rc != 0:
             raise unavailable_error(source, version, f"{target} ({url})", curl_reason(rc, out))
         try:
@@ -332,7 +436,12 @@ def parse_fetched_sums(
         except ValueError as exc:
             raise ArtifactError(
                 f"{target} from {source.describe()} ({url}) is not a checksum file: {exc}",
-                hint="a mirror must publish <file>.sha256 next to each file, as dl.k8s.io does",
+                hint=(
+                    f"a mirror must publish {source.layout.sums_file} in each release directory, as "
+                    f"{source.layout.upstream} does"
+                    if source.layout.sums_file
+                    else "a mirror must publish <file>.sha256 next to each file, as dl.k8s.io does"
+                ),
             ) from None
     missing = [n for n in wanted if n not in got]
     if missing:
@@ -343,14 +452,34 @@ def parse_fetched_sums(
     return got
 
 
-def install_command(mode: str, plan: Mapping[str, tuple[str, str]], *, install_dir: str = INSTALL_DIR) -> Cmd:
-    """mode download: plan is {name: (url, sha256)}; staged: {name: ("-", sha256)} in STAGING_DIR."""
+def install_command(
+    mode: str,
+    plan: Mapping[str, tuple[str, str]],
+    *,
+    install_dir: str = INSTALL_DIR,
+    unpack: Sequence[str] = (),
+) -> Cmd:
+    """mode download: plan is {name: (url, sha256)}; staged: {name: ("-", sha256)} in STAGING_DIR.
+
+    unpack: paths inside the plan's tar.gz files; those members, under their base names, are
+    installed instead of the archives (unpacked only after the archives verified).
+    """
     if mode not in ("download", "staged"):
         raise ValueError(f"mode is download or staged, not {mode!r}")
-    args: list[str] = [mode, install_dir, STAGING_DIR if mode == "staged" else ""]
+    args: list[str] = [mode, install_dir, STAGING_DIR if mode == "staged" else "", " ".join(unpack)]
     for name, (url, digest) in plan.items():
         args += [name, url, digest]
     return Cmd.shell(_INSTALL_SCRIPT, *args)
+
+
+def unpacked_sums(result: Result) -> dict[str, str]:
+    """{member name: sha256} of what install_command unpacked (empty without unpack)."""
+    out = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "unpacked":
+            out[parts[1]] = parts[2]
+    return out
 
 
 def check_install(
@@ -366,7 +495,20 @@ def check_install(
             installed.append(parts[1])
         elif parts[0] == "mismatch" and len(parts) == 3:
             raise mismatch_error(
-                parts[1], source.describe(), expected.get(parts[1], "?"), parts[2], where=f" on {node}"
+                parts[1],
+                source.describe(),
+                expected.get(parts[1], "?"),
+                parts[2],
+                where=f" on {node}",
+                layout=source.layout,
+            )
+        elif parts[0] == "unpack-failed" and len(parts) >= 2:
+            err = base64.b64decode(parts[2]).decode(errors="replace") if len(parts) > 2 else ""
+            raise ArtifactError(
+                f"{parts[1]} from {source.describe()} matched its checksum but could not be unpacked on "
+                f"{node}: {err.strip()[-300:]}. Nothing was installed.",
+                hint=f"the archive does not hold what a {source.layout.product} v{version} release holds; "
+                "check the source's tarball against the upstream release",
             )
         elif parts[0] == "fetch-failed" and len(parts) >= 3:
             name = parts[1]
@@ -453,7 +595,7 @@ def verify_local(
         actual = _hash_file(path)
         if actual != expected:
             raise mismatch_error(name, f"{source.describe()} ({path}, checksum from {sums_file.name})",
-                                 expected, actual)  # fmt: skip
+                                 expected, actual, layout=source.layout)  # fmt: skip
         built_for = _elf_arch(path)
         if built_for is not None and built_for != arch:
             raise ArtifactError(

@@ -8,6 +8,9 @@ the install script). A second run downloads nothing and changes nothing.
 kubernetes.images imports image tarballs (kubernetes.artifacts.image_tarballs) into containerd's
 k8s.io namespace, for sites whose nodes cannot pull from any registry; without that setting it
 does nothing and the images are pulled from kubernetes.artifacts.image_repository.
+
+etcd_binaries (run by etcd.configure when etcd.artifact is not the package) installs etcd and
+etcdctl from a verified release tarball the same way.
 """
 
 from __future__ import annotations
@@ -112,11 +115,16 @@ def _from_remote(
 
 @functools.lru_cache(maxsize=4)
 def _verified_local(
-    location: str, version: str, arch: str, stamp: tuple[tuple[str, int, int], ...]
+    location: str,
+    version: str,
+    arch: str,
+    stamp: tuple[tuple[str, int, int], ...],
+    layout: art.Layout = art.K8S,
+    names: tuple[str, ...] = art.BINARIES,
 ) -> dict[str, art.LocalFile]:
     # Hashing a kubelet costs a second or so; nodes of one run share the result. stamp (size and
     # mtime of every file in the directory) makes a changed file be hashed again.
-    return art.verify_local(art.ArtifactSource("local", location), version, arch)
+    return art.verify_local(art.ArtifactSource("local", location, layout), version, arch, names)
 
 
 def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -161,6 +169,96 @@ def _from_local(
     plan = {n: ("-", f.sha256) for n, f in todo.items()}
     result = yield Run(art.install_command("staged", plan), check=False, timeout=art.INSTALL_TIMEOUT)
     art.check_install(result, source, version, arch, {n: f.sha256 for n, f in todo.items()}, node.name)
+
+
+# -- etcd from a release tarball --------------------------------------------------------------
+
+# What the installed etcd binaries came from: the tarball's name and SHA-256, then each binary's
+# SHA-256. The tarball's checksum says nothing about the binaries in it, so this record is what
+# lets a re-run see that the installed files are that release's, and change nothing.
+ETCD_RELEASE_FILE = "/var/lib/vkp/etcd-release"
+ETCD_RELEASE = Check(Cmd("cat", ETCD_RELEASE_FILE))
+
+
+def etcd_probes() -> list[Probe]:
+    probes: list[Probe] = [Check(UNAME), ETCD_RELEASE]
+    return probes + [File(_installed(n)) for n in art.ETCD_BINARIES]
+
+
+def _etcd_record(tarball: str, digest: str, binaries: dict[str, str]) -> str:
+    return "".join(f"{n} {d}\n" for n, d in [(tarball, digest), *sorted(binaries.items())])
+
+
+def _etcd_up_to_date(facts: Facts, tarball: str, digest: str) -> bool:
+    if not facts.known:
+        return False
+    lines = facts.check(ETCD_RELEASE.cmd).stdout.splitlines()
+    recorded = dict(ln.split(" ", 1) for ln in lines if " " in ln)
+    return recorded.get(tarball) == digest and all(
+        n in recorded and _up_to_date(facts, n, recorded[n]) for n in art.ETCD_BINARIES
+    )
+
+
+def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[Any, Any, None]:
+    """etcd and etcdctl of etcd.version in /usr/local/bin (0755 root:root), from the release
+    tarball, unpacked and installed only after the tarball matched the release's SHA256SUMS."""
+    etcd = cluster.spec.etcd
+    source = art.etcd_source(etcd)
+    version = etcd.version
+    arch = _arch(facts)
+    tarball = art.etcd_tarball(version, arch)
+    members = art.etcd_members(version, arch)
+    if source.remote:
+        fetched = yield Run(
+            art.fetch_sums_command(source, version, arch, [tarball]),
+            check=False,
+            changes=False,
+            retry_safe=True,
+            timeout=art.FETCH_SUMS_TIMEOUT,
+        )
+        if facts.known:
+            digest = art.parse_fetched_sums(fetched, source, version, arch, [tarball])[tarball]
+        else:
+            digest = f"<sha256 of {tarball} from {art.SUMS_FILE}>"
+        if _etcd_up_to_date(facts, tarball, digest):
+            return
+        plan = {tarball: (source.url(version, arch, tarball), digest)}
+        result = yield Run(
+            art.install_command("download", plan, unpack=members), check=False, timeout=art.INSTALL_TIMEOUT
+        )
+    else:
+
+        def check() -> dict[str, art.LocalFile]:
+            stamp = _stamp(source.directory(version, arch))
+            return _verified_local(source.location, version, arch, stamp, art.ETCD, (tarball,))
+
+        files: dict[str, art.LocalFile] | None = yield Local(
+            f"verify {tarball} in {source.describe()} against the release's {art.SUMS_FILE}", check
+        )
+        local = files[tarball] if files is not None else None
+        digest = local.sha256 if local is not None else f"<sha256 of {tarball}>"
+        if _etcd_up_to_date(facts, tarball, digest):
+            return
+        yield EnsureDir(art.STAGING_DIR, 0o700, "root:root")
+        if local is None:
+            # Dry run: the directory was not read; show what a first run pushes.
+            yield Local(f"push {tarball} to {node.name}:{art.STAGING_DIR}/{tarball} (0600)", lambda: None,
+                        changes=True)  # fmt: skip
+        else:
+            # Verified again on the node before it is unpacked, so a file changed between the
+            # check above and this read is refused there.
+            yield Upload(local.path.read_bytes(), f"{art.STAGING_DIR}/{tarball}", 0o600, "root:root")
+        result = yield Run(
+            art.install_command("staged", {tarball: ("-", digest)}, unpack=members),
+            check=False,
+            timeout=art.INSTALL_TIMEOUT,
+        )
+    binaries = dict.fromkeys(art.ETCD_BINARIES, "<sha256>")
+    if facts.known:
+        art.check_install(result, source, version, arch, {tarball: digest}, node.name)
+        binaries = art.unpacked_sums(result)
+    yield EnsureDir("/var/lib/vkp", 0o700, "root:root")
+    yield Upload(_etcd_record(tarball, digest, binaries), ETCD_RELEASE_FILE, 0o644, "root:root")
 
 
 # -- images -----------------------------------------------------------------------------------

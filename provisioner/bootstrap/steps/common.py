@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap.engine import Check, Cluster, Facts, File, Run, StepGen, Upload, Warn, step
 from provisioner.bootstrap.render import render
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
 
-# command -> Debian package providing it. etcd comes from the distribution here; a node whose
-# distribution lacks it needs the binaries in place before bootstrap (the image's job).
+# command -> Debian package providing it. etcd comes from the distribution unless etcd.artifact
+# names a release, which etcd.configure installs (see role_commands).
 ROLE_COMMANDS: dict[str, dict[str, str]] = {
     "etcd": {"etcd": "etcd-server", "etcdctl": "etcd-client"},
     "master": {"containerd": "containerd", "ctr": "containerd", "runc": "runc"},
@@ -31,18 +32,28 @@ _SWAP_ACTIVE = "tail -n +2 /proc/swaps"
 _FSTAB_SWAP = "awk '$1 !~ /^#/ && $3 == \"swap\"' /etc/fstab 2>/dev/null; true"
 
 
-def _missing_probe(node: NodePlan) -> Check:
-    return Check(Cmd.shell(_MISSING, *ROLE_COMMANDS[node.role]))
+def role_commands(node: NodePlan, cluster: Cluster) -> dict[str, str]:
+    if node.role != "etcd" or cluster.spec.etcd.from_package:
+        return ROLE_COMMANDS[node.role]
+    # etcd from a release: the package must stay off the node (it would start an etcd of its
+    # own), and only a download on the node needs anything installed.
+    return {} if art.etcd_source(cluster.spec.etcd).kind == "local" else {"curl": "curl"}
 
 
-@step("common.packages", probes=lambda node, cluster: [_missing_probe(node)])
+def _missing_probe(node: NodePlan, cluster: Cluster) -> Check:
+    return Check(Cmd.shell(_MISSING, *role_commands(node, cluster)))
+
+
+@step("common.packages", probes=lambda node, cluster: [_missing_probe(node, cluster)])
 def packages(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     """Install what the node's role runs, if any of its commands is missing."""
-    missing = facts.check(_missing_probe(node).cmd).stdout.split()
+    missing = facts.check(_missing_probe(node, cluster).cmd).stdout.split()
     if facts.known and not missing:
         return
-    commands = ROLE_COMMANDS[node.role]
+    commands = role_commands(node, cluster)
     wanted = sorted({commands[c] for c in missing} if facts.known else set(commands.values()))
+    if not wanted:
+        return
     apt = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
     yield Run(Cmd(*apt, "update", "-q"), retry_safe=True, timeout=600)
     yield Run(

@@ -4,18 +4,25 @@ Each member listens on its node address and on 127.0.0.1, with client and peer T
 certificate auth on both (CIS), keys 0600 owned by etcd, data directory 0700. The members are
 started by a play that runs on all etcd hosts at once: a member's first start waits for a
 quorum, so starting them one by one would leave the first waiting for the others.
+
+etcd itself is the distribution's etcd-server (common.packages installs it) unless
+etcd.artifact names a release source; then etcd.configure installs etcd and etcdctl from the
+verified release tarball into /usr/local/bin and creates the etcd user the package would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap.engine import (
+    Check,
     Cluster,
     EnsureDir,
     Facts,
     File,
     Local,
+    Probe,
     Restart,
     Run,
     Service,
@@ -24,12 +31,14 @@ from provisioner.bootstrap.engine import (
     step,
 )
 from provisioner.bootstrap.render import render
+from provisioner.bootstrap.steps.artifacts import etcd_binaries, etcd_probes
 from provisioner.errors import CommandFailed
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
 from provisioner.ssh.commands import Cmd
 
-ETCD_BINARY = "/usr/bin/etcd"
+ETCD_BINARY = "/usr/bin/etcd"  # where Debian's etcd-server puts it
+ARTIFACT_ETCD_BINARY = f"{art.INSTALL_DIR}/etcd"
 CONFIG_DIR = "/etc/etcd"
 PKI_DIR = "/etc/etcd/pki"
 CONFIG_FILE = "/etc/etcd/etcd.conf.yml"
@@ -38,6 +47,13 @@ DATA_DIR = "/var/lib/etcd"
 CLIENT_PORT = 2379
 PEER_PORT = 2380
 HEALTH_DEADLINE = 90.0  # members elect a leader within a few election timeouts of starting
+ETCD_USER = Check(Cmd("getent", "passwd", "etcd"))
+# The account Debian's etcd-server creates, for nodes where the package is not installed.
+_CREATE_USER = (
+    "getent group etcd >/dev/null || groupadd --system etcd\n"
+    "getent passwd etcd >/dev/null || useradd --system --gid etcd --home-dir /var/lib/etcd "
+    "--no-create-home --shell /usr/sbin/nologin --comment 'etcd' etcd\n"
+)
 
 
 def url(address: str, port: int) -> str:
@@ -97,27 +113,40 @@ def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
         heartbeat_interval=cluster.spec.etcd.heartbeat_interval,
         election_timeout=cluster.spec.etcd.election_timeout,
     )
-    unit = render("etcd/etcd.service.j2", **common, etcd_binary=ETCD_BINARY, config_file=CONFIG_FILE)
+    binary = ETCD_BINARY if cluster.spec.etcd.from_package else ARTIFACT_ETCD_BINARY
+    unit = render("etcd/etcd.service.j2", **common, etcd_binary=binary, config_file=CONFIG_FILE)
     return config, unit
 
 
-@step(
-    "etcd.configure",
-    probes=lambda node, cluster: [
+def _configure_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
+    probes: list[Probe] = [
         *_cert_probes(node, cluster),
         File(DATA_DIR),
         File(CONFIG_FILE),
         File(UNIT_FILE),
         Service("etcd"),
-    ],
-)
+    ]
+    if not cluster.spec.etcd.from_package:
+        probes += [*etcd_probes(), ETCD_USER]
+    return probes
+
+
+@step("etcd.configure", probes=_configure_probes)
 def configure(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """The member's certificates, configuration file, systemd unit and 0700 data directory.
+    """The member's certificates, configuration file, systemd unit and 0700 data directory, and
+    with etcd.artifact set, etcd and etcdctl from the release and the etcd user.
 
     One step, so that a running member is restarted once, after all of it is in place: a
-    member restarted between new certificates and the configuration that names them fails.
+    member restarted between new certificates and the configuration that names them fails, and
+    new binaries take effect only on a restart.
     """
     config, unit = render_config(node, cluster)
+    if not cluster.spec.etcd.from_package:
+        # Binaries first: a source that fails verification stops the step before it changes
+        # anything else on the node.
+        yield from etcd_binaries(node, cluster, facts)
+        if not (facts.known and facts.check(ETCD_USER.cmd).ok):
+            yield Run(Cmd.shell(_CREATE_USER), retry_safe=True)
     yield from _certs(node, cluster)
     yield EnsureDir(DATA_DIR, 0o700, "etcd:etcd")
     yield Upload(config, CONFIG_FILE, 0o644, "root:root")
