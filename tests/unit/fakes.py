@@ -4,6 +4,7 @@ module would register that module's test steps a second time)."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from typing import Any
 
 from provisioner.bootstrap.engine import Check, Facts, File, FileFact, Service, ServiceFact
@@ -99,3 +100,9 @@ class FakeHost:
 
     def _command(self, args: list[str]) -> Result:
         return Result(0, "", "")
+
+
+def run_locally(cmd: Cmd) -> Result:
+    """Run a node command in a local shell: the real script, without a node."""
+    p = subprocess.run(["sh", "-c", cmd.render()], capture_output=True, text=True, timeout=60, check=False)
+    return Result(p.returncode, p.stdout, p.stderr)

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
 import hashlib
-import http.server
 import io
 import json
 import socket
 import subprocess
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +26,7 @@ from provisioner.errors import ArtifactError, ExitCode
 from provisioner.plan import make_plan
 from provisioner.spec import ArtifactsSpec, KubernetesSpec, load_spec
 from provisioner.ssh.commands import Result
+from tests.unit.fakes import run_locally
 from tests.unit.test_spec import LAB_ENV
 
 HEX_A = "a" * 64
@@ -267,29 +264,6 @@ def test_check_install_reports() -> None:
 # -- the install script, run for real on this machine ----------------------------------------
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
-        pass
-
-
-@pytest.fixture
-def loopback_mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "mirror"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _sh(cmd: art.Cmd) -> Result:
-    p = subprocess.run(["sh", "-c", cmd.render()], capture_output=True, text=True, timeout=60, check=False)
-    return Result(p.returncode, p.stdout, p.stderr)
-
-
 def test_install_script_installs_a_verified_set_or_nothing(
     loopback_mirror: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -298,7 +272,7 @@ def test_install_script_installs_a_verified_set_or_nothing(
     _write(root / "v1.30.4/bin/linux/amd64", files)
     src = ArtifactSource.parse(url)
     sums = art.parse_fetched_sums(
-        _sh(art.fetch_sums_command(src, "1.30.4", "amd64", art.BINARIES)),
+        run_locally(art.fetch_sums_command(src, "1.30.4", "amd64", art.BINARIES)),
         src,
         "1.30.4",
         "amd64",
@@ -310,13 +284,13 @@ def test_install_script_installs_a_verified_set_or_nothing(
 
     bad = dict(sums, kubelet=HEX_A)
     plan = {n: (src.url("1.30.4", "amd64", n), s) for n, s in bad.items()}
-    r = _sh(art.install_command("download", plan, install_dir=str(bindir)))
+    r = run_locally(art.install_command("download", plan, install_dir=str(bindir)))
     with pytest.raises(ArtifactError, match=f"expected sha256 {HEX_A}, got {sums['kubelet']}"):
         art.check_install(r, src, "1.30.4", "amd64", bad, "local")
     assert list(bindir.iterdir()) == [], "kubeadm verified, but nothing may be installed"
 
     plan = {n: (src.url("1.30.4", "amd64", n), s) for n, s in sums.items()}
-    r = _sh(art.install_command("download", plan, install_dir=str(bindir)))
+    r = run_locally(art.install_command("download", plan, install_dir=str(bindir)))
     assert art.check_install(r, src, "1.30.4", "amd64", sums, "local") == list(art.BINARIES)
     assert sorted(p.name for p in bindir.iterdir()) == sorted(art.BINARIES)  # no staging left
     for n in art.BINARIES:
@@ -326,7 +300,7 @@ def test_install_script_installs_a_verified_set_or_nothing(
         )
 
     plan = {"kubectl": (src.url("1.30.4", "amd64", "kubectl-missing"), HEX_A)}
-    r = _sh(art.install_command("download", plan, install_dir=str(bindir)))
+    r = run_locally(art.install_command("download", plan, install_dir=str(bindir)))
     with pytest.raises(ArtifactError, match="HTTP 404"):
         art.check_install(r, src, "1.30.4", "amd64", {"kubectl": HEX_A}, "local")
 

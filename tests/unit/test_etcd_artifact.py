@@ -4,16 +4,12 @@ script run for real on this machine, and etcd.configure on a scripted host in bo
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import http.server
 import io
 import json
 import subprocess
 import tarfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,9 +23,10 @@ from provisioner.bootstrap.steps.artifacts import ETCD_RELEASE_FILE
 from provisioner.errors import ArtifactError, ExitCode
 from provisioner.plan import make_plan
 from provisioner.spec import DEFAULT_ETCD_VERSION, EtcdSpec, load_spec
-from provisioner.ssh.commands import Cmd, Result
+from provisioner.ssh.commands import Result
 from provisioner.state import ClusterState
 from tests.unit import fakes
+from tests.unit.fakes import run_locally
 from tests.unit.test_spec import LAB_ENV, problems, write
 
 V = "3.5.16"
@@ -181,35 +178,14 @@ def _release(d: Path, data: bytes | None = None, *, sums_of: bytes | None = None
     return data
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
-        pass
-
-
-@pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "mirror"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _sh(cmd: Cmd) -> Result:
-    p = subprocess.run(["sh", "-c", cmd.render()], capture_output=True, text=True, timeout=60, check=False)
-    return Result(p.returncode, p.stdout, p.stderr)
-
-
-def test_install_script_unpacks_only_a_verified_tarball(mirror: tuple[Path, str], tmp_path: Path) -> None:
-    root, url = mirror
+def test_install_script_unpacks_only_a_verified_tarball(
+    loopback_mirror: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = loopback_mirror
     _release(root / f"v{V}")
     src = ArtifactSource_etcd(url)
     sums = art.parse_fetched_sums(
-        _sh(art.fetch_sums_command(src, V, "amd64", [TARBALL])), src, V, "amd64", [TARBALL]
+        run_locally(art.fetch_sums_command(src, V, "amd64", [TARBALL])), src, V, "amd64", [TARBALL]
     )
     assert sums == {TARBALL: hashlib.sha256((root / f"v{V}" / TARBALL).read_bytes()).hexdigest()}
     bindir = tmp_path / "bin"
@@ -218,7 +194,7 @@ def test_install_script_unpacks_only_a_verified_tarball(mirror: tuple[Path, str]
 
     def install(digest: str, name: str = TARBALL) -> Result:
         plan = {TARBALL: (src.url(V, "amd64", name), digest)}
-        return _sh(art.install_command("download", plan, install_dir=str(bindir), unpack=members))
+        return run_locally(art.install_command("download", plan, install_dir=str(bindir), unpack=members))
 
     r = install(HEX_A)
     with pytest.raises(ArtifactError, match=f"expected sha256 {HEX_A}, got {sums[TARBALL]}"):
