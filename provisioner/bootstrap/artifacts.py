@@ -66,10 +66,11 @@ SUMS_FILE = "SHA256SUMS"
 # uname -m -> Kubernetes' name for the architecture.
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 PROBE_TIMEOUT = 5.0  # seconds, per request from the operator's machine
-# curl on the node: bounded connect and total time, a few retries for transient failures.
+# curl on the node: bounded connect time, a stalled transfer (under 1 KiB/s for a minute) aborted
+# rather than hanging the run, a few retries for transient failures.
 _CURL = (
     "curl --fail --silent --show-error --location --proto =http,https "
-    "--connect-timeout 10 --retry 3 --retry-delay 2"
+    "--connect-timeout 10 --speed-limit 1024 --speed-time 60 --retry 3 --retry-delay 2"
 )
 FETCH_SUMS_TIMEOUT = 300.0
 INSTALL_TIMEOUT = 3000.0

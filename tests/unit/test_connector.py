@@ -123,6 +123,10 @@ class FakeSSHD:
         chan.close()
 
     def close(self) -> None:
+        # close() alone does not wake the thread blocked in accept(), which keeps the port
+        # listening (and answering with an SSH banner) for the rest of the test session.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         for t in self.transports:
             t.close()

@@ -581,6 +581,7 @@ def csi_driver(cluster: Cluster) -> Fetch:
 _FETCH_SCRIPT = (
     'set -eu; tmp="$2.part"; '
     "curl --fail --silent --show-error --location --proto =https,http --connect-timeout 10 "
+    "--speed-limit 1024 --speed-time 60 "
     '--retry 3 --retry-delay 2 -o "$tmp" -- "$1"; chmod 600 -- "$tmp"; mv -f -- "$tmp" "$2"'
 )
 
