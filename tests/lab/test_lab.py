@@ -57,6 +57,15 @@ def _wait_task(task: Any) -> Any:
     return task.info.result
 
 
+def _plain_clone(content: Any, name: str) -> Any:
+    """A clone of the template with nothing of vkp's: no cloud-init data, default placement."""
+    template = _find(content, vim.VirtualMachine, "debian-12")
+    dc = _find(content, vim.Datacenter, "DC0")
+    cluster = _find(content, vim.ClusterComputeResource, "DC0_C0")
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=cluster.resourcePool), powerOn=False)
+    return _wait_task(template.CloneVM_Task(folder=dc.vmFolder, name=name, spec=spec))
+
+
 def _wait_ip(vm: Any, deadline_s: float = 120) -> str:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -214,11 +223,7 @@ def test_customized_vm_is_realized_with_its_fixed_address(lab: LabHandle) -> Non
     address = "198.18.0.62"
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
         content = s.content
-        template = _find(content, vim.VirtualMachine, "debian-12")
-        dc = _find(content, vim.Datacenter, "DC0")
-        cluster = _find(content, vim.ClusterComputeResource, "DC0_C0")
-        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=cluster.resourcePool), powerOn=False)
-        vm = _wait_task(template.CloneVM_Task(folder=dc.vmFolder, name="labtest-custom", spec=spec))
+        vm = _plain_clone(content, "labtest-custom")
         try:
             custom = vim.vm.customization.Specification(
                 identity=vim.vm.customization.LinuxPrep(
@@ -271,11 +276,7 @@ def test_lab_down_leaves_nothing(lab: LabHandle) -> None:
     """With a guest running, `vkp lab down` stops and removes everything; then the lab comes back."""
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
         content = s.content
-        template = _find(content, vim.VirtualMachine, "debian-12")
-        dc = _find(content, vim.Datacenter, "DC0")
-        cluster = _find(content, vim.ClusterComputeResource, "DC0_C0")
-        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=cluster.resourcePool), powerOn=False)
-        vm = _wait_task(template.CloneVM_Task(folder=dc.vmFolder, name="labtest-down", spec=spec))
+        vm = _plain_clone(content, "labtest-down")
         _wait_task(vm.PowerOnVM_Task())
         deadline = time.monotonic() + 60
         while not _guest_processes(vm._moId) and time.monotonic() < deadline:
