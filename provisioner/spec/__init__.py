@@ -1,0 +1,110 @@
+"""The cluster spec: what a user asks for, merged from a plan, a YAML file and the environment.
+
+Everything here is pure (no network, no vSphere): a spec is loaded and validated before any
+call is made, and every problem is reported at once with its field path and what to do.
+
+Merge order, later wins: plan defaults <- spec file <- explicit name/plan arguments.
+Environment variables (VKP_VSPHERE_*, VKP_NETWORK_*, VKP_API_ENDPOINT, VKP_K8S_ARTIFACTS) fill
+vsphere, network and artifact settings the file leaves out, so `vkp create-cluster NAME --plan
+small` works from the environment alone. Credentials are never part of the spec: it records
+only the names of the environment variables to read at connect time.
+
+The package: schema (the dataclasses and constants), loading (files, environment, merging),
+checks (validation). Import from provisioner.spec itself.
+"""
+
+from __future__ import annotations
+
+from provisioner.spec.checks import (
+    node_name,
+    normalize_thumbprint,
+    validate,
+)
+from provisioner.spec.loading import (
+    load_plans,
+    load_spec,
+    spec_from_dict,
+)
+from provisioner.spec.schema import (
+    API_MODES,
+    CNIS,
+    DEFAULT_ETCD_VERSION,
+    DEFAULT_IMAGE_REPOSITORY,
+    DEFAULT_K8S_VERSION,
+    DEFAULT_PLANS_FILE,
+    ENV_FOR,
+    ENV_SETTINGS,
+    ETCD_PACKAGE,
+    HOSTNAME_MAX,
+    K8S_MINORS,
+    KEY_TYPES,
+    PAUSE_VERSION,
+    PLANS_FILE_ENV,
+    ROLE_MINIMUMS,
+    ROLES,
+    RSA_SIZES,
+    TLS,
+    AddressRange,
+    ApiEndpointSpec,
+    ArtifactsSpec,
+    ClusterSpec,
+    Credentials,
+    EtcdSpec,
+    IPAddress,
+    IPNetwork,
+    KubernetesSpec,
+    NetworkSpec,
+    PKISpec,
+    PlacementSpec,
+    PlanPreset,
+    RoleSpec,
+    Size,
+    SSHSpec,
+    Topology,
+    VSphereSpec,
+)
+
+__all__ = [
+    "API_MODES",
+    "AddressRange",
+    "ApiEndpointSpec",
+    "ArtifactsSpec",
+    "CNIS",
+    "ClusterSpec",
+    "Credentials",
+    "DEFAULT_ETCD_VERSION",
+    "DEFAULT_IMAGE_REPOSITORY",
+    "DEFAULT_K8S_VERSION",
+    "DEFAULT_PLANS_FILE",
+    "ENV_FOR",
+    "ENV_SETTINGS",
+    "ETCD_PACKAGE",
+    "EtcdSpec",
+    "HOSTNAME_MAX",
+    "IPAddress",
+    "IPNetwork",
+    "K8S_MINORS",
+    "KEY_TYPES",
+    "KubernetesSpec",
+    "NetworkSpec",
+    "PAUSE_VERSION",
+    "PKISpec",
+    "PLANS_FILE_ENV",
+    "PlacementSpec",
+    "PlanPreset",
+    "ROLES",
+    "ROLE_MINIMUMS",
+    "RSA_SIZES",
+    "RoleSpec",
+    "SSHSpec",
+    "Size",
+    "TLS",
+    "Topology",
+    "VSphereSpec",
+    "load_plans",
+    "load_spec",
+    "node_name",
+    "normalize_thumbprint",
+    "spec_from_dict",
+    "validate",
+]

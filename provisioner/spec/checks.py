@@ -1,0 +1,589 @@
+"""Validation of a built spec: pure (no files, no network), every problem as (field path, what
+to do)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+
+from provisioner.errors import SpecError
+from provisioner.spec.schema import (
+    _K8S_VERSION,
+    _ROLE_NEEDS,
+    API_MODES,
+    CNIS,
+    DEFAULT_ETCD_VERSION,
+    DEFAULT_IMAGE_REPOSITORY,
+    DEFAULT_K8S_VERSION,
+    ENV_FOR,
+    ETCD_PACKAGE,
+    HOSTNAME_MAX,
+    K8S_MINORS,
+    KEY_TYPES,
+    PAUSE_VERSION,
+    ROLE_MINIMUMS,
+    ROLES,
+    RSA_SIZES,
+    AddressRange,
+    ArtifactsSpec,
+    ClusterSpec,
+    EtcdSpec,
+    IPAddress,
+    IPNetwork,
+    Topology,
+    VSphereSpec,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Validation (pure: no files, no network)
+
+_DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SEMVER = re.compile(r"\d+\.\d+\.\d+")
+# A registry host (with optional port) and optional path, as kubeadm's imageRepository takes it.
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)?")
+# registry/path/name:tag or @sha256:digest (lower-case repository, as the distribution spec says).
+_IMAGE_REF = re.compile(
+    r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)+"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})"
+)
+_THUMB = re.compile(r"([0-9A-F]{2}:){31}[0-9A-F]{2}")
+_ROLE_PLURAL = {"etcd": "etcd members", "master": "masters", "worker": "workers"}
+_REQUIRED_VSPHERE = ("server", "datacenter", "cluster", "datastore", "network", "template")
+
+
+def _check(spec: ClusterSpec) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    p += _check_name(spec)
+    p += _check_topology(spec.topology)
+    p += _check_vsphere(spec.vsphere)
+    p += _check_network(spec)
+    p += _check_misc(spec)
+    return p
+
+
+def node_name(cluster: str, role: str, n: int) -> str:
+    """The VM and host name of the n-th (from 1) node of a role."""
+    return f"{cluster}-{role}-{n}"
+
+
+def _check_name(spec: ClusterSpec) -> list[tuple[str, str]]:
+    name = spec.name
+    if not name:
+        return [("name", "required: set name in the spec or pass NAME on the command line")]
+    if not _DNS_LABEL.fullmatch(name):
+        fixed = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+        fixed = fixed if fixed and fixed[0].isalpha() else f"k8s-{fixed}".rstrip("-")
+        return [
+            (
+                "name",
+                f"must be a DNS label (lowercase letters, digits and '-', starting with a letter, not "
+                f"ending with '-'), since it becomes VM and host names; got {name!r}, try {fixed!r}",
+            )
+        ]
+    longest = max(
+        (
+            node_name(name, role, spec.topology.role(role).count)
+            for role in ROLES
+            if spec.topology.role(role).count > 0
+        ),
+        key=len,
+        default=name,
+    )
+    if len(longest) > HOSTNAME_MAX:
+        room = HOSTNAME_MAX - (len(longest) - len(name))
+        return [
+            (
+                "name",
+                f"too long: node name {longest!r} has {len(longest)} characters, over the {HOSTNAME_MAX} "
+                f"a host name allows; shorten the name to at most {room} characters",
+            )
+        ]
+    return []
+
+
+def _check_topology(topo: Topology, path_prefix: str = "topology.") -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    etcd, master, worker = topo.etcd, topo.master, topo.worker
+    if etcd.count < 1 or etcd.count % 2 == 0:
+        p.append(
+            (f"{path_prefix}etcd.count", f"must be odd (1, 3, 5) so etcd keeps quorum; got {etcd.count}")
+        )
+    elif etcd.count > 7:
+        p.append(
+            (
+                f"{path_prefix}etcd.count",
+                f"must be at most 7: every write goes to all members; got {etcd.count}",
+            )
+        )
+    if master.count < 1:
+        p.append(
+            (
+                f"{path_prefix}master.count",
+                f"at least one master is needed to run the Kubernetes API; got {master.count}",
+            )
+        )
+    if worker.count < 1:
+        p.append(
+            (
+                f"{path_prefix}worker.count",
+                f"at least one worker is needed (masters are tainted NoSchedule, so workloads run on "
+                f"workers); got {worker.count}",
+            )
+        )
+    for role in ROLES:
+        rs, mins, rp = topo.role(role), ROLE_MINIMUMS[role], f"{path_prefix}{role}"
+        what = "an etcd member" if role == "etcd" else f"a {role}"
+        if rs.cpus < mins.cpus:
+            p.append((f"{rp}.cpus", f"{what} needs at least {mins.cpus} vCPU(s); got {rs.cpus}"))
+        if rs.memory_mb < mins.memory_mb:
+            p.append(
+                (
+                    f"{rp}.memory_mb",
+                    f"{what} needs at least {mins.memory_mb} MB ({_ROLE_NEEDS[role]}); got {rs.memory_mb}; "
+                    f"raise it or pick a larger plan",
+                )
+            )
+        elif rs.memory_mb % 4:
+            p.append(
+                (
+                    f"{rp}.memory_mb",
+                    f"must be a multiple of 4 (vSphere sizes memory in 4 MB steps); got {rs.memory_mb}",
+                )
+            )
+        if rs.disk_gb < mins.disk_gb:
+            p.append((f"{rp}.disk_gb", f"{what} needs at least {mins.disk_gb} GB of disk; got {rs.disk_gb}"))
+        if len(rs.addresses) > max(rs.count, 0):
+            p.append(
+                (
+                    f"{rp}.addresses",
+                    f"lists {len(rs.addresses)} addresses for {rs.count} {_ROLE_PLURAL[role]}; "
+                    f"remove the extra ones or raise {rp}.count",
+                )
+            )
+    return p
+
+
+def _check_vsphere(vs: VSphereSpec) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    for k in _REQUIRED_VSPHERE:
+        if not getattr(vs, k):
+            p.append(
+                (f"vsphere.{k}", f"required: set vsphere.{k} in the spec or export {ENV_FOR[f'vsphere.{k}']}")
+            )
+    if not 1 <= vs.port <= 65535:
+        p.append(("vsphere.port", f"must be a TCP port (1-65535); got {vs.port}"))
+    tls = vs.tls
+    if tls.insecure and (tls.thumbprint or tls.ca_file):
+        p.append(
+            (
+                "vsphere.tls.insecure",
+                "contradicts vsphere.tls.thumbprint/ca_file; remove insecure and the certificate is verified",
+            )
+        )
+    elif not (tls.insecure or tls.thumbprint or tls.ca_file):
+        p.append(
+            (
+                "vsphere.tls",
+                "say how to verify vCenter's certificate: thumbprint (SHA-256; VKP_VSPHERE_THUMBPRINT), "
+                "ca_file (VKP_VSPHERE_CA_FILE), or insecure: true (VKP_VSPHERE_INSECURE=1) to skip it",
+            )
+        )
+    if tls.thumbprint and not _THUMB.fullmatch(tls.thumbprint):
+        h = re.sub(r"[\s:]", "", tls.thumbprint)
+        sha1 = " (that looks like a SHA-1 thumbprint)" if len(h) == 40 else ""
+        p.append(
+            (
+                "vsphere.tls.thumbprint",
+                f"must be a SHA-256 fingerprint, 32 hex bytes{sha1}; get it with `openssl s_client -connect "
+                f"{vs.server or 'VCENTER'}:{vs.port} </dev/null | openssl x509 -noout -fingerprint -sha256`",
+            )
+        )
+    for k in ("user_env", "password_env"):
+        v = getattr(vs.credentials, k)
+        if not _ENV_NAME.fullmatch(v):
+            p.append(
+                (
+                    f"vsphere.credentials.{k}",
+                    f"must name an environment variable (e.g. VKP_VSPHERE_USER); got {v!r}",
+                )
+            )
+    return p
+
+
+def _check_network(spec: ClusterSpec) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    net, topo = spec.network, spec.topology
+    if net.gateway is None:
+        p.append(
+            ("network.gateway", "required: set network.gateway in the spec or export VKP_NETWORK_GATEWAY")
+        )
+    if net.prefix is None:
+        p.append(
+            (
+                "network.prefix",
+                "required: set network.prefix (e.g. 24) in the spec or export VKP_NETWORK_PREFIX",
+            )
+        )
+    if not net.pool:
+        p.append(
+            (
+                "network.pool",
+                "required: set network.pool (a range like 10.0.0.10-10.0.0.50, or a list) "
+                "or export VKP_NETWORK_POOL",
+            )
+        )
+    subnet: IPNetwork | None = None
+    gw = _ip(net.gateway) if net.gateway else None
+    if gw is not None and net.prefix is not None:
+        limit = 30 if gw.version == 4 else 126
+        if not 1 <= net.prefix <= limit:
+            p.append(
+                (
+                    "network.prefix",
+                    f"must be between 1 and {limit} so the subnet has room for nodes; got {net.prefix}",
+                )
+            )
+        else:
+            subnet = ipaddress.ip_network(f"{gw}/{net.prefix}", strict=False)
+            if gw in (subnet.network_address, subnet.broadcast_address):
+                p.append(
+                    (
+                        "network.gateway",
+                        f"{gw} is the network or broadcast address of {subnet}; use a host address",
+                    )
+                )
+    where = f"the subnet {subnet} (network.gateway/network.prefix)" if subnet else "the subnet"
+
+    def outside(a: str) -> bool:
+        ip = _ip(a)
+        return subnet is not None and ip is not None and (ip.version != subnet.version or ip not in subnet)
+
+    def unusable(a: str) -> str | None:
+        ip = _ip(a)
+        if ip is None or subnet is None or ip not in subnet:
+            return None
+        if ip == gw:
+            return "the gateway"
+        if subnet.version == 4 and ip in (subnet.network_address, subnet.broadcast_address):
+            return "the network or broadcast address"
+        return None
+
+    # the pool
+    pool_bad = False
+    for i, rng in enumerate(net.pool):
+        rp = f"network.pool[{i}]" if len(net.pool) > 1 else "network.pool"
+        if not rng.well_formed:
+            p.append((rp, f"{rng} is not a range from low to high; write it as low-high"))
+            pool_bad = True
+            continue
+        if outside(rng.first) or outside(rng.last):
+            p.append((rp, f"{rng} is outside {where}; use addresses inside it or fix the gateway/prefix"))
+            pool_bad = True
+        specials: list[tuple[IPAddress, str]] = [(gw, "the gateway")] if gw is not None else []
+        if subnet is not None and subnet.version == 4:
+            specials += [
+                (subnet.network_address, "the network address"),
+                (subnet.broadcast_address, "the broadcast address"),
+            ]
+        for special, label in specials:
+            if str(special) in rng:
+                p.append((rp, f"{rng} includes {label} {special}; leave it out of the pool"))
+                pool_bad = True
+    for i, j, addr in _overlaps(net.pool):
+        p.append(("network.pool", f"{addr} appears in entries {i} and {j}; list each address once"))
+        pool_bad = True
+
+    # pinned addresses
+    seen: dict[str, str] = {}
+    for role in ROLES:
+        for i, a in enumerate(topo.role(role).addresses):
+            ap = f"topology.{role}.addresses[{i}]"
+            if a in seen:
+                p.append((ap, f"{a} is also given to {seen[a]}; every node needs its own address"))
+            seen.setdefault(a, ap)
+            if outside(a):
+                p.append((ap, f"{a} is outside {where}; use an address inside it"))
+            elif (u := unusable(a)) is not None:
+                p.append((ap, f"{a} is {u}; pick another address"))
+
+    # the pool must cover what is not pinned
+    pinned_total = sum(min(len(topo.role(r).addresses), max(topo.role(r).count, 0)) for r in ROLES)
+    needed = sum(max(topo.role(r).count, 0) for r in ROLES) - pinned_total
+    if net.pool and not pool_bad and needed > 0:
+        available = sum(rng.size for rng in net.pool) - sum(1 for a in seen if net.in_pool(a))
+        if available < needed:
+            counts = " + ".join(f"{topo.role(r).count} {r}" for r in ROLES)
+            p.append(
+                (
+                    "network.pool",
+                    f"has {available} free address(es) but the topology needs {needed} ({counts}); "
+                    f"widen the pool or lower the counts",
+                )
+            )
+
+    # the API endpoint
+    api = net.api_endpoint
+    ap = "network.api_endpoint"
+    masters = topo.master.count
+    if api.mode not in API_MODES:
+        p.append((f"{ap}.mode", f"unknown mode {api.mode!r}; use one of {', '.join(API_MODES)}"))
+    elif api.mode == "direct" and masters > 1:
+        p.append(
+            (
+                f"{ap}.mode",
+                f"direct serves the API from the only master, but there are {masters}; use kube-vip or "
+                "haproxy-keepalived with a virtual address",
+            )
+        )
+    vip = api.mode in ("kube-vip", "haproxy-keepalived") or (api.mode == "auto" and masters > 1)
+    if api.address is None:
+        if vip and api.mode in API_MODES:
+            p.append(
+                (
+                    f"{ap}.address",
+                    f"required with {masters} master(s) ({'kube-vip' if api.mode == 'auto' else api.mode} "
+                    f"moves a virtual address between them): pick a free address in {where} outside "
+                    "network.pool, or export VKP_API_ENDPOINT",
+                )
+            )
+    else:
+        first_master = topo.master.addresses[0] if topo.master.addresses else None
+        direct_to_master = api.address == first_master and masters == 1 and api.mode in ("auto", "direct")
+        if net.in_pool(api.address):
+            p.append(
+                (
+                    f"{ap}.address",
+                    f"{api.address} is inside the node pool network.pool, so a node could be given it; "
+                    f"pick an address outside the pool (but inside {where})",
+                )
+            )
+        elif outside(api.address):
+            p.append((f"{ap}.address", f"{api.address} is outside {where}; the nodes must reach it directly"))
+        elif (u := unusable(api.address)) is not None:
+            p.append((f"{ap}.address", f"{api.address} is {u}; pick another address"))
+        elif api.address in seen and not direct_to_master:
+            p.append(
+                (f"{ap}.address", f"{api.address} is also a node address ({seen[api.address]}); pick another")
+            )
+        if api.mode == "direct" and not direct_to_master:
+            p.append(
+                (
+                    f"{ap}.address",
+                    "with mode direct the endpoint is the master's own address; leave address unset, or pin "
+                    "the same address in topology.master.addresses",
+                )
+            )
+    if not 1 <= api.port <= 65535:
+        p.append((f"{ap}.port", f"must be a TCP port (1-65535); got {api.port}"))
+    return p
+
+
+def _overlaps(pool: tuple[AddressRange, ...]) -> Iterator[tuple[int, int, str]]:
+    """(entry i, entry j, first shared address) for each entry that overlaps an earlier-starting one."""
+    spans = []
+    for i, r in enumerate(pool):
+        if r.well_formed:
+            lo, hi = r._bounds()
+            spans.append((ipaddress.ip_address(r.first).version, lo, hi, i))
+    spans.sort()
+    reach: tuple[int, int, int] | None = None  # (version, highest end so far, its entry)
+    for version, lo, hi, j in spans:
+        if reach is not None and reach[0] == version and lo <= reach[1]:
+            shared = ipaddress.IPv4Address(lo) if version == 4 else ipaddress.IPv6Address(lo)
+            yield min(reach[2], j), max(reach[2], j), str(shared)
+        if reach is None or reach[0] != version or hi > reach[1]:
+            reach = (version, hi, j)
+
+
+def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    return (
+        a.version == b.version
+        and int(a.network_address) <= int(b.broadcast_address)
+        and int(b.network_address) <= int(a.broadcast_address)
+    )
+
+
+def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
+    from provisioner.bootstrap.artifacts import ArtifactSource
+
+    p: list[tuple[str, str]] = []
+    ap = "kubernetes.artifacts"
+    try:
+        ArtifactSource.parse(a.source)
+    except ValueError as exc:
+        p.append((f"{ap}.source", str(exc)))
+    if not _REGISTRY.fullmatch(a.image_repository):
+        p.append(
+            (
+                f"{ap}.image_repository",
+                f"must be a registry and path without a scheme, like {DEFAULT_IMAGE_REPOSITORY} or "
+                f"mirror.example.com:5000/k8s; got {a.image_repository!r}",
+            )
+        )
+    if a.sandbox_image is not None and not _IMAGE_REF.fullmatch(a.sandbox_image):
+        p.append(
+            (
+                f"{ap}.sandbox_image",
+                f"must be an image with a tag or digest, like {DEFAULT_IMAGE_REPOSITORY}/pause:"
+                f"{PAUSE_VERSION}; got {a.sandbox_image!r}",
+            )
+        )
+    return p
+
+
+def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
+    from provisioner.bootstrap.artifacts import ETCD, ArtifactSource
+
+    p: list[tuple[str, str]] = []
+    if not e.from_package:
+        try:
+            ArtifactSource.parse(e.artifact, layout=ETCD)
+        except ValueError as exc:
+            msg = str(exc)
+            if msg.startswith("must be "):
+                msg = f"must be {ETCD_PACKAGE} (the distribution's etcd-server), {msg[len('must be ') :]}"
+            p.append(("etcd.artifact", msg))
+    if not _SEMVER.fullmatch(e.version):
+        p.append(
+            ("etcd.version", f"must be a release like {DEFAULT_ETCD_VERSION} (X.Y.Z); got {e.version!r}")
+        )
+    elif not e.from_package and not e.version.startswith("3."):
+        p.append(("etcd.version", f"vkp's etcd configuration is for etcd 3.x; got {e.version}"))
+    return p
+
+
+def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    # placement
+    dup = sorted({h for h in spec.placement.hosts if spec.placement.hosts.count(h) > 1})
+    for h in dup:
+        p.append(("placement.hosts", f"{h} is listed more than once; list each ESXi host once"))
+    # ssh
+    if not _USER_NAME.fullmatch(spec.ssh.user):
+        p.append(("ssh.user", f"must be a Linux user name (lowercase, e.g. vkp); got {spec.ssh.user!r}"))
+    if not 1 <= spec.ssh.port <= 65535:
+        p.append(("ssh.port", f"must be a TCP port (1-65535); got {spec.ssh.port}"))
+    # kubernetes
+    k = spec.kubernetes
+    lo, hi = K8S_MINORS
+    if not _K8S_VERSION.fullmatch(k.version):
+        p.append(
+            ("kubernetes.version", f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {k.version!r}")
+        )
+    elif not lo <= k.minor <= hi:
+        p.append(
+            (
+                "kubernetes.version",
+                f"{k.version} is outside the versions vkp supports (1.{lo} to 1.{hi}); pick a release "
+                f"in that range, e.g. {DEFAULT_K8S_VERSION}",
+            )
+        )
+    if k.cni not in CNIS:
+        p.append(("kubernetes.cni", f"unknown CNI {k.cni!r}; use one of {', '.join(CNIS)}"))
+    nets: dict[str, IPNetwork] = {}
+    for key, default in (("pod_cidr", "10.244.0.0/16"), ("service_cidr", "10.96.0.0/12")):
+        value = getattr(k, key)
+        try:
+            nets[key] = ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            try:
+                fixed = ipaddress.ip_network(value, strict=False)
+                p.append((f"kubernetes.{key}", f"{value} has host bits set; use {fixed}"))
+            except ValueError:
+                p.append((f"kubernetes.{key}", f"{value!r} is not a CIDR like {default}"))
+    node_subnet = spec.network.subnet()
+    for key, n in nets.items():
+        if node_subnet is not None and _overlap(n, node_subnet):
+            p.append(
+                (
+                    f"kubernetes.{key}",
+                    f"{n} overlaps the node subnet {node_subnet}; pick a range that does not",
+                )
+            )
+    pod, svc = nets.get("pod_cidr"), nets.get("service_cidr")
+    if pod is not None and svc is not None and _overlap(pod, svc):
+        p.append(
+            ("kubernetes.service_cidr", f"{svc} overlaps kubernetes.pod_cidr {pod}; pick separate ranges")
+        )
+    if svc is not None and svc.version == 4 and svc.prefixlen < 12:
+        p.append(
+            (
+                "kubernetes.service_cidr",
+                f"kube-apiserver accepts at most a /12 for services; got /{svc.prefixlen}",
+            )
+        )
+    if pod is not None and pod.version == 4:
+        nodes = max(spec.topology.master.count, 0) + max(spec.topology.worker.count, 0)
+        # Each node gets a /24 out of the pod CIDR (kube-controller-manager's default mask).
+        if pod.prefixlen > 24 or 2 ** (24 - pod.prefixlen) < nodes:
+            p.append(
+                (
+                    "kubernetes.pod_cidr",
+                    f"{pod} is too small: every master and worker takes a /24 from it ({nodes} needed); "
+                    "use a shorter prefix such as /16",
+                )
+            )
+    if k.cni_version is not None and not _SEMVER.fullmatch(k.cni_version):
+        p.append(("kubernetes.cni_version", f"must be a release like 3.28.1; got {k.cni_version!r}"))
+    p += _check_artifacts(k.artifacts)
+    # etcd tuning
+    e = spec.etcd
+    if e.heartbeat_interval < 1:
+        p.append(
+            (
+                "etcd.heartbeat_interval",
+                f"must be a positive number of milliseconds; got {e.heartbeat_interval}",
+            )
+        )
+    elif e.election_timeout < 5 * e.heartbeat_interval:
+        p.append(
+            (
+                "etcd.election_timeout",
+                f"must be at least 5 x etcd.heartbeat_interval ({5 * e.heartbeat_interval} ms) or etcd "
+                f"refuses to start; got {e.election_timeout}",
+            )
+        )
+    if e.election_timeout > 50000:
+        p.append(("etcd.election_timeout", f"etcd allows at most 50000 ms; got {e.election_timeout}"))
+    p += _check_etcd_artifact(e)
+    # pki
+    if spec.pki.key_type not in KEY_TYPES:
+        p.append(("pki.key_type", f"unknown key type {spec.pki.key_type!r}; use rsa or ecdsa"))
+    if spec.pki.rsa_bits not in RSA_SIZES:
+        p.append(
+            ("pki.rsa_bits", f"must be one of {', '.join(map(str, RSA_SIZES))}; got {spec.pki.rsa_bits}")
+        )
+    return p
+
+
+def validate(spec: ClusterSpec) -> None:
+    """Raise SpecError listing every problem in spec, each as (field path, what to do)."""
+    problems = _check(spec)
+    if problems:
+        raise SpecError(_dedupe(problems))
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(problems))
+
+
+def _ip(s: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        return None
+
+
+_THUMB_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
+def normalize_thumbprint(s: str) -> str | None:
+    """'ab:cd..' / 'ABCD..' / 'ab cd ..' -> 'AB:CD:..' for a SHA-256 thumbprint, else None."""
+    h = re.sub(r"[\s:]", "", s)
+    if len(h) != 64 or not _THUMB_HEX.fullmatch(h):
+        return None
+    h = h.upper()
+    return ":".join(h[i : i + 2] for i in range(0, 64, 2))

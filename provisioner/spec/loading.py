@@ -1,0 +1,629 @@
+"""Loading a spec: the plans file, a spec file, the environment, and merging them; then the
+check."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioner.errors import SpecError
+from provisioner.spec.checks import (
+    _check,
+    _check_topology,
+    _dedupe,
+    _ip,
+    normalize_thumbprint,
+)
+from provisioner.spec.schema import (
+    DEFAULT_ETCD_VERSION,
+    DEFAULT_PLANS_FILE,
+    ENV_SETTINGS,
+    ETCD_PACKAGE,
+    PLANS_FILE_ENV,
+    ROLES,
+    TLS,
+    AddressRange,
+    ApiEndpointSpec,
+    ArtifactsSpec,
+    ClusterSpec,
+    Credentials,
+    EtcdSpec,
+    KubernetesSpec,
+    NetworkSpec,
+    PKISpec,
+    PlacementSpec,
+    PlanPreset,
+    RoleSpec,
+    SSHSpec,
+    Topology,
+    VSphereSpec,
+)
+
+
+def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
+    """The plans file (inventory/plans.yaml unless VKP_PLANS_FILE names another), checked."""
+    p = Path(path) if path else DEFAULT_PLANS_FILE
+    raw = _read_yaml(p)
+    r = _Reader(p.name)
+    r.check_keys(raw, "", {"plans"})
+    plans_raw = raw.get("plans")
+    if not isinstance(plans_raw, dict) or not plans_raw:
+        raise SpecError([(f"{p}: plans", "must map plan names to their sizes (see inventory/plans.yaml)")])
+    out: dict[str, PlanPreset] = {}
+    for pname, body in plans_raw.items():
+        ppath = f"plans.{pname}"
+        if not isinstance(body, dict):
+            r.add(ppath, "must be a mapping with description, etcd, master and worker")
+            continue
+        r.check_keys(body, ppath, {"description", *ROLES})
+        roles = {}
+        for role in ROLES:
+            rpath = f"{ppath}.{role}"
+            rd = r.section(body, role, ppath, {"count", "cpus", "memory_mb", "disk_gb"})
+            vals = {
+                k: r.get_int(rd, k, rpath, None, required=True)
+                for k in ("count", "cpus", "memory_mb", "disk_gb")
+            }
+            roles[role] = RoleSpec(
+                count=vals["count"] or 0,
+                cpus=vals["cpus"] or 0,
+                memory_mb=vals["memory_mb"] or 0,
+                disk_gb=vals["disk_gb"] or 0,
+            )
+        topo = Topology(**roles)
+        r.problems += _check_topology(topo, path_prefix=f"{ppath}.")
+        out[str(pname)] = PlanPreset(str(pname), str(body.get("description") or ""), topo)
+    if r.problems:
+        raise SpecError([(f"{p}: {fp}", m) for fp, m in r.problems])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_spec(
+    path: Path | None,
+    *,
+    name: str | None = None,
+    plan: str | None = None,
+    env: Mapping[str, str],
+    check: bool = True,
+    plans: Mapping[str, PlanPreset] | None = None,
+) -> ClusterSpec:
+    """Read, merge and (unless check=False) validate a spec; raise SpecError with every problem.
+
+    path None builds the spec from name/plan and the environment alone. Problems in values
+    that came from the environment name the variable that set them.
+    """
+    raw: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    if name is not None:
+        raw["name"] = name
+    if plan is not None:
+        raw["plan"] = plan
+    r = _Reader(str(path) if path else None)
+    legacy = _migrate_artifact_source(raw, r)
+    if path is not None:
+        _resolve_ca_file(raw, path.parent)
+        _resolve_artifact_paths(raw, path.parent)
+        _resolve_etcd_artifact(raw, path.parent)
+    origins = _fill_from_env(raw, env)
+    if legacy:
+        origins.update(legacy)
+    if plans is None:
+        plans = load_plans(env.get(PLANS_FILE_ENV) or None)
+
+    spec = _build(raw, r, plans)
+    problems = list(r.problems)
+    if check:
+        broken = [p for p, _ in problems] + r.unknown
+        for p, m in _check(spec):
+            if not any(p == b or p.startswith(b + ".") or p.startswith(b + "[") for b in broken):
+                problems.append((p, m))
+    if problems:
+        raise SpecError(_annotate(_dedupe(problems), origins))
+    return spec
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> ClusterSpec:
+    """A spec back from ClusterSpec.to_dict() (the state's spec.yaml), without re-validating it
+    or reading the environment: it is what the cluster was built from, not a new request."""
+    raw = {k: v for k, v in dict(data).items() if k not in ("source", "plan")}
+    r = _Reader(str(data.get("source") or "spec.yaml in the cluster state"))
+    _migrate_artifact_source(raw, r)
+    spec = _build(raw, r, {})
+    if r.problems:
+        raise SpecError(r.problems)
+    plan = data.get("plan")
+    return dataclasses.replace(spec, plan=str(plan) if plan else None)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML silently keeps the last of two equal keys; in a spec that hides a mistake."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        if isinstance(key, str):
+            seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([(str(path), "no such file; check the path given to -f")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([(str(path), f"cannot be read: {exc}")]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark and exc.context_mark.line != (mark.line if mark else -1):
+            # The parser notices a missing ']' or quote lines later; point at where it began too.
+            what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
+        raise SpecError([(where, f"YAML syntax error: {what}; fix the file at that line")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([(str(path), f"YAML error: {exc}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(
+            [(str(path), f"must be a YAML mapping (name:, plan:, vsphere: ...), got {type(data).__name__}")]
+        )
+    return data
+
+
+def _fill_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Fill settings the file leaves out from the environment; return {field path: variable}."""
+    origins: dict[str, str] = {}
+    vs = raw.get("vsphere")
+    tls = vs.get("tls") if isinstance(vs, dict) else None
+    # TLS verification is one choice: a file that makes it must not be contradicted by env.
+    file_chose_tls = isinstance(tls, dict) and any(v is not None for v in tls.values())
+    for keys, var in ENV_SETTINGS:
+        value = env.get(var)
+        if value is None or value.strip() == "":
+            continue
+        if keys[:2] == ("vsphere", "tls") and file_chose_tls:
+            continue
+        d: Any = raw
+        for k in keys[:-1]:
+            if d.get(k) is None:
+                d[k] = {}
+            d = d[k]
+            if not isinstance(d, dict):
+                break
+        else:
+            if d.get(keys[-1]) is None:
+                d[keys[-1]] = _env_value(keys[-1], value.strip())
+                origins[".".join(keys)] = var
+    return origins
+
+
+def _env_value(key: str, value: str) -> Any:
+    if key == "prefix" and value.isdigit():
+        return int(value)
+    if key == "insecure":
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+    if key == "dns":
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return value
+
+
+def _annotate(problems: list[tuple[str, str]], origins: dict[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for p, m in problems:
+        var = origins.get(p) or next((v for o, v in origins.items() if p.startswith(o + "[")), None)
+        out.append((p, f"{m} (the value came from {var})" if var else m))
+    return out
+
+
+class _Reader:
+    """Reads raw YAML into typed values, collecting problems instead of stopping at the first."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.problems: list[tuple[str, str]] = []
+        self.unknown: list[str] = []  # fields left without a value because of another problem
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    @staticmethod
+    def join(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def check_keys(self, d: dict[str, Any], path: str, allowed: set[str]) -> None:
+        for k in d:
+            if k in allowed:
+                continue
+            kp = self.join(path, str(k))
+            if str(k).lower() in _CREDENTIAL_KEYS:
+                self.add(
+                    kp,
+                    "credentials never go in the spec: export VKP_VSPHERE_USER and VKP_VSPHERE_PASSWORD "
+                    "(`vkp lab env` does for the lab), or name other variables in "
+                    "vsphere.credentials.user_env / password_env",
+                )
+                continue
+            close = difflib.get_close_matches(str(k), sorted(allowed), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(sorted(allowed))}"
+            )
+            self.add(kp, f"unknown key; {hint}")
+
+    def section(self, d: dict[str, Any], key: str, path: str, allowed: set[str]) -> dict[str, Any]:
+        value = d.get(key)
+        if value is None:
+            return {}
+        kp = self.join(path, key)
+        if not isinstance(value, dict):
+            self.add(kp, f"must be a mapping with keys {', '.join(sorted(allowed))}; got {value!r}")
+            return {}
+        self.check_keys(value, kp, allowed)
+        return value
+
+    def get_str(self, d: dict[str, Any], key: str, path: str, default: str | None = None) -> str | None:
+        value = d.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.add(self.join(path, key), f"must be a string; got {value!r}")
+            return default
+        s = str(value).strip()
+        return s if s else default
+
+    def get_int(
+        self, d: dict[str, Any], key: str, path: str, default: int | None, *, required: bool = False
+    ) -> int | None:
+        value = d.get(key)
+        kp = self.join(path, key)
+        if value is None:
+            if required and default is None:
+                self.add(kp, "required")
+            return default
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            unit = {"memory_mb": " of MiB, e.g. 4096", "disk_gb": " of GiB, e.g. 40"}.get(key, "")
+            self.add(kp, f"must be a whole number{unit}; got {value!r}")
+            return default
+        return value
+
+    def get_bool(self, d: dict[str, Any], key: str, path: str, default: bool) -> bool:
+        value = d.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.add(self.join(path, key), f"must be true or false; got {value!r}")
+            return default
+        return value
+
+    def get_str_list(self, d: dict[str, Any], key: str, path: str) -> tuple[list[str], bool]:
+        """(items, was_a_list); a comma-separated string is accepted too."""
+        value = d.get(key)
+        kp = self.join(path, key)
+        if value is None:
+            return [], False
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()], False
+        if isinstance(value, list):
+            out = []
+            for i, item in enumerate(value):
+                if isinstance(item, str | int) and not isinstance(item, bool):
+                    out.append(str(item).strip())
+                else:
+                    self.add(f"{kp}[{i}]", f"must be a string; got {item!r}")
+            return out, True
+        self.add(kp, f"must be a list (or a comma-separated string); got {value!r}")
+        return [], False
+
+
+_CREDENTIAL_KEYS = {"user", "username", "password", "pass", "passwd", "secret"}
+_TOP_KEYS = {
+    "name",
+    "plan",
+    "vsphere",
+    "topology",
+    "network",
+    "placement",
+    "ssh",
+    "kubernetes",
+    "etcd",
+    "pki",
+}
+_VSPHERE_KEYS = {
+    "server", "port", "datacenter", "cluster", "datastore", "network", "template", "folder",
+    "resource_pool", "linked_clone", "credentials", "tls",
+}  # fmt: skip
+_ROLE_KEYS = {"count", "cpus", "memory_mb", "disk_gb", "addresses"}
+_K8S_KEYS = {"version", "pod_cidr", "service_cidr", "cni", "cni_version", "vsphere_csi", "artifacts"}
+_ARTIFACT_KEYS = {"source", "image_repository", "image_tarballs", "sandbox_image"}
+
+
+def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> ClusterSpec:
+    r.check_keys(raw, "", _TOP_KEYS)
+    name = r.get_str(raw, "name", "") or ""
+    plan_name = r.get_str(raw, "plan", "")
+    preset = None
+    if plan_name is not None:
+        preset = plans.get(plan_name)
+        if preset is None:
+            close = difflib.get_close_matches(plan_name, list(plans), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            r.add(
+                "plan", f"unknown plan {plan_name!r}; {hint}known plans: {', '.join(plans)} (see `vkp plans`)"
+            )
+
+    # vsphere
+    vs = r.section(raw, "vsphere", "", _VSPHERE_KEYS)
+    server = r.get_str(vs, "server", "vsphere")
+    port = r.get_int(vs, "port", "vsphere", 443) or 443
+    if server:
+        server, port = _split_server(server, port, "port" in vs, r)
+    cred = r.section(vs, "credentials", "vsphere", {"user_env", "password_env"})
+    tls_raw = r.section(vs, "tls", "vsphere", {"ca_file", "thumbprint", "insecure"})
+    ca_file = r.get_str(tls_raw, "ca_file", "vsphere.tls")
+    thumb = r.get_str(tls_raw, "thumbprint", "vsphere.tls")
+    vsphere = VSphereSpec(
+        server=server,
+        port=port,
+        datacenter=r.get_str(vs, "datacenter", "vsphere"),
+        cluster=r.get_str(vs, "cluster", "vsphere"),
+        datastore=r.get_str(vs, "datastore", "vsphere"),
+        network=r.get_str(vs, "network", "vsphere"),
+        template=r.get_str(vs, "template", "vsphere"),
+        folder=(r.get_str(vs, "folder", "vsphere") or "").strip("/") or None,
+        resource_pool=r.get_str(vs, "resource_pool", "vsphere"),
+        linked_clone=r.get_bool(vs, "linked_clone", "vsphere", True),
+        credentials=Credentials(
+            user_env=r.get_str(cred, "user_env", "vsphere.credentials") or Credentials.user_env,
+            password_env=r.get_str(cred, "password_env", "vsphere.credentials") or Credentials.password_env,
+        ),
+        tls=TLS(
+            ca_file=ca_file,
+            thumbprint=(normalize_thumbprint(thumb) or thumb) if thumb else None,
+            insecure=r.get_bool(tls_raw, "insecure", "vsphere.tls", False),
+        ),
+    )
+
+    # topology: the plan's sizes, overridden field by field by the file
+    topo_raw = r.section(raw, "topology", "", set(ROLES))
+    roles = {}
+    for role in ROLES:
+        rpath = f"topology.{role}"
+        rd = r.section(topo_raw, role, "topology", _ROLE_KEYS)
+        base = preset.topology.role(role) if preset else None
+        vals: dict[str, int] = {}
+        for k in ("count", "cpus", "memory_mb", "disk_gb"):
+            v = r.get_int(rd, k, rpath, getattr(base, k) if base else None)
+            if v is None:
+                v = 0
+                if plan_name is not None:
+                    r.unknown.append(f"{rpath}.{k}")  # the unknown-plan problem already covers it
+                else:
+                    r.add(
+                        f"{rpath}.{k}",
+                        f"required when no plan is named; set it, or name a plan ({', '.join(plans)})",
+                    )
+            vals[k] = v
+        addrs, is_list = r.get_str_list(rd, "addresses", rpath)
+        for i, a in enumerate(addrs):
+            ap = f"{rpath}.addresses[{i}]" if is_list else f"{rpath}.addresses"
+            if _ip(a) is None:
+                r.add(ap, f"{a!r} is not an IP address")
+        roles[role] = RoleSpec(
+            count=vals["count"],
+            cpus=vals["cpus"],
+            memory_mb=vals["memory_mb"],
+            disk_gb=vals["disk_gb"],
+            addresses=tuple(a for a in addrs if _ip(a) is not None),
+        )
+    topology = Topology(**roles)
+
+    # network
+    net = r.section(raw, "network", "", {"pool", "prefix", "gateway", "dns", "api_endpoint"})
+    pool_entries, pool_is_list = r.get_str_list(net, "pool", "network")
+    pool: list[AddressRange] = []
+    for i, entry in enumerate(pool_entries):
+        pp = f"network.pool[{i}]" if pool_is_list else "network.pool"
+        for part in [p.strip() for p in entry.split(",") if p.strip()]:
+            rng = _parse_range(part)
+            if rng is None:
+                r.add(pp, f"{part!r} is neither an address nor a range like 198.18.0.10-198.18.0.50")
+            else:
+                pool.append(rng)
+    gateway = r.get_str(net, "gateway", "network")
+    if gateway is not None and _ip(gateway) is None:
+        r.add("network.gateway", f"{gateway!r} is not an IP address")
+        gateway = None
+    dns, dns_is_list = r.get_str_list(net, "dns", "network")
+    for i, a in enumerate(dns):
+        if _ip(a) is None:
+            r.add(f"network.dns[{i}]" if dns_is_list else "network.dns", f"{a!r} is not an IP address")
+    api_raw = net.get("api_endpoint")
+    if isinstance(api_raw, str):
+        api_raw = {"address": api_raw}  # the short form: api_endpoint: 10.0.0.5
+    api = r.section({"api_endpoint": api_raw}, "api_endpoint", "network", {"address", "port", "mode"})
+    api_addr = r.get_str(api, "address", "network.api_endpoint")
+    if api_addr is not None and _ip(api_addr) is None:
+        r.add("network.api_endpoint.address", f"{api_addr!r} is not an IP address")
+        api_addr = None
+    network = NetworkSpec(
+        pool=tuple(pool),
+        prefix=r.get_int(net, "prefix", "network", None),
+        gateway=gateway,
+        dns=tuple(a for a in dns if _ip(a) is not None),
+        api_endpoint=ApiEndpointSpec(
+            address=api_addr,
+            port=r.get_int(api, "port", "network.api_endpoint", 6443) or 0,
+            mode=r.get_str(api, "mode", "network.api_endpoint", "auto") or "auto",
+        ),
+    )
+
+    pl = r.section(raw, "placement", "", {"hosts", "anti_affinity"})
+    hosts, _ = r.get_str_list(pl, "hosts", "placement")
+    placement = PlacementSpec(
+        hosts=tuple(hosts), anti_affinity=r.get_bool(pl, "anti_affinity", "placement", True)
+    )
+
+    sd = r.section(raw, "ssh", "", {"user", "port"})
+    ssh = SSHSpec(
+        user=r.get_str(sd, "user", "ssh", SSHSpec.user) or "", port=r.get_int(sd, "port", "ssh", 22) or 0
+    )
+
+    kd = r.section(raw, "kubernetes", "", _K8S_KEYS)
+    kdef, adef = KubernetesSpec(), ArtifactsSpec()
+    ad = r.section(kd, "artifacts", "kubernetes", _ARTIFACT_KEYS)
+    cni_version = r.get_str(kd, "cni_version", "kubernetes")
+    kubernetes = KubernetesSpec(
+        version=(r.get_str(kd, "version", "kubernetes", kdef.version) or "").removeprefix("v"),
+        pod_cidr=r.get_str(kd, "pod_cidr", "kubernetes", kdef.pod_cidr) or "",
+        service_cidr=r.get_str(kd, "service_cidr", "kubernetes", kdef.service_cidr) or "",
+        cni=r.get_str(kd, "cni", "kubernetes", kdef.cni) or "",
+        cni_version=cni_version.removeprefix("v") if cni_version else None,
+        vsphere_csi=r.get_bool(kd, "vsphere_csi", "kubernetes", False),
+        artifacts=ArtifactsSpec(
+            source=r.get_str(ad, "source", "kubernetes.artifacts", adef.source) or adef.source,
+            image_repository=(
+                r.get_str(ad, "image_repository", "kubernetes.artifacts", adef.image_repository) or ""
+            ).rstrip("/"),
+            image_tarballs=r.get_str(ad, "image_tarballs", "kubernetes.artifacts"),
+            sandbox_image=r.get_str(ad, "sandbox_image", "kubernetes.artifacts"),
+        ),
+    )
+
+    ed = r.section(raw, "etcd", "", {"heartbeat_interval", "election_timeout", "artifact", "version"})
+    etcd = EtcdSpec(
+        heartbeat_interval=r.get_int(ed, "heartbeat_interval", "etcd", 100) or 0,
+        election_timeout=r.get_int(ed, "election_timeout", "etcd", 1000) or 0,
+        artifact=(r.get_str(ed, "artifact", "etcd", ETCD_PACKAGE) or ETCD_PACKAGE).strip(),
+        version=(r.get_str(ed, "version", "etcd", DEFAULT_ETCD_VERSION) or "").removeprefix("v"),
+    )
+    pk = r.section(raw, "pki", "", {"key_type", "rsa_bits"})
+    pki = PKISpec(
+        key_type=r.get_str(pk, "key_type", "pki", "rsa") or "",
+        rsa_bits=r.get_int(pk, "rsa_bits", "pki", 2048) or 0,
+    )
+    return ClusterSpec(
+        name=name,
+        plan=plan_name,
+        topology=topology,
+        vsphere=vsphere,
+        network=network,
+        placement=placement,
+        ssh=ssh,
+        kubernetes=kubernetes,
+        etcd=etcd,
+        pki=pki,
+        source=r.source,
+    )
+
+
+def _resolve_ca_file(raw: dict[str, Any], base: Path) -> None:
+    # Relative to the spec, so an inventory directory can carry its CA and still be moved.
+    tls = raw.get("vsphere", {}).get("tls") if isinstance(raw.get("vsphere"), dict) else None
+    if isinstance(tls, dict) and isinstance(tls.get("ca_file"), str) and tls["ca_file"].strip():
+        ca = Path(tls["ca_file"].strip()).expanduser()
+        if not ca.is_absolute():
+            tls["ca_file"] = str((base / ca).resolve())
+
+
+def _migrate_artifact_source(raw: dict[str, Any], r: _Reader) -> dict[str, str]:
+    """kubernetes.artifact_source (before artifacts: existed) becomes kubernetes.artifacts.source.
+
+    Done before the environment is read, so the file's value keeps winning over VKP_K8S_ARTIFACTS.
+    """
+    kd = raw.get("kubernetes")
+    if not isinstance(kd, dict) or "artifact_source" not in kd:
+        return {}
+    old = kd.pop("artifact_source")
+    ad = kd.get("artifacts")
+    if ad is None:
+        ad = kd["artifacts"] = {}
+    if not isinstance(ad, dict):
+        return {}  # the section's own problem is reported when it is read
+    if ad.get("source") is not None:
+        r.add(
+            "kubernetes.artifact_source",
+            "is the old name of kubernetes.artifacts.source, which is set too; keep only artifacts.source",
+        )
+        return {}
+    ad["source"] = old
+    return {"kubernetes.artifacts.source": "kubernetes.artifact_source, the old name of this field"}
+
+
+def _resolve_artifact_paths(raw: dict[str, Any], base: Path) -> None:
+    # Relative to the spec, like ca_file, so an inventory directory can carry its artifacts.
+    kd = raw.get("kubernetes")
+    ad = kd.get("artifacts") if isinstance(kd, dict) else None
+    if not isinstance(ad, dict):
+        return
+    src = ad.get("source")
+    if isinstance(src, str) and src.strip().startswith("local:"):
+        rest = src.strip()[len("local:") :].strip()
+        if rest and not Path(rest).expanduser().is_absolute():
+            ad["source"] = f"local:{(base / rest).resolve()}"
+    tarballs = ad.get("image_tarballs")
+    if isinstance(tarballs, str) and tarballs.strip():
+        t = Path(tarballs.strip()).expanduser()
+        if not t.is_absolute():
+            ad["image_tarballs"] = str((base / t).resolve())
+
+
+def _resolve_etcd_artifact(raw: dict[str, Any], base: Path) -> None:
+    # Relative to the spec, like kubernetes.artifacts.source.
+    ed = raw.get("etcd")
+    if not isinstance(ed, dict):
+        return
+    src = ed.get("artifact")
+    if isinstance(src, str) and src.strip().startswith("local:"):
+        rest = src.strip()[len("local:") :].strip()
+        if rest and not Path(rest).expanduser().is_absolute():
+            ed["artifact"] = f"local:{(base / rest).resolve()}"
+
+
+def _split_server(server: str, port: int, port_given: bool, r: _Reader) -> tuple[str, int]:
+    """Accept "host", "host:port", "[v6]:port" or a URL such as https://vc.example.com/sdk."""
+    s = re.sub(r"^[a-z]+://", "", server.strip(), flags=re.I).split("/", 1)[0]
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", s) or re.fullmatch(r"([^:]+):(\d+)", s)
+    if not m:
+        return s, port
+    host, p = m.group(1), m.group(2)
+    if p is not None and port_given and int(p) != port:
+        r.add("vsphere.port", f"is {port} but vsphere.server says port {p}; keep one of them")
+    return host, int(p) if p is not None else port
+
+
+def _parse_range(s: str) -> AddressRange | None:
+    if "-" in s and _ip(s) is None:  # IPv6 addresses never contain '-', so this split is safe
+        a, _, b = s.partition("-")
+        a, b = a.strip(), b.strip()
+        if _ip(a) is None or _ip(b) is None:
+            return None
+        return AddressRange(str(_ip(a)), str(_ip(b)))
+    ip = _ip(s)
+    return AddressRange(str(ip), str(ip)) if ip is not None else None

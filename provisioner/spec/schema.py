@@ -1,0 +1,355 @@
+"""The spec's schema: each section a frozen dataclass with its defaults, and the constants the
+rest of vkp reads (roles, supported versions, the settings the environment may supply)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("etcd", "master", "worker")
+CNIS = ("calico", "flannel")
+# auto: the only master's address with one master, a kube-vip virtual address with several.
+API_MODES = ("auto", "direct", "kube-vip", "haproxy-keepalived")
+KEY_TYPES = ("rsa", "ecdsa")
+RSA_SIZES = (2048, 3072, 4096)
+HOSTNAME_MAX = 63  # node names become VM names and host names: one DNS label each
+# Kubernetes minors vkp's kubeadm configuration is written for (kubeadm.k8s.io/v1beta3 and
+# v1beta4 both exist across them; the templates choose by minor).
+K8S_MINORS = (28, 31)
+DEFAULT_K8S_VERSION = "1.30.4"
+DEFAULT_IMAGE_REPOSITORY = "registry.k8s.io"
+DEFAULT_ETCD_VERSION = "3.5.16"
+# etcd.artifact's value for the distribution's etcd-server package (the default).
+ETCD_PACKAGE = "package"
+# The pause image kubeadm 1.30 expects (kubeadm config images list); containerd's sandbox image.
+PAUSE_VERSION = "3.9"
+
+DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[2] / "inventory" / "plans.yaml"
+PLANS_FILE_ENV = "VKP_PLANS_FILE"
+# kubernetes.version: 1.<minor>.<patch>; the one parser of it.
+_K8S_VERSION = re.compile(r"1\.(\d+)\.(\d+)")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Size:
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+# What each role needs to run at all; plans and specs below these are rejected.
+ROLE_MINIMUMS: dict[str, Size] = {
+    "etcd": Size(cpus=1, memory_mb=1024, disk_gb=10),
+    "master": Size(cpus=2, memory_mb=2048, disk_gb=20),
+    "worker": Size(cpus=1, memory_mb=1024, disk_gb=20),
+}
+_ROLE_NEEDS = {
+    "etcd": "etcd",
+    "master": "kube-apiserver, controller-manager and scheduler",
+    "worker": "kubelet, containerd and the workloads",
+}
+
+# (path in the spec, environment variable) for settings the environment may supply.
+ENV_SETTINGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("vsphere", "server"), "VKP_VSPHERE_SERVER"),
+    (("vsphere", "datacenter"), "VKP_VSPHERE_DATACENTER"),
+    (("vsphere", "cluster"), "VKP_VSPHERE_CLUSTER"),
+    (("vsphere", "datastore"), "VKP_VSPHERE_DATASTORE"),
+    (("vsphere", "network"), "VKP_VSPHERE_NETWORK"),
+    (("vsphere", "template"), "VKP_VSPHERE_TEMPLATE"),
+    (("vsphere", "folder"), "VKP_VSPHERE_FOLDER"),
+    (("vsphere", "resource_pool"), "VKP_VSPHERE_RESOURCE_POOL"),
+    (("vsphere", "tls", "thumbprint"), "VKP_VSPHERE_THUMBPRINT"),
+    (("vsphere", "tls", "ca_file"), "VKP_VSPHERE_CA_FILE"),
+    (("vsphere", "tls", "insecure"), "VKP_VSPHERE_INSECURE"),
+    (("network", "pool"), "VKP_NETWORK_POOL"),
+    (("network", "prefix"), "VKP_NETWORK_PREFIX"),
+    (("network", "gateway"), "VKP_NETWORK_GATEWAY"),
+    (("network", "dns"), "VKP_NETWORK_DNS"),
+    (("network", "api_endpoint", "address"), "VKP_API_ENDPOINT"),
+    (("kubernetes", "artifacts", "source"), "VKP_K8S_ARTIFACTS"),
+)
+ENV_FOR = {".".join(p): var for p, var in ENV_SETTINGS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Which environment variables hold the vCenter user and password (read at connect time)."""
+
+    user_env: str = "VKP_VSPHERE_USER"
+    password_env: str = "VKP_VSPHERE_PASSWORD"
+
+    def lookup(self, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+        """(user, password) from env; None where unset, so the caller can prompt."""
+        return env.get(self.user_env) or None, env.get(self.password_env) or None
+
+
+@dataclass(frozen=True)
+class TLS:
+    """How vCenter's certificate is verified: a CA file, a pinned SHA-256 thumbprint, or not at all.
+
+    thumbprint is normalised to upper-case colon-separated hex ("AB:CD:..."); insecure is an
+    explicit opt-in and makes ClusterSpec.warnings() say so.
+    """
+
+    ca_file: str | None = None
+    thumbprint: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class VSphereSpec:
+    server: str | None = None
+    port: int = 443
+    datacenter: str | None = None
+    cluster: str | None = None
+    datastore: str | None = None
+    network: str | None = None
+    template: str | None = None
+    folder: str | None = None  # parent of the cluster's own folder <name>; None: vkp
+    resource_pool: str | None = None  # None: the cluster's root resource pool
+    linked_clone: bool = True
+    credentials: Credentials = field(default_factory=Credentials)
+    tls: TLS = field(default_factory=TLS)
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    count: int
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+    # Pinned addresses for the first nodes of the role; the rest come from network.pool.
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> Size:
+        return Size(self.cpus, self.memory_mb, self.disk_gb)
+
+
+@dataclass(frozen=True)
+class Topology:
+    etcd: RoleSpec
+    master: RoleSpec
+    worker: RoleSpec
+
+    def role(self, name: str) -> RoleSpec:
+        if name not in ROLES:
+            raise KeyError(name)
+        rs: RoleSpec = getattr(self, name)
+        return rs
+
+    def total(self) -> int:
+        return sum(self.role(r).count for r in ROLES)
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """An inclusive range of addresses; a single address has first == last."""
+
+    first: str
+    last: str
+
+    def __str__(self) -> str:
+        return self.first if self.first == self.last else f"{self.first}-{self.last}"
+
+    def _bounds(self) -> tuple[int, int]:
+        return int(ipaddress.ip_address(self.first)), int(ipaddress.ip_address(self.last))
+
+    @property
+    def size(self) -> int:
+        lo, hi = self._bounds()
+        return max(0, hi - lo + 1)
+
+    def __contains__(self, address: object) -> bool:
+        try:
+            a = ipaddress.ip_address(str(address))
+        except ValueError:
+            return False
+        lo, hi = self._bounds()
+        return a.version == ipaddress.ip_address(self.first).version and lo <= int(a) <= hi
+
+    @property
+    def well_formed(self) -> bool:
+        a, b = ipaddress.ip_address(self.first), ipaddress.ip_address(self.last)
+        return a.version == b.version and int(a) <= int(b)
+
+    def addresses(self) -> Iterator[str]:
+        lo, hi = self._bounds()
+        version = ipaddress.ip_address(self.first).version
+        for i in range(lo, hi + 1):
+            yield str(ipaddress.ip_address(i) if version == 4 else ipaddress.IPv6Address(i))
+
+
+@dataclass(frozen=True)
+class ApiEndpointSpec:
+    address: str | None = None
+    port: int = 6443
+    mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    pool: tuple[AddressRange, ...] = ()
+    prefix: int | None = None
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()
+    api_endpoint: ApiEndpointSpec = field(default_factory=ApiEndpointSpec)
+
+    def subnet(self) -> IPNetwork | None:
+        """The nodes' subnet (gateway/prefix), or None while either is missing or malformed."""
+        if self.gateway is None or self.prefix is None:
+            return None
+        try:
+            return ipaddress.ip_network(f"{self.gateway}/{self.prefix}", strict=False)
+        except ValueError:
+            return None
+
+    def pool_addresses(self) -> Iterator[str]:
+        """Pool addresses in the order written (lazily: a pool may be a /16)."""
+        for r in self.pool:
+            yield from r.addresses()
+
+    def in_pool(self, address: str) -> bool:
+        return any(address in r for r in self.pool)
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    hosts: tuple[str, ...] = ()  # restrict to these ESXi hosts; empty: every host of the cluster
+    anti_affinity: bool = True  # a DRS VM anti-affinity rule per role
+
+
+@dataclass(frozen=True)
+class SSHSpec:
+    user: str = "vkp"
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class ArtifactsSpec:
+    """Where the Kubernetes binaries and control-plane images come from.
+
+    source: "upstream" (dl.k8s.io), a mirror base URL with the same layout, or local:/dir on
+    the operator's machine (provisioner/bootstrap/artifacts.py has the layouts).
+    image_tarballs: a directory on the operator's machine of *.tar images to import into
+    containerd on every node, for sites that cannot pull from any registry.
+    sandbox_image: None means <image_repository>/pause:<PAUSE_VERSION>.
+    """
+
+    source: str = "upstream"
+    image_repository: str = DEFAULT_IMAGE_REPOSITORY
+    image_tarballs: str | None = None
+    sandbox_image: str | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    version: str = DEFAULT_K8S_VERSION
+    pod_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    cni: str = "calico"
+    cni_version: str | None = None  # None: the version vkp pins for the CNI
+    vsphere_csi: bool = False  # vSphere cloud provider (CPI) and CSI driver
+    artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
+
+    @property
+    def sandbox_image(self) -> str:
+        a = self.artifacts
+        return a.sandbox_image or f"{a.image_repository}/pause:{PAUSE_VERSION}"
+
+    @property
+    def image_repository(self) -> str:
+        return self.artifacts.image_repository
+
+    @property
+    def artifact_source(self) -> str:
+        """The old name of artifacts.source, for readers written before it moved."""
+        return self.artifacts.source
+
+    @property
+    def minor(self) -> int:
+        """1.30.4 -> 30 (0 when the version is malformed, which validation reports)."""
+        m = _K8S_VERSION.fullmatch(self.version)
+        return int(m.group(1)) if m else 0
+
+
+@dataclass(frozen=True)
+class EtcdSpec:
+    """etcd's tuning, and where its binaries come from.
+
+    artifact: "package" (the distribution's etcd-server), or an artifact source for the release
+    tarball of version: "upstream" (GitHub releases), a mirror base URL with the same layout, or
+    local:/dir on the operator's machine (provisioner/bootstrap/artifacts.py has the layouts).
+    """
+
+    heartbeat_interval: int = 100  # ms, etcd's default
+    election_timeout: int = 1000  # ms, etcd's default
+    artifact: str = ETCD_PACKAGE
+    version: str = DEFAULT_ETCD_VERSION
+
+    @property
+    def from_package(self) -> bool:
+        return self.artifact == ETCD_PACKAGE
+
+
+@dataclass(frozen=True)
+class PKISpec:
+    key_type: str = "rsa"
+    rsa_bits: int = 2048  # kubeadm's default
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    plan: str | None
+    topology: Topology
+    vsphere: VSphereSpec = field(default_factory=VSphereSpec)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    placement: PlacementSpec = field(default_factory=PlacementSpec)
+    ssh: SSHSpec = field(default_factory=SSHSpec)
+    kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
+    etcd: EtcdSpec = field(default_factory=EtcdSpec)
+    pki: PKISpec = field(default_factory=PKISpec)
+    source: str | None = None  # the file it was read from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["network"]["pool"] = [str(r) for r in self.network.pool]
+        return _lists(d)
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.vsphere.tls.insecure:
+            out.append(
+                "vsphere.tls.insecure is set: vCenter's certificate is NOT verified, so anyone on "
+                "the path can read the credentials; pin it with vsphere.tls.thumbprint or ca_file"
+            )
+        return out
+
+
+def _lists(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _lists(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_lists(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True)
+class PlanPreset:
+    name: str
+    description: str
+    topology: Topology
