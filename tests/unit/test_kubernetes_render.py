@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from provisioner.bootstrap.engine import Cluster
 from provisioner.bootstrap.pki import ensure_pki
-from provisioner.bootstrap.steps import containerd
+from provisioner.bootstrap.steps import cni, containerd
 from provisioner.bootstrap.steps import kubernetes as k8s
 from provisioner.plan import make_plan
 from provisioner.spec import ApiEndpointSpec, PKISpec, load_spec
@@ -265,7 +265,7 @@ def test_interface_comes_from_the_route_to_the_endpoint() -> None:
 
 def test_flannel_network_is_the_pod_cidr(tmp_path: Path) -> None:
     cluster = make(tmp_path, "prod", cni="flannel")
-    text = k8s.render_flannel(cluster)
+    text = cni.render_flannel(cluster)
     all_docs = [d for d in yaml.safe_load_all(text) if d]
     cm = next(d for d in all_docs if d["kind"] == "ConfigMap")
     net = json.loads(cm["data"]["net-conf.json"])
@@ -289,13 +289,13 @@ def test_flannel_network_is_the_pod_cidr(tmp_path: Path) -> None:
 
 def test_calico_installation_pool_is_the_pod_cidr(tmp_path: Path) -> None:
     cluster = make(tmp_path, "prod")
-    d = docs(k8s.render_calico_installation(cluster))
+    d = docs(cni.render_calico_installation(cluster))
     inst = d["Installation"]
     assert inst["apiVersion"] == "operator.tigera.io/v1" and inst["metadata"]["name"] == "default"
     (pool,) = inst["spec"]["calicoNetwork"]["ipPools"]
     assert pool["cidr"] == POD_CIDR and pool["blockSize"] == 26 and pool["natOutgoing"] == "Enabled"
     assert d["APIServer"]["metadata"]["name"] == "default"
-    op = k8s.calico_operator(cluster)
+    op = cni.calico_operator(cluster)
     assert (
         op.url
         == "https://raw.githubusercontent.com/projectcalico/calico/v3.28.2/manifests/tigera-operator.yaml"
@@ -314,10 +314,10 @@ def test_cni_version_and_mirror_come_from_the_spec(tmp_path: Path) -> None:
             ),
         ),
     )
-    assert k8s.calico_operator(mirrored).url == "https://m.example/k8s/calico/v3.29.1/tigera-operator.yaml"
-    marker_a, _, _ = k8s.cni_plan(cluster)
-    marker_b, _, _ = k8s.cni_plan(mirrored)
-    assert marker_a != marker_b and marker_a == k8s.cni_plan(cluster)[0]
+    assert cni.calico_operator(mirrored).url == "https://m.example/k8s/calico/v3.29.1/tigera-operator.yaml"
+    marker_a, _, _ = cni.cni_plan(cluster)
+    marker_b, _, _ = cni.cni_plan(mirrored)
+    assert marker_a != marker_b and marker_a == cni.cni_plan(cluster)[0]
 
 
 # -- vSphere --------------------------------------------------------------------------------------

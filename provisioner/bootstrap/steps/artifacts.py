@@ -11,6 +11,10 @@ does nothing and the images are pulled from kubernetes.artifacts.image_repositor
 
 etcd_binaries (run by etcd.configure when etcd.artifact is not the package) installs etcd and
 etcdctl from a verified release tarball the same way.
+
+Pinned manifests (the Calico operator, the vSphere CSI driver) come from the same source as the
+binaries: upstream from the project's tagged release, or a mirror or local directory under the
+same relative paths.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import io
 import json
 import tarfile
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +367,55 @@ def images(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         if not r.ok:
             raise CommandFailed(node.name, f"ctr -n k8s.io images import {target}", r.exit_status, r.stdout,
                                 r.stderr)  # fmt: skip
+
+
+# -- pinned manifests (the CNI's and the vSphere drivers') -----------------------------------
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """A pinned manifest: a URL the first master downloads, or a file on this machine."""
+
+    what: str
+    url: str | None
+    local: Path | None
+    dest: str
+
+
+def pinned_manifest(cluster: Cluster, what: str, upstream: str, mirror_path: str, dest: str) -> Fetch:
+    """Upstream from the project's own tagged release; a mirror or local source under mirror_path.
+
+    Neither project publishes a checksum for these manifests, so integrity rests on the pinned
+    tag and verified HTTPS (or, for a mirror, on the mirror the site trusts for its binaries).
+    """
+    src = art.source_of(cluster.spec.kubernetes)
+    kind, location = src.kind, src.location
+    if kind == "upstream":
+        return Fetch(what, upstream, None, dest)
+    if kind == "mirror":
+        return Fetch(what, f"{location}/{mirror_path}", None, dest)
+    return Fetch(what, None, Path(location) / mirror_path, dest)
+
+
+_FETCH_SCRIPT = (
+    'set -eu; tmp="$2.part"; '
+    "curl --fail --silent --show-error --location --proto =https,http --connect-timeout 10 "
+    "--speed-limit 1024 --speed-time 60 "
+    '--retry 3 --retry-delay 2 -o "$tmp" -- "$1"; chmod 600 -- "$tmp"; mv -f -- "$tmp" "$2"'
+)
+
+
+def fetch_manifest(f: Fetch) -> StepGen:
+    if f.local is not None:
+        try:
+            data = f.local.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(
+                f"{f.what}: cannot read {f.local} ({exc.strerror})",
+                hint="a local artifact source carries the pinned add-on manifests under the same "
+                "relative paths as a mirror",
+            ) from None
+        yield Upload(data, f.dest, 0o600, "root:root")
+    else:
+        assert f.url is not None
+        yield Run(Cmd.shell(_FETCH_SCRIPT, f.url, f.dest), retry_safe=True, timeout=300)

@@ -1,6 +1,6 @@
 """Kubernetes with kubeadm: vkp's PKI on the masters, the kubelet, the API endpoint, init on the
-first master, control-plane joins one at a time, workers in parallel, the CNI, the optional
-vSphere drivers, and the health check.
+first master, control-plane joins one at a time, workers in parallel, and the optional vSphere
+drivers. The cluster network is steps/cni.py's, the health check steps/health.py's.
 
 Choices, and why:
 
@@ -38,11 +38,9 @@ import re
 import secrets
 import string
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -64,9 +62,9 @@ from provisioner.bootstrap.engine import (
     step,
 )
 from provisioner.bootstrap.render import render
-from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
+from provisioner.bootstrap.steps.artifacts import Fetch, fetch_manifest, pinned_manifest
 from provisioner.bootstrap.steps.etcd import client_endpoints
-from provisioner.errors import ArtifactError, CommandFailed, PreflightError, ProvisionerError, Timeout
+from provisioner.errors import CommandFailed, PreflightError, ProvisionerError, Timeout
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
 from provisioner.ssh.commands import MASK, Cmd, Result, Secret
@@ -91,8 +89,6 @@ INIT_CONFIG = f"{VKP_DIR}/kubeadm-init.yaml"
 JOIN_CONFIG = f"{VKP_DIR}/kubeadm-join.yaml"
 INIT_DONE = f"{VKP_DIR}/init.done"
 JOIN_DONE = f"{VKP_DIR}/join.done"
-CNI_DIR = f"{VKP_DIR}/cni"
-CNI_MARKER = f"{CNI_DIR}/applied"
 VSPHERE_DIR = f"{VKP_DIR}/vsphere"
 VSPHERE_MARKER = f"{VSPHERE_DIR}/applied"
 KUBELET_UNIT = "/etc/systemd/system/kubelet.service"
@@ -124,7 +120,6 @@ TOKEN_TTL = dt.timedelta(minutes=30)
 TOKEN_MIN_LEFT = dt.timedelta(minutes=5)  # a join may take minutes; never start one on a dying token
 KUBEADM_TIMEOUT = 900.0
 READY_DEADLINE = 300.0  # an API server answers /readyz within a minute or two of kubeadm finishing
-HEALTH_DEADLINE = 900.0  # CNI and system pods pull images on every node
 POLL = 3.0
 
 KUBEADM_API_MIN = (1, 22)  # kubeadm.k8s.io/v1beta3 exists from 1.22
@@ -495,78 +490,6 @@ def nonlocal_bind_sysctl(address: str) -> str:
     return "net.ipv6.ip_nonlocal_bind" if v6 else "net.ipv4.ip_nonlocal_bind"
 
 
-def render_flannel(cluster: Cluster) -> str:
-    s = settings(cluster)
-    return render(
-        "kubernetes/kube-flannel.yml.j2",
-        cluster=cluster.plan.cluster,
-        flannel_version=f"v{s.cni_version}",
-        flannel_image=f"docker.io/flannel/flannel:v{s.cni_version}",
-        cni_plugin_image=f"docker.io/flannel/flannel-cni-plugin:{FLANNEL_CNI_PLUGIN}",
-        pod_cidr=s.pod_cidr,
-        cni_bin_dir=CNI_BIN_DIR,
-    )
-
-
-def render_calico_installation(cluster: Cluster) -> str:
-    s = settings(cluster)
-    v6 = ipaddress.ip_network(s.pod_cidr).version == 6
-    return render(
-        "kubernetes/calico-installation.yaml.j2",
-        cluster=cluster.plan.cluster,
-        calico_version=f"v{s.cni_version}",
-        pod_cidr=s.pod_cidr,
-        ip_version=6 if v6 else 4,
-        block_size=122 if v6 else 26,
-        registry=None,
-    )
-
-
-# -- fetching pinned manifests ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """A pinned manifest: a URL the first master downloads, or a file on this machine."""
-
-    what: str
-    url: str | None
-    local: Path | None
-    dest: str
-
-
-def _source(s: Settings) -> tuple[str, str]:
-    from provisioner.bootstrap.artifacts import ArtifactSource
-
-    src = ArtifactSource.parse(s.artifact_source)
-    return src.kind, src.location
-
-
-def pinned_manifest(cluster: Cluster, what: str, upstream: str, mirror_path: str, dest: str) -> Fetch:
-    """Upstream from the project's own tagged release; a mirror or local source under mirror_path.
-
-    Neither project publishes a checksum for these manifests, so integrity rests on the pinned
-    tag and verified HTTPS (or, for a mirror, on the mirror the site trusts for its binaries).
-    """
-    kind, location = _source(settings(cluster))
-    if kind == "upstream":
-        return Fetch(what, upstream, None, dest)
-    if kind == "mirror":
-        return Fetch(what, f"{location}/{mirror_path}", None, dest)
-    return Fetch(what, None, Path(location) / mirror_path, dest)
-
-
-def calico_operator(cluster: Cluster) -> Fetch:
-    v = settings(cluster).cni_version
-    return pinned_manifest(
-        cluster,
-        f"Calico v{v} tigera-operator.yaml",
-        f"https://raw.githubusercontent.com/projectcalico/calico/v{v}/manifests/tigera-operator.yaml",
-        f"calico/v{v}/tigera-operator.yaml",
-        f"{CNI_DIR}/tigera-operator.yaml",
-    )
-
-
 def csi_driver(cluster: Cluster) -> Fetch:
     return pinned_manifest(
         cluster,
@@ -576,30 +499,6 @@ def csi_driver(cluster: Cluster) -> Fetch:
         f"vsphere-csi-driver/v{CSI_VERSION}/vsphere-csi-driver.yaml",
         f"{VSPHERE_DIR}/vsphere-csi-driver.yaml",
     )
-
-
-_FETCH_SCRIPT = (
-    'set -eu; tmp="$2.part"; '
-    "curl --fail --silent --show-error --location --proto =https,http --connect-timeout 10 "
-    "--speed-limit 1024 --speed-time 60 "
-    '--retry 3 --retry-delay 2 -o "$tmp" -- "$1"; chmod 600 -- "$tmp"; mv -f -- "$tmp" "$2"'
-)
-
-
-def _fetch(f: Fetch) -> StepGen:
-    if f.local is not None:
-        try:
-            data = f.local.read_bytes()
-        except OSError as exc:
-            raise ArtifactError(
-                f"{f.what}: cannot read {f.local} ({exc.strerror})",
-                hint="a local artifact source carries the pinned add-on manifests under the same "
-                "relative paths as a mirror",
-            ) from None
-        yield Upload(data, f.dest, 0o600, "root:root")
-    else:
-        assert f.url is not None
-        yield Run(Cmd.shell(_FETCH_SCRIPT, f.url, f.dest), retry_safe=True, timeout=300)
 
 
 def _kubectl(*args: str) -> Cmd:
@@ -1109,57 +1008,6 @@ def join_worker(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     yield from _join(node, cluster, facts)
 
 
-# -- kubernetes.cni --------------------------------------------------------------------------
-
-
-def cni_plan(cluster: Cluster) -> tuple[str, list[tuple[str, str]], Fetch | None]:
-    """(marker text, [(path, rendered manifest)], operator manifest to fetch)."""
-    s = settings(cluster)
-    if s.cni == "flannel":
-        files = [(f"{CNI_DIR}/kube-flannel.yml", render_flannel(cluster))]
-        fetch = None
-    else:
-        files = [(f"{CNI_DIR}/calico-installation.yaml", render_calico_installation(cluster))]
-        fetch = calico_operator(cluster)
-    h = hashlib.sha256(f"{s.cni} {s.cni_version}\n".encode())
-    if fetch is not None:
-        h.update(f"{fetch.url or fetch.local}\n".encode())
-    for path, text in files:
-        h.update(f"{path}\n{text}".encode())
-    return f"{s.cni} v{s.cni_version} sha256:{h.hexdigest()}\n", files, fetch
-
-
-@step("kubernetes.cni", probes=lambda node, cluster: [File(CNI_DIR), File(CNI_MARKER)])
-def cni(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """Calico (through the Tigera operator) or Flannel at a pinned version, with the spec's pod
-    CIDR: applied once, and again only when what would be applied changed (a marker records it)."""
-    marker, files, fetch = cni_plan(cluster)
-    if facts.file(CNI_MARKER).sha256 == hashlib.sha256(marker.encode()).hexdigest():
-        return
-    yield EnsureDir(CNI_DIR, 0o700, "root:root")
-    if fetch is not None:
-        yield from _fetch(fetch)
-        # The operator's CRDs exceed the annotation kubectl's client-side apply keeps.
-        yield Run(
-            _kubectl("apply", "--server-side", "--force-conflicts", "-f", fetch.dest),
-            timeout=300,
-            retry_safe=True,
-        )
-        yield Run(
-            _kubectl(
-                "wait", "--for=condition=established", "--timeout=120s",
-                "crd/installations.operator.tigera.io", "crd/apiservers.operator.tigera.io",
-            ),
-            timeout=180,
-            retry_safe=True,
-            changes=False,
-        )  # fmt: skip
-    for path, text in files:
-        yield Upload(text, path, 0o600, "root:root")
-        yield Run(_kubectl("apply", "-f", path), timeout=300, retry_safe=True)
-    yield Upload(marker, CNI_MARKER, 0o600, "root:root")
-
-
 # -- kubernetes.vsphere ----------------------------------------------------------------------
 
 
@@ -1259,86 +1107,9 @@ def vsphere(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     yield Run(_kubectl("apply", "-f", setup), timeout=300, retry_safe=True)
     yield Run(_kubectl("apply", "-f", "-"), stdin=secrets_doc.encode(), timeout=120, retry_safe=True)
     yield Run(_kubectl("apply", "-f", manifests[0][0]), timeout=300, retry_safe=True)
-    yield from _fetch(driver)
+    yield from fetch_manifest(driver)
     yield Run(_kubectl("apply", "-f", driver.dest), timeout=300, retry_safe=True)
     yield Upload(marker, VSPHERE_MARKER, 0o600, "root:root")
-
-
-# -- kubernetes.health -----------------------------------------------------------------------
-
-
-def system_namespaces(cluster: Cluster) -> list[str]:
-    s = settings(cluster)
-    out = ["kube-system", "calico-system" if s.cni == "calico" else "kube-flannel"]
-    if s.vsphere:
-        out.append(CSI_NAMESPACE)
-    return out
-
-
-def check_health(cluster: Cluster) -> kube_api.Health:
-    url = cluster.plan.api_endpoint.url
-    api = kube_api.client(cluster.pki, url)
-    readyz = api.readyz()
-    expected = [n.name for n in cluster.plan.nodes if n.role in ("master", "worker")]
-    namespaces = system_namespaces(cluster)
-    if not readyz[0]:
-        return kube_api.assess(readyz, None, [], expected, namespaces)
-    nodes = api.get("/api/v1/nodes")
-    pods = [api.get(f"/api/v1/namespaces/{ns}/pods") for ns in namespaces]
-    return kube_api.assess(readyz, nodes, pods, expected, namespaces)
-
-
-class ClusterNotReady(Timeout):
-    def __init__(self, health: kube_api.Health, seconds: float) -> None:
-        self.health = health
-        super().__init__(
-            f"the cluster is not ready after {seconds:.0f}s:\n  " + "\n  ".join(health.problems),
-            hint="`vkp ssh MASTER -- sudo kubectl --kubeconfig /etc/kubernetes/admin.conf describe ...` "
-            "on what is named; a re-run checks again without repeating what is done",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        d["health"] = self.health.to_dict()
-        return d
-
-
-def wait_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) -> dict[str, Any]:
-    started = time.monotonic()
-    last: list[kube_api.Health] = []
-
-    def attempt() -> kube_api.Health:
-        try:
-            h = check_health(cluster)
-        except kube_api.KubeAPIError as exc:
-            h = kube_api.Health(problems=[exc.message])
-        last[:] = [h]
-        if not h.ok:
-            raise _NotYet()
-        return h
-
-    try:
-        return retry_call(
-            attempt,
-            retry_on=lambda e: isinstance(e, _NotYet),
-            deadline=deadline,
-            initial=1.0,
-            maximum=POLL * 3,
-        ).to_dict()
-    except _NotYet:
-        raise ClusterNotReady(last[0], time.monotonic() - started) from None
-
-
-@step("kubernetes.health", local=True)
-def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
-    """From this machine through the endpoint: /readyz, every master and worker Ready, the system
-    pods running; with a deadline, and a report of what is not ready."""
-    url = cluster.plan.api_endpoint.url
-    yield Local(
-        f"health through {url}: /readyz, nodes Ready, "
-        f"pods in {', '.join(system_namespaces(cluster))} running",
-        lambda: wait_healthy(cluster),
-    )
 
 
 def manifest_documents(text: str) -> list[dict[str, Any]]:

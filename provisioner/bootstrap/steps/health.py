@@ -1,0 +1,95 @@
+"""The cluster's health, checked from this machine through the API endpoint: /readyz, every
+master and worker Ready, the system pods running."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from provisioner.bootstrap import kube_api
+from provisioner.bootstrap.engine import Cluster, Local, StepGen, step
+from provisioner.bootstrap.steps.kubernetes import CSI_NAMESPACE, POLL, settings
+from provisioner.errors import Timeout
+from provisioner.plan import NodePlan
+from provisioner.retry import retry_call
+
+HEALTH_DEADLINE = 900.0  # CNI and system pods pull images on every node
+
+
+def system_namespaces(cluster: Cluster) -> list[str]:
+    s = settings(cluster)
+    out = ["kube-system", "calico-system" if s.cni == "calico" else "kube-flannel"]
+    if s.vsphere:
+        out.append(CSI_NAMESPACE)
+    return out
+
+
+def check_health(cluster: Cluster) -> kube_api.Health:
+    url = cluster.plan.api_endpoint.url
+    api = kube_api.client(cluster.pki, url)
+    readyz = api.readyz()
+    expected = [n.name for n in cluster.plan.nodes if n.role in ("master", "worker")]
+    namespaces = system_namespaces(cluster)
+    if not readyz[0]:
+        return kube_api.assess(readyz, None, [], expected, namespaces)
+    nodes = api.get("/api/v1/nodes")
+    pods = [api.get(f"/api/v1/namespaces/{ns}/pods") for ns in namespaces]
+    return kube_api.assess(readyz, nodes, pods, expected, namespaces)
+
+
+class ClusterNotReady(Timeout):
+    def __init__(self, health: kube_api.Health, seconds: float) -> None:
+        self.health = health
+        super().__init__(
+            f"the cluster is not ready after {seconds:.0f}s:\n  " + "\n  ".join(health.problems),
+            hint="`vkp ssh MASTER -- sudo kubectl --kubeconfig /etc/kubernetes/admin.conf describe ...` "
+            "on what is named; a re-run checks again without repeating what is done",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["health"] = self.health.to_dict()
+        return d
+
+
+def wait_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) -> dict[str, Any]:
+    started = time.monotonic()
+    last: list[kube_api.Health] = []
+
+    def attempt() -> kube_api.Health:
+        try:
+            h = check_health(cluster)
+        except kube_api.KubeAPIError as exc:
+            h = kube_api.Health(problems=[exc.message])
+        last[:] = [h]
+        if not h.ok:
+            raise _NotYet()
+        return h
+
+    try:
+        return retry_call(
+            attempt,
+            retry_on=lambda e: isinstance(e, _NotYet),
+            deadline=deadline,
+            initial=1.0,
+            maximum=POLL * 3,
+        ).to_dict()
+    except _NotYet:
+        raise ClusterNotReady(last[0], time.monotonic() - started) from None
+
+
+@step("kubernetes.health", local=True)
+def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
+    """From this machine through the endpoint: /readyz, every master and worker Ready, the system
+    pods running; with a deadline, and a report of what is not ready."""
+    url = cluster.plan.api_endpoint.url
+    yield Local(
+        f"health through {url}: /readyz, nodes Ready, "
+        f"pods in {', '.join(system_namespaces(cluster))} running",
+        lambda: wait_healthy(cluster),
+    )
+
+
+class _NotYet(Exception):
+    pass
