@@ -12,16 +12,19 @@ from provisioner.spec.schema import (
     _K8S_VERSION,
     _ROLE_NEEDS,
     API_MODES,
+    CGROUP_DRIVERS,
     CNIS,
+    DEFAULT_CNI_PLUGINS_VERSION,
     DEFAULT_ETCD_VERSION,
     DEFAULT_IMAGE_REPOSITORY,
     DEFAULT_K8S_VERSION,
+    DNS_ADDONS,
     ENV_FOR,
     ETCD_PACKAGE,
     HOSTNAME_MAX,
     K8S_MINORS,
+    K8S_SUPPORTED_FROM,
     KEY_TYPES,
-    PAUSE_VERSION,
     ROLE_MINIMUMS,
     ROLES,
     RSA_SIZES,
@@ -31,6 +34,7 @@ from provisioner.spec.schema import (
     EtcdSpec,
     IPAddress,
     IPNetwork,
+    NodeSettingsSpec,
     Topology,
     VSphereSpec,
 )
@@ -49,6 +53,8 @@ _IMAGE_REF = re.compile(
     r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)+"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})"
 )
+# kubeadm's check names: Port-6443, DirAvailable--etc-kubernetes-manifests, FileExisting-crictl.
+_PREFLIGHT_CHECK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _THUMB = re.compile(r"([0-9A-F]{2}:){31}[0-9A-F]{2}")
 _ROLE_PLURAL = {"etcd": "etcd members", "master": "masters", "worker": "workers"}
 _REQUIRED_VSPHERE = ("server", "datacenter", "cluster", "datastore", "network", "template")
@@ -415,7 +421,7 @@ def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
         ArtifactSource.parse(a.source)
     except ValueError as exc:
         p.append((f"{ap}.source", str(exc)))
-    if not _REGISTRY.fullmatch(a.image_repository):
+    if a.image_repository is not None and not _REGISTRY.fullmatch(a.image_repository):
         p.append(
             (
                 f"{ap}.image_repository",
@@ -427,8 +433,8 @@ def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
         p.append(
             (
                 f"{ap}.sandbox_image",
-                f"must be an image with a tag or digest, like {DEFAULT_IMAGE_REPOSITORY}/pause:"
-                f"{PAUSE_VERSION}; got {a.sandbox_image!r}",
+                f"must be an image with a tag or digest, like {DEFAULT_IMAGE_REPOSITORY}/pause:3.9; "
+                f"got {a.sandbox_image!r}",
             )
         )
     return p
@@ -455,6 +461,37 @@ def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
     return p
 
 
+def _check_node_settings(n: NodeSettingsSpec) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    np = "kubernetes.node"
+    if n.cgroup_driver not in CGROUP_DRIVERS:
+        p.append(
+            (
+                f"{np}.cgroup_driver",
+                f"unknown cgroup driver {n.cgroup_driver!r}; use systemd (where systemd manages the "
+                "node's cgroups) or cgroupfs",
+            )
+        )
+    if n.conntrack_max_per_core is not None and n.conntrack_max_per_core < 0:
+        p.append(
+            (
+                f"{np}.conntrack_max_per_core",
+                "must be 0 (leave the host's conntrack table size alone) or more, or unset for "
+                f"kube-proxy's default; got {n.conntrack_max_per_core}",
+            )
+        )
+    for i, name in enumerate(n.ignore_preflight_errors):
+        if not _PREFLIGHT_CHECK.fullmatch(name):
+            p.append(
+                (
+                    f"{np}.ignore_preflight_errors[{i}]",
+                    f"must be a kubeadm preflight check name like Swap or FileExisting-crictl (or all); "
+                    f"got {name!r}",
+                )
+            )
+    return p
+
+
 def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     p: list[tuple[str, str]] = []
     # placement
@@ -477,12 +514,20 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
         p.append(
             (
                 "kubernetes.version",
-                f"{k.version} is outside the versions vkp supports (1.{lo} to 1.{hi}); pick a release "
-                f"in that range, e.g. {DEFAULT_K8S_VERSION}",
+                f"{k.version} is outside the versions vkp supports (1.{K8S_SUPPORTED_FROM} to 1.{hi}; "
+                f"1.{lo} to 1.{K8S_SUPPORTED_FROM - 1} for the embedded lab only); pick a release in that "
+                f"range, e.g. {DEFAULT_K8S_VERSION}",
             )
         )
     if k.cni not in CNIS:
         p.append(("kubernetes.cni", f"unknown CNI {k.cni!r}; use one of {', '.join(CNIS)}"))
+    if k.dns not in DNS_ADDONS:
+        p.append(
+            (
+                "kubernetes.dns",
+                f"unknown cluster DNS {k.dns!r}; use coredns, or none to install no cluster DNS",
+            )
+        )
     nets: dict[str, IPNetwork] = {}
     for key, default in (("pod_cidr", "10.244.0.0/16"), ("service_cidr", "10.96.0.0/12")):
         value = getattr(k, key)
@@ -528,6 +573,22 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
             )
     if k.cni_version is not None and not _SEMVER.fullmatch(k.cni_version):
         p.append(("kubernetes.cni_version", f"must be a release like 3.28.1; got {k.cni_version!r}"))
+    elif k.cni_version is not None and k.cni == "bridge":
+        p.append(
+            (
+                "kubernetes.cni_version",
+                "does not apply to cni: bridge; the CNI plugins' release is kubernetes.cni_plugins_version",
+            )
+        )
+    if not _SEMVER.fullmatch(k.cni_plugins_version):
+        p.append(
+            (
+                "kubernetes.cni_plugins_version",
+                f"must be a release of the CNI plugins like {DEFAULT_CNI_PLUGINS_VERSION} (X.Y.Z); "
+                f"got {k.cni_plugins_version!r}",
+            )
+        )
+    p += _check_node_settings(k.node)
     p += _check_artifacts(k.artifacts)
     # etcd tuning
     e = spec.etcd

@@ -36,6 +36,7 @@ from provisioner.spec.schema import (
     EtcdSpec,
     KubernetesSpec,
     NetworkSpec,
+    NodeSettingsSpec,
     PKISpec,
     PlacementSpec,
     PlanPreset,
@@ -360,7 +361,11 @@ _VSPHERE_KEYS = {
     "resource_pool", "linked_clone", "credentials", "tls",
 }  # fmt: skip
 _ROLE_KEYS = {"count", "cpus", "memory_mb", "disk_gb", "addresses"}
-_K8S_KEYS = {"version", "pod_cidr", "service_cidr", "cni", "cni_version", "vsphere_csi", "artifacts"}
+_K8S_KEYS = {
+    "version", "pod_cidr", "service_cidr", "cni", "cni_version", "cni_plugins_version", "dns",
+    "vsphere_csi", "node", "artifacts",
+}  # fmt: skip
+_NODE_KEYS = {"cgroup_driver", "restrict_oom_score_adj", "conntrack_max_per_core", "ignore_preflight_errors"}
 _ARTIFACT_KEYS = {"source", "image_repository", "image_tarballs", "sandbox_image"}
 
 
@@ -496,21 +501,34 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
     )
 
     kd = r.section(raw, "kubernetes", "", _K8S_KEYS)
-    kdef, adef = KubernetesSpec(), ArtifactsSpec()
+    kdef, ndef = KubernetesSpec(), NodeSettingsSpec()
     ad = r.section(kd, "artifacts", "kubernetes", _ARTIFACT_KEYS)
+    nd = r.section(kd, "node", "kubernetes", _NODE_KEYS)
     cni_version = r.get_str(kd, "cni_version", "kubernetes")
+    image_repository = r.get_str(ad, "image_repository", "kubernetes.artifacts")
+    preflight, _ = r.get_str_list(nd, "ignore_preflight_errors", "kubernetes.node")
     kubernetes = KubernetesSpec(
         version=(r.get_str(kd, "version", "kubernetes", kdef.version) or "").removeprefix("v"),
         pod_cidr=r.get_str(kd, "pod_cidr", "kubernetes", kdef.pod_cidr) or "",
         service_cidr=r.get_str(kd, "service_cidr", "kubernetes", kdef.service_cidr) or "",
         cni=r.get_str(kd, "cni", "kubernetes", kdef.cni) or "",
         cni_version=cni_version.removeprefix("v") if cni_version else None,
+        cni_plugins_version=(
+            r.get_str(kd, "cni_plugins_version", "kubernetes", kdef.cni_plugins_version) or ""
+        ).removeprefix("v"),
+        dns=r.get_str(kd, "dns", "kubernetes", kdef.dns) or "",
         vsphere_csi=r.get_bool(kd, "vsphere_csi", "kubernetes", False),
+        node=NodeSettingsSpec(
+            cgroup_driver=r.get_str(nd, "cgroup_driver", "kubernetes.node", ndef.cgroup_driver) or "",
+            restrict_oom_score_adj=r.get_bool(
+                nd, "restrict_oom_score_adj", "kubernetes.node", ndef.restrict_oom_score_adj
+            ),
+            conntrack_max_per_core=r.get_int(nd, "conntrack_max_per_core", "kubernetes.node", None),
+            ignore_preflight_errors=tuple(preflight),
+        ),
         artifacts=ArtifactsSpec(
-            source=r.get_str(ad, "source", "kubernetes.artifacts", adef.source) or adef.source,
-            image_repository=(
-                r.get_str(ad, "image_repository", "kubernetes.artifacts", adef.image_repository) or ""
-            ).rstrip("/"),
+            source=r.get_str(ad, "source", "kubernetes.artifacts") or ArtifactsSpec.source,
+            image_repository=(image_repository or "").rstrip("/") or None,
             image_tarballs=r.get_str(ad, "image_tarballs", "kubernetes.artifacts"),
             sandbox_image=r.get_str(ad, "sandbox_image", "kubernetes.artifacts"),
         ),

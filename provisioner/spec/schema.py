@@ -12,22 +12,47 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("etcd", "master", "worker")
-CNIS = ("calico", "flannel")
+CNIS = ("calico", "flannel", "bridge")
 # auto: the only master's address with one master, a kube-vip virtual address with several.
 API_MODES = ("auto", "direct", "kube-vip", "haproxy-keepalived")
 KEY_TYPES = ("rsa", "ecdsa")
 RSA_SIZES = (2048, 3072, 4096)
 HOSTNAME_MAX = 63  # node names become VM names and host names: one DNS label each
-# Kubernetes minors vkp's kubeadm configuration is written for (kubeadm.k8s.io/v1beta3 and
-# v1beta4 both exist across them; the templates choose by minor).
-K8S_MINORS = (28, 31)
+# Kubernetes minors vkp configures. 1.28 and later are what real sites run; 1.20 to 1.27 are
+# past upstream end of life and accepted for the embedded lab, which can build only v1.20.2
+# (ClusterSpec.warnings() says so). Everything that differs by minor is a table keyed by minor.
+K8S_MINORS = (20, 31)
+K8S_SUPPORTED_FROM = 28  # older minors validate with a warning
 DEFAULT_K8S_VERSION = "1.30.4"
 DEFAULT_IMAGE_REPOSITORY = "registry.k8s.io"
 DEFAULT_ETCD_VERSION = "3.5.16"
+DEFAULT_CNI_PLUGINS_VERSION = "1.1.1"  # containernetworking/plugins, for cni: bridge
 # etcd.artifact's value for the distribution's etcd-server package (the default).
 ETCD_PACKAGE = "package"
-# The pause image kubeadm 1.30 expects (kubeadm config images list); containerd's sandbox image.
-PAUSE_VERSION = "3.9"
+
+
+@dataclass(frozen=True)
+class KubeadmImages:
+    """What kubeadm of one minor names by default (`kubeadm config images list`)."""
+
+    repository: str
+    pause: str  # the pause image's tag: containerd's sandbox image must be the one kubeadm expects
+
+
+# k8s.gcr.io until 1.24; kubeadm names registry.k8s.io from 1.25.
+KUBEADM_IMAGES: dict[int, KubeadmImages] = {
+    20: KubeadmImages("k8s.gcr.io", "3.2"),
+    21: KubeadmImages("k8s.gcr.io", "3.4.1"),
+    22: KubeadmImages("k8s.gcr.io", "3.5"),
+    23: KubeadmImages("k8s.gcr.io", "3.6"),
+    24: KubeadmImages("k8s.gcr.io", "3.7"),
+    25: KubeadmImages(DEFAULT_IMAGE_REPOSITORY, "3.8"),
+    **{m: KubeadmImages(DEFAULT_IMAGE_REPOSITORY, "3.9") for m in range(26, 31)},
+    31: KubeadmImages(DEFAULT_IMAGE_REPOSITORY, "3.10"),
+}
+
+CGROUP_DRIVERS = ("systemd", "cgroupfs")
+DNS_ADDONS = ("coredns", "none")
 
 DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[2] / "inventory" / "plans.yaml"
 PLANS_FILE_ENV = "VKP_PLANS_FILE"
@@ -244,15 +269,37 @@ class ArtifactsSpec:
 
     source: "upstream" (dl.k8s.io), a mirror base URL with the same layout, or local:/dir on
     the operator's machine (provisioner/bootstrap/artifacts.py has the layouts).
+    image_repository: None means the registry kubeadm of the version names (KUBEADM_IMAGES).
     image_tarballs: a directory on the operator's machine of *.tar images to import into
     containerd on every node, for sites that cannot pull from any registry.
-    sandbox_image: None means <image_repository>/pause:<PAUSE_VERSION>.
+    sandbox_image: None means <image_repository>/pause:<the tag kubeadm of the version expects>.
     """
 
     source: str = "upstream"
-    image_repository: str = DEFAULT_IMAGE_REPOSITORY
+    image_repository: str | None = None
     image_tarballs: str | None = None
     sandbox_image: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeSettingsSpec:
+    """How the kubelet, containerd and kube-proxy are set up on each master and worker.
+
+    The defaults suit a VM with systemd as PID 1. The other values exist for hosts where the
+    kernel or the container a node runs in refuses what those defaults need.
+    cgroup_driver: the kubelet's and containerd's (runc) cgroup driver; they must agree.
+    restrict_oom_score_adj: containerd never sets an oom_score_adj below its own, for hosts
+    where even root cannot lower it (no CAP_SYS_RESOURCE).
+    conntrack_max_per_core: kube-proxy's conntrack.maxPerCore; None leaves kube-proxy's
+    default, 0 leaves the host's conntrack table size alone (for when it is not writable).
+    ignore_preflight_errors: kubeadm preflight checks to ignore on init and join, besides those
+    vkp ignores itself.
+    """
+
+    cgroup_driver: str = "systemd"
+    restrict_oom_score_adj: bool = False
+    conntrack_max_per_core: int | None = None
+    ignore_preflight_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,17 +309,32 @@ class KubernetesSpec:
     service_cidr: str = "10.96.0.0/12"
     cni: str = "calico"
     cni_version: str | None = None  # None: the version vkp pins for the CNI
+    cni_plugins_version: str = DEFAULT_CNI_PLUGINS_VERSION
+    dns: str = "coredns"  # none: kubeadm installs no cluster DNS
     vsphere_csi: bool = False  # vSphere cloud provider (CPI) and CSI driver
+    node: NodeSettingsSpec = field(default_factory=NodeSettingsSpec)
     artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
 
     @property
-    def sandbox_image(self) -> str:
-        a = self.artifacts
-        return a.sandbox_image or f"{a.image_repository}/pause:{PAUSE_VERSION}"
+    def minor(self) -> int:
+        """1.30.4 -> 30 (0 when the version is malformed, which validation reports)."""
+        m = _K8S_VERSION.fullmatch(self.version)
+        return int(m.group(1)) if m else 0
+
+    @property
+    def kubeadm_images(self) -> KubeadmImages:
+        """What kubeadm of this version names; for a version outside the table (which
+        validation reports), the default version's."""
+        default = KUBEADM_IMAGES[int(DEFAULT_K8S_VERSION.split(".")[1])]
+        return KUBEADM_IMAGES.get(self.minor, default)
 
     @property
     def image_repository(self) -> str:
-        return self.artifacts.image_repository
+        return self.artifacts.image_repository or self.kubeadm_images.repository
+
+    @property
+    def sandbox_image(self) -> str:
+        return self.artifacts.sandbox_image or f"{self.image_repository}/pause:{self.kubeadm_images.pause}"
 
     @property
     def artifact_source(self) -> str:
@@ -280,10 +342,9 @@ class KubernetesSpec:
         return self.artifacts.source
 
     @property
-    def minor(self) -> int:
-        """1.30.4 -> 30 (0 when the version is malformed, which validation reports)."""
-        m = _K8S_VERSION.fullmatch(self.version)
-        return int(m.group(1)) if m else 0
+    def end_of_life(self) -> bool:
+        """A minor vkp accepts for the embedded lab only."""
+        return 0 < self.minor < K8S_SUPPORTED_FROM
 
 
 @dataclass(frozen=True)
@@ -336,6 +397,12 @@ class ClusterSpec:
             out.append(
                 "vsphere.tls.insecure is set: vCenter's certificate is NOT verified, so anyone on "
                 "the path can read the credentials; pin it with vsphere.tls.thumbprint or ca_file"
+            )
+        k = self.kubernetes
+        if k.end_of_life:
+            out.append(
+                f"kubernetes.version {k.version} is past upstream end of life and meant only for the "
+                f"embedded lab (vkp lab builds v1.20.2); use 1.{K8S_SUPPORTED_FROM} or later anywhere else"
             )
         return out
 

@@ -138,9 +138,9 @@ def test_kubeadm_api_version_follows_the_kubernetes_version(tmp_path: Path, vers
 def test_unsupported_versions_are_refused(tmp_path: Path) -> None:
     cluster = make(tmp_path, "small")
     old = replace(
-        cluster, spec=replace(cluster.spec, kubernetes=replace(cluster.spec.kubernetes, version="1.21.14"))
+        cluster, spec=replace(cluster.spec, kubernetes=replace(cluster.spec.kubernetes, version="1.19.16"))
     )
-    with pytest.raises(Exception, match="1.22 or later"):
+    with pytest.raises(Exception, match="1.20 or later"):
         k8s.render_init_config(first_master(old), old, TOKEN)
 
 

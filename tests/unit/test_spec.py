@@ -435,7 +435,8 @@ def test_kubernetes_artifact_defaults() -> None:
     k = load_spec(None, name="x", plan="dev", env=LAB_ENV).kubernetes
     assert k.version == "1.30.4" and 28 <= k.minor <= 31
     assert k.artifacts.source == "upstream"
-    assert k.artifacts.image_repository == "registry.k8s.io"
+    # None: the registry kubeadm of the version names (registry.k8s.io for 1.30).
+    assert k.artifacts.image_repository is None and k.image_repository == "registry.k8s.io"
     assert k.artifacts.image_tarballs is None
     assert k.sandbox_image == "registry.k8s.io/pause:3.9"
     assert (k.cni, k.cni_version, k.vsphere_csi) == ("calico", None, False)
@@ -463,7 +464,7 @@ def test_artifact_settings_from_the_file(tmp_path: Path) -> None:
     # Relative to the spec file, like ca_file; the file wins over the environment.
     assert k.artifacts.source == f"local:{(tmp_path / 'artifacts').resolve()}"
     assert k.artifacts.image_tarballs == str((tmp_path / "images").resolve())
-    assert k.sandbox_image == "mirror.example.com:5000/k8s/pause:3.9"
+    assert k.sandbox_image == "mirror.example.com:5000/k8s/pause:3.10"  # kubeadm 1.31's pause
 
 
 def test_artifact_source_from_the_environment() -> None:
@@ -491,7 +492,7 @@ def test_old_artifact_source_key_still_works(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("version", "says"),
-    [("1.27.9", "1.28 to 1.31"), ("1.32.0", "1.28 to 1.31"), ("1.30", "X.Y.Z"), ("latest", "1.30.4")],
+    [("1.19.16", "1.28 to 1.31"), ("1.32.0", "1.28 to 1.31"), ("1.30", "X.Y.Z"), ("latest", "1.30.4")],
 )
 def test_kubernetes_version_is_a_supported_release(tmp_path: Path, version: str, says: str) -> None:
     f = write(tmp_path, f"name: x\nplan: dev\nkubernetes: {{version: '{version}'}}\n")

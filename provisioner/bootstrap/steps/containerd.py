@@ -1,5 +1,5 @@
-"""containerd on masters and workers: CRI config with the systemd cgroup driver, running and
-answering `ctr version`."""
+"""containerd on masters and workers: CRI config with the cgroup driver and pause image the
+kubelet and kubeadm of the spec expect, running and answering `ctr version`."""
 
 from __future__ import annotations
 
@@ -23,26 +23,26 @@ from provisioner.ssh.commands import Cmd
 
 CONFIG_DIR = "/etc/containerd"
 CONFIG_FILE = "/etc/containerd/config.toml"
-# The pause image of the Kubernetes version vkp defaults to (kubeadm config images list, 1.30).
-DEFAULT_SANDBOX_IMAGE = "registry.k8s.io/pause:3.9"
 # Where CNI plugins (calico, flannel) install their binaries.
 CNI_BIN_DIR = "/opt/cni/bin"
 VERSION = Cmd("ctr", "version")
 
 
-def sandbox_image(cluster: Cluster) -> str:
-    # Read from the spec once it has the setting, so a mirror can be named there.
-    configured = getattr(cluster.spec.kubernetes, "sandbox_image", None)
-    return str(configured) if configured else DEFAULT_SANDBOX_IMAGE
-
-
 def render_config(cluster: Cluster) -> str:
-    return render("containerd/config.toml.j2", sandbox_image=sandbox_image(cluster), cni_bin_dir=CNI_BIN_DIR)
+    k = cluster.spec.kubernetes
+    return render(
+        "containerd/config.toml.j2",
+        sandbox_image=k.sandbox_image,
+        cgroup_driver=k.node.cgroup_driver,
+        restrict_oom_score_adj=k.node.restrict_oom_score_adj,
+        cni_bin_dir=CNI_BIN_DIR,
+    )
 
 
 @step("containerd.configure", probes=lambda node, cluster: [File(CONFIG_DIR), File(CONFIG_FILE)])
 def configure(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """containerd's config.toml (CRI, runc with SystemdCgroup); restart a running containerd on change."""
+    """containerd's config.toml (CRI, runc with the spec's cgroup driver); restart a running containerd
+    on change."""
     config = render_config(cluster)
     yield EnsureDir(CONFIG_DIR, 0o755, "root:root")
     yield Upload(config, CONFIG_FILE, 0o644, "root:root")

@@ -10,7 +10,9 @@ Choices, and why:
   masters join with --control-plane without a certificate key or the kubeadm-certs Secret.
 - etcd is external (the etcd play's members, with the apiserver-etcd-client certificate).
 - kubeadm's configuration API follows the version: v1beta4 from 1.31 (where it became the
-  current one), v1beta3 from 1.22 to 1.30.
+  current one), v1beta3 from 1.22 to 1.30, v1beta2 for 1.20 and 1.21 (the embedded lab's).
+  Whatever else differs by minor is a table keyed by minor, here or in the spec, never a
+  separate flow.
 - The endpoint: with one master its address; with several a virtual address, held by kube-vip
   (a static pod, ARP, leader election) or by keepalived with haproxy. Those two run as systemd
   services from the distribution rather than static pods: they must hold the address before
@@ -122,8 +124,16 @@ KUBEADM_TIMEOUT = 900.0
 READY_DEADLINE = 300.0  # an API server answers /readyz within a minute or two of kubeadm finishing
 POLL = 3.0
 
-KUBEADM_API_MIN = (1, 22)  # kubeadm.k8s.io/v1beta3 exists from 1.22
+# kubeadm.k8s.io config API by minor: v1beta2 (the newest 1.20 and 1.21 have), v1beta3 from
+# 1.22, v1beta4 from 1.31 (where it became the current one). Below KUBEADM_API_MIN vkp's
+# templates have not been checked against kubeadm's types.
+KUBEADM_API_MIN = (1, 20)
+V1BETA3_FROM = 22
 V1BETA4_FROM = 31
+# From 1.27 the kubelet takes the CRI endpoint from its config; before, kubeadm passes
+# nodeRegistration.criSocket as a flag (kubeadm-flags.env).
+RUNTIME_ENDPOINT_IN_CONFIG_FROM = 27
+CNI_PINNED = {"calico": CALICO_VERSION, "flannel": FLANNEL_VERSION}
 
 
 # -- settings from the spec ------------------------------------------------------------------
@@ -136,47 +146,44 @@ class Settings:
     pod_cidr: str
     service_cidr: str
     cni: str
-    cni_version: str
+    cni_version: str  # for bridge: cni_plugins_version
     image_repository: str | None
     artifact_source: str
     vsphere: bool
+    cni_plugins_version: str = ""
+    dns: str = "coredns"
 
 
 def settings(cluster: Cluster) -> Settings:
-    """The Kubernetes settings this module reads, whatever shape the spec has grown to."""
+    """The Kubernetes settings this module reads; the version as the spec parsed it."""
     k = cluster.spec.kubernetes
-    version = str(k.version).removeprefix("v")
-    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", version)
-    if m is None:
-        raise ProvisionerError(f"kubernetes.version {version!r} is not a release like 1.30.4")
-    major, minor = int(m.group(1)), int(m.group(2))
-    if (major, minor) < KUBEADM_API_MIN:
+    if k.minor == 0:
+        raise ProvisionerError(f"kubernetes.version {k.version!r} is not a release like 1.30.4")
+    if (1, k.minor) < KUBEADM_API_MIN:
         raise ProvisionerError(
-            f"kubernetes.version {version}: vkp writes kubeadm.k8s.io/v1beta3 or v1beta4 configuration, "
-            f"which needs Kubernetes {KUBEADM_API_MIN[0]}.{KUBEADM_API_MIN[1]} or later"
+            f"kubernetes.version {k.version}: vkp writes kubeadm.k8s.io/v1beta2 to v1beta4 configuration, "
+            f"checked for Kubernetes {KUBEADM_API_MIN[0]}.{KUBEADM_API_MIN[1]} or later"
         )
-    cni = str(getattr(k, "cni", "calico"))
-    pinned = CALICO_VERSION if cni == "calico" else FLANNEL_VERSION
-    cni_version = str(getattr(k, "cni_version", None) or pinned).removeprefix("v")
-    artifacts = getattr(k, "artifacts", None)
-    source = getattr(artifacts, "source", None) or getattr(k, "artifact_source", None) or "upstream"
-    repo = getattr(k, "image_repository", None) or getattr(artifacts, "image_repository", None)
-    vs = getattr(k, "vsphere_csi", False)
+    pinned = CNI_PINNED.get(k.cni, k.cni_plugins_version)
     return Settings(
-        version=version,
-        minor=minor,
-        pod_cidr=str(k.pod_cidr),
-        service_cidr=str(k.service_cidr),
-        cni=cni,
-        cni_version=cni_version,
-        image_repository=str(repo) if repo else None,
-        artifact_source=str(source),
-        vsphere=bool(vs if isinstance(vs, bool) else getattr(vs, "enabled", vs)),
+        version=k.version,
+        minor=k.minor,
+        pod_cidr=k.pod_cidr,
+        service_cidr=k.service_cidr,
+        cni=k.cni,
+        cni_version=(k.cni_version or pinned).removeprefix("v"),
+        image_repository=k.image_repository,
+        artifact_source=k.artifacts.source,
+        vsphere=k.vsphere_csi,
+        cni_plugins_version=k.cni_plugins_version,
+        dns=k.dns,
     )
 
 
 def kubeadm_api_version(minor: int) -> str:
-    return "v1beta4" if minor >= V1BETA4_FROM else "v1beta3"
+    if minor >= V1BETA4_FROM:
+        return "v1beta4"
+    return "v1beta3" if minor >= V1BETA3_FROM else "v1beta2"
 
 
 # -- the cluster's shape ---------------------------------------------------------------------
@@ -354,11 +361,12 @@ def _node_registration(node: NodePlan, cluster: Cluster, *, joining_master: bool
     if joining_master and ep.mode == "kube-vip":
         # kube-vip's static pod is placed before the join so the endpoint never loses a holder.
         ignore.append("DirAvailable--etc-kubernetes-manifests")
+    ignore += cluster.spec.kubernetes.node.ignore_preflight_errors
     return {
         "node_name": node.name,
         "cri_socket": CRI_SOCKET,
         "kubelet_args": kubelet_args,
-        "ignore_preflight": ignore,
+        "ignore_preflight": list(dict.fromkeys(ignore)),
     }
 
 
@@ -389,7 +397,9 @@ def render_init_config(node: NodePlan, cluster: Cluster, token: Secret) -> str:
         etcd_key_file=f"{PKI_DIR}/apiserver-etcd-client.key",
         cert_sans=cert_sans(cluster),
         apiserver_args=apiserver_args,
-        runtime_endpoint_in_config=s.minor >= 27,
+        runtime_endpoint_in_config=s.minor >= RUNTIME_ENDPOINT_IN_CONFIG_FROM,
+        cgroup_driver=cluster.spec.kubernetes.node.cgroup_driver,
+        conntrack_max_per_core=cluster.spec.kubernetes.node.conntrack_max_per_core,
         **_node_registration(node, cluster, joining_master=False),
     )
 
@@ -862,7 +872,7 @@ def init(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     config = render_init_config(node, cluster, token.value)
     yield EnsureDir(VKP_DIR, 0o700, "root:root")
     yield Upload(config, INIT_CONFIG, 0o600, "root:root", secret=True)
-    cmd = Cmd(KUBEADM, "init", "--config", INIT_CONFIG, "--skip-token-print", "--skip-certificate-key-print")
+    cmd = init_command(cluster)
     r = yield Run(cmd, check=False, timeout=KUBEADM_TIMEOUT)
     yield Run(Cmd("rm", "-f", "--", INIT_CONFIG), retry_safe=True, changes=False)
     if facts.known:
@@ -871,6 +881,15 @@ def init(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         # Only a real init made it: the check run before every run is a dry run of this step.
         token.created = True
     yield from _after_init(node, cluster, iface)
+
+
+def init_command(cluster: Cluster) -> Cmd:
+    args = ["init", "--config", INIT_CONFIG, "--skip-token-print", "--skip-certificate-key-print"]
+    if settings(cluster).dns == "none":
+        # A flag, not the config: skipPhases only came with v1beta3, and every kubeadm vkp
+        # supports takes --skip-* flags beside --config.
+        args.append("--skip-phases=addon/coredns")
+    return Cmd(KUBEADM, *args)
 
 
 def _cluster_initialised(cluster: Cluster) -> bool:
