@@ -250,9 +250,37 @@ def create_cluster_cmd(
         emit_json({"ok": True, **result})
     elif dry_run:
         click.echo("\n".join(result["actions"]))
+        if "artifacts" in result:
+            click.echo(_render_artifacts(result["artifacts"]))
         click.echo("dry run: nothing was contacted or changed", err=True)
     else:
         click.echo(_render_result(result))
+
+
+_ARTIFACT_STATUS = {
+    "present": "present",
+    "missing": "MISSING",
+    "remote": "remote",  # fetched by the nodes on the real run; a dry run contacts nothing
+}
+
+
+def _render_artifacts(items: list[dict[str, Any]]) -> str:
+    lines = ["", "artifacts this run needs:"]
+    if not items:
+        lines.append("  none (nothing is installed from an artifact source up to this phase)")
+    for a in items:
+        lines.append(f"  {_ARTIFACT_STATUS.get(a['status'], a['status']):<8} {a['what']}")
+        lines.append(f"           from {a['source']}")
+        if a["status"] == "remote":
+            lines.append("           fetched by the nodes on the real run (a dry run contacts nothing)")
+        if a.get("problem"):
+            lines.append(f"           {a['problem']}")
+        if a.get("hint"):
+            lines.append(f"           hint: {a['hint']}")
+    missing = sum(a["status"] == "missing" for a in items)
+    if missing:
+        lines.append(f"{missing} missing: a real run stops with exit code 12 before the step that needs it")
+    return "\n".join(lines)
 
 
 def _render_result(result: dict[str, Any]) -> str:

@@ -305,6 +305,7 @@ def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
             else:
                 state = ClusterState.create_or_load(spec.name, home=Path(home))
             result["bootstrap"] = run_bootstrap(spec, plan, state, up_to=up_to, log=log, dry_run=True)
+        result["artifacts"] = result["bootstrap"].get("artifacts", [])
     return result
 
 

@@ -23,6 +23,15 @@ only then renames each file into place (rename is atomic on one filesystem). For
 source this machine verifies the files, pushes them into the same staging directory, and the
 node verifies them again before the same renames.
 
+The standard CNI plugins (containernetworking/plugins), which kubernetes.cni: bridge runs on,
+come from kubernetes.artifacts.source too, as the release tarball with the .sha256 published
+beside it:
+
+    upstream                 https://github.com/containernetworking/plugins/releases/download/
+                             v{version}/cni-plugins-linux-{arch}-v{version}.tgz (+ .sha256)
+    mirror                   {base}/cni-plugins/v{version}/ (the same two files)
+    local:/dir               {dir}/cni-plugins/v{version}/, or flat in {dir}
+
 etcd (etcd.artifact in the spec, when it is not the distribution's package) comes the same
 ways, as the release tarball and the release's SHA256SUMS:
 
@@ -59,6 +68,10 @@ UPSTREAM_BASE = "https://dl.k8s.io/release"
 BINARIES = ("kubeadm", "kubelet", "kubectl")
 ETCD_UPSTREAM_BASE = "https://github.com/etcd-io/etcd/releases/download"
 ETCD_BINARIES = ("etcd", "etcdctl")
+CNI_PLUGINS_UPSTREAM_BASE = "https://github.com/containernetworking/plugins/releases/download"
+# What the bridge CNI runs: the bridge itself, its address allocator, hostPort mappings, and
+# the loopback interface every pod gets.
+CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 INSTALL_DIR = "/usr/local/bin"
 # Under INSTALL_DIR, so the final rename never crosses a filesystem (and stays atomic).
 STAGING_DIR = f"{INSTALL_DIR}/.vkp-staging"
@@ -107,12 +120,24 @@ def etcd_provide_hint(version: str) -> str:
     )
 
 
+def cni_plugins_provide_hint(version: str) -> str:
+    return (
+        "kubernetes.cni: bridge needs the standard CNI plugins (containernetworking/plugins) "
+        f"v{version}: cni-plugins-linux-{{amd64|arm64}}-v{version}.tgz and its .sha256 (as published "
+        f"beside it at {CNI_PLUGINS_UPSTREAM_BASE}/v{version}/), under cni-plugins/v{version}/ on the "
+        "mirror or in the local: directory of kubernetes.artifacts.source (a local directory may "
+        "also hold them flat)"
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """What a kind of source serves and where, and what its messages say about it.
 
     release_dir: a release's directory under the base, with {version} and {arch}.
     sums_file: one checksum file per release directory, or None for a <file>.sha256 beside each.
+    upstream_dir: the release's directory under the upstream base, where it differs from a
+    mirror's (a project's own release URLs rarely carry the product's name).
     """
 
     product: str
@@ -122,6 +147,7 @@ class Layout:
     refetch: str  # where the operator fetches a damaged file again
     needed: str  # what cannot run when the artifacts are not there
     provide: Callable[[str], str]
+    upstream_dir: str | None = None
 
     def sums_name(self, name: str) -> str:
         return self.sums_file or f"{name}.sha256"
@@ -145,6 +171,27 @@ ETCD = Layout(
     needed="The etcd phase cannot run without etcd and etcdctl",
     provide=etcd_provide_hint,
 )
+
+
+CNI = Layout(
+    product="CNI plugins",
+    upstream=CNI_PLUGINS_UPSTREAM_BASE,
+    release_dir="cni-plugins/v{version}",
+    upstream_dir="v{version}",
+    sums_file=None,
+    refetch="github.com/containernetworking/plugins/releases/download/v<version>/",
+    needed="The bridge CNI (kubernetes.cni: bridge) cannot run without the CNI plugins",
+    provide=cni_plugins_provide_hint,
+)
+
+
+def cni_plugins_tarball(version: str, arch: str) -> str:
+    return f"cni-plugins-linux-{arch}-v{version}.tgz"
+
+
+def cni_plugins_members() -> list[str]:
+    """The paths of the plugins vkp installs inside the release tarball."""
+    return [f"./{n}" for n in CNI_PLUGINS]
 
 
 def etcd_tarball(version: str, arch: str) -> str:
@@ -222,7 +269,9 @@ class ArtifactSource:
         """Where a remote source publishes name (name may end in .sha256)."""
         if not self.remote:
             raise ValueError("a local source has no URLs")
-        return f"{self.location}/{self.layout.release_dir.format(version=version, arch=arch)}/{name}"
+        layout = self.layout
+        release = (layout.upstream_dir if self.kind == "upstream" else None) or layout.release_dir
+        return f"{self.location}/{release.format(version=version, arch=arch)}/{name}"
 
     def directory(self, version: str, arch: str) -> Path:
         """The local directory holding the files: the upstream layout if present, else flat."""
@@ -236,6 +285,19 @@ def source_of(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactS
         return ArtifactSource.parse(k8s.artifacts.source, base_dir=base_dir)
     except ValueError as exc:
         raise ArtifactError(f"kubernetes.artifacts.source: {exc}") from None
+
+
+def cni_plugins_source(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+    """The CNI plugins come from where the Kubernetes binaries do: upstream means their own
+    project's releases; a mirror or local directory holds them under cni-plugins/."""
+    k = source_of(k8s, base_dir=base_dir)
+    if k.kind == "upstream":
+        return ArtifactSource("upstream", CNI.upstream, CNI)
+    return ArtifactSource(k.kind, k.location, CNI)
+
+
+def cni_plugins_version(k8s: KubernetesSpec) -> str:
+    return str(getattr(k8s, "cni_plugins_version", None) or "1.1.1").removeprefix("v")
 
 
 def etcd_source(etcd: EtcdSpec, *, base_dir: Path | None = None) -> ArtifactSource:
@@ -540,7 +602,7 @@ class LocalFile:
     sha256: str
 
 
-def _hash_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -593,7 +655,7 @@ def verify_local(
             raise unavailable_error(
                 source, version, f"the checksum of {name}", f"{exc} in {directory}"
             ) from None
-        actual = _hash_file(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise mismatch_error(name, f"{source.describe()} ({path}, checksum from {sums_file.name})",
                                  expected, actual, layout=source.layout)  # fmt: skip
@@ -656,6 +718,8 @@ def probe_source(spec: KubernetesSpec, log: Log, *, timeout: float = PROBE_TIMEO
         _probe_remote(source, version, log, timeout)
     else:
         _probe_local(source, version, log)
+    if str(getattr(spec, "cni", "calico")) == "bridge" and not source.remote:
+        _probe_local_cni_plugins(cni_plugins_source(spec), cni_plugins_version(spec), log)
     tarballs = spec.artifacts.image_tarballs
     if tarballs and not Path(tarballs).expanduser().is_dir():
         raise ArtifactError(
@@ -700,6 +764,25 @@ def _probe_local(source: ArtifactSource, version: str, log: Log) -> None:
                 missing.append(f"{name}.sha256 (or {SUMS_FILE})")
         if not missing:
             log(f"artifacts: {source.describe()} holds kubeadm, kubelet, kubectl and their checksums")
+            return
+        first_missing = first_missing or missing
+    raise unavailable_error(
+        source, version, ", ".join(first_missing or []), f"not in {source.directory(version, 'amd64')}"
+    )
+
+
+def _probe_local_cni_plugins(source: ArtifactSource, version: str, log: Log) -> None:
+    first_missing: list[str] | None = None
+    for arch in ("amd64", "arm64"):
+        directory = source.directory(version, arch)
+        tarball = cni_plugins_tarball(version, arch)
+        missing = []
+        if not (directory / tarball).is_file():
+            missing.append(tarball)
+        elif not ((directory / f"{tarball}.sha256").is_file() or (directory / SUMS_FILE).is_file()):
+            missing.append(f"{tarball}.sha256")
+        if not missing:
+            log(f"artifacts: {source.describe()} holds {tarball} and its checksum")
             return
         first_missing = first_missing or missing
     raise unavailable_error(

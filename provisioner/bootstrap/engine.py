@@ -2,7 +2,7 @@
 
 A step is a generator registered under a dotted name (`@step("etcd.configure")`). Given the
 node, the cluster context and the node's facts it yields actions, values describing one
-change each (Run, Upload, EnsureDir, Restart, Warn, Local); the executor performs each action
+change each (Run, Upload, EnsureDir, Restart, Warn, Local, Need); the executor performs each action
 and sends its outcome back into the generator, so a step can decide its next action from what
 the last one did (an Upload that changed nothing needs no daemon-reload):
 
@@ -24,7 +24,9 @@ restarts and warnings. A Run counts as a change only when it exits 0 and was not
 
 Dry run: no connection exists. Facts are unknown, so every file looks absent and every service
 stopped, and the step shows what a first run would do, with the files it would write; secrets
-(keys, anything marked secret, any stdin) are shown as a size only.
+(keys, anything marked secret, any stdin) are shown as a size only. What the steps need from
+artifact sources (Need) is looked at and listed, present or missing: a missing artifact is what
+a dry run is asked to find, so it never stops one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from provisioner.errors import CommandFailed, ProvisionerError
+from provisioner.errors import ArtifactError, CommandFailed, ProvisionerError
 from provisioner.ssh.commands import MASK, Cmd, Result, sudo
 
 if TYPE_CHECKING:
@@ -123,7 +125,23 @@ class Local:
     changes: bool = False
 
 
-Action = Run | Upload | EnsureDir | Restart | Warn | Local
+@dataclass(frozen=True)
+class Need:
+    """An artifact the step needs from a source (binaries, a tarball, a manifest).
+
+    Outcome: check()'s value on a real run, where its ArtifactError stops the step. In a dry run
+    the outcome is None, so the step shows what a first run does; check() still runs there,
+    because a dry run must say which artifacts are there and which are missing (it lists them
+    and goes on instead of stopping). check is None for what only a node fetches (a URL): a dry
+    run cannot look at it from here and lists it as such.
+    """
+
+    what: str
+    source: str
+    check: Callable[[], Any] | None = None
+
+
+Action = Run | Upload | EnsureDir | Restart | Warn | Local | Need
 StepGen = Generator[Action, Any, None]
 
 
@@ -391,6 +409,30 @@ def registry() -> dict[str, StepDef]:
 
 
 @dataclass
+class ArtifactNeed:
+    """What a dry run found about one Need: present, missing (with why and how to provide it),
+    or remote (fetched by the nodes, not checked from here)."""
+
+    what: str
+    source: str
+    status: str  # present | missing | remote
+    problem: str | None = None
+    hint: str | None = None
+    hosts: list[str] = field(default_factory=list)
+    error: ProvisionerError | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"what": self.what, "source": self.source, "status": self.status}
+        if self.problem:
+            d["problem"] = self.problem
+        if self.hint:
+            d["hint"] = self.hint
+        if self.hosts:
+            d["hosts"] = list(self.hosts)
+        return d
+
+
+@dataclass
 class StepResult:
     step: str
     host: str  # a node name, or "local" for a step run on the operator's machine
@@ -400,6 +442,7 @@ class StepResult:
     restarts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # what was done (or would be, in a dry run)
+    artifacts: list[ArtifactNeed] = field(default_factory=list)  # dry run: what the step needs
     error: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -414,6 +457,8 @@ class StepResult:
         for key in ("restarts", "warnings", "actions"):
             if getattr(self, key):
                 d[key] = list(getattr(self, key))
+        if self.artifacts:
+            d["artifacts"] = [a.to_dict() for a in self.artifacts]
         if self.error:
             d["error"] = self.error
         return d
@@ -478,6 +523,19 @@ class Executor:
                 action = gen.send(outcome)
         except StopIteration:
             result.status = "changed" if changed else "ok"
+        except ArtifactError as exc:
+            if not self.dry_run:
+                result.status = "failed"
+                result.error = str(exc)
+                result.exception = exc
+            else:
+                # A dry run lists what is missing and goes on; the real run stops here.
+                result.status = "changed" if changed else "ok"
+                result.warnings.append(f"a real run stops here: {exc.message}")
+                result.artifacts.append(
+                    ArtifactNeed(sdef.name, "(the step's artifact source)", "missing", exc.message,
+                                 exc.hint, [host], exc)
+                )  # fmt: skip
         except ProvisionerError as exc:
             result.status = "failed"
             result.error = str(exc)
@@ -496,6 +554,12 @@ class Executor:
     def _perform(self, action: Action, result: StepResult, changed_so_far: bool) -> tuple[Any, bool]:
         if isinstance(action, Warn):
             result.warnings.append(action.message)
+            return None, False
+        if isinstance(action, Need):
+            result.actions.append(f"needs {action.what} from {action.source}")
+            if not self.dry_run:
+                return (action.check() if action.check is not None else None), False
+            result.artifacts.append(_look_at(action, result.host))
             return None, False
         if isinstance(action, Local):
             result.actions.append(f"local: {action.description}")
@@ -573,6 +637,16 @@ class Executor:
         if changed:
             result.actions.append(what)
         return changed, changed
+
+
+def _look_at(need: Need, host: str) -> ArtifactNeed:
+    if need.check is None:
+        return ArtifactNeed(need.what, need.source, "remote", hosts=[host])
+    try:
+        need.check()
+    except ArtifactError as exc:
+        return ArtifactNeed(need.what, need.source, "missing", exc.message, exc.hint, [host], exc)
+    return ArtifactNeed(need.what, need.source, "present", hosts=[host])
 
 
 def failure_detail(exc: BaseException | None) -> str:

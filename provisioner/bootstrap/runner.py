@@ -34,7 +34,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from provisioner.bootstrap.engine import (
+    ArtifactNeed,
     Cluster,
     Executor,
     Facts,
@@ -310,6 +311,11 @@ class PlaybookReport:
     def warnings(self) -> list[str]:
         return [f"{r.host}: {r.step}: {w}" for r in self.results for w in r.warnings]
 
+    @property
+    def artifacts(self) -> list[ArtifactNeed]:
+        """What the run needs from artifact sources (looked at in a dry run), once per artifact."""
+        return merge_artifacts(a for r in self.results for a in r.artifacts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "playbook": self.playbook,
@@ -324,8 +330,22 @@ class PlaybookReport:
             "warnings": self.warnings,
             "resumed_from": self.resumed_from,
             "phase_seconds": self.phase_seconds,
+            "artifacts": [a.to_dict() for a in self.artifacts],
             "plays": [p.to_dict() for p in self.plays],
         }
+
+
+def merge_artifacts(items: Iterable[ArtifactNeed]) -> list[ArtifactNeed]:
+    """One entry per artifact and status, naming every host that needs it, in first-seen order."""
+    merged: dict[tuple[str, str, str, str | None], ArtifactNeed] = {}
+    for a in items:
+        key = (a.what, a.source, a.status, a.problem)
+        have = merged.get(key)
+        if have is None:
+            merged[key] = ArtifactNeed(a.what, a.source, a.status, a.problem, a.hint, list(a.hosts), a.error)
+        else:
+            have.hosts += [h for h in a.hosts if h not in have.hosts]
+    return list(merged.values())
 
 
 # -- progress (resume) ------------------------------------------------------------------------
@@ -533,6 +553,12 @@ def check_steps(playbook: Playbook, cluster: Cluster, phases: set[str] | frozens
                 runs = [(n.name, sdef.fn(n, cluster, Facts.unknown())) for n in nodes]
             for host, gen in runs:
                 res = Executor(None, Facts.unknown(), dry_run=True).run_step(sdef, gen, host)
+                missing = [a.error for a in res.artifacts if a.status == "missing" and a.error is not None]
+                if missing:
+                    # A dry run lists a missing artifact; the run it stands in for stops before
+                    # any host is touched.
+                    missing[0].message = f"play {play.name}, {host}, step {name}: {missing[0].message}"
+                    raise missing[0]
                 if res.status == "failed":
                     exc = res.exception
                     if isinstance(exc, ProvisionerError):
@@ -702,12 +728,18 @@ def _play_failed(
         lines.append(f"  not started on: {', '.join(not_started)}")
     first = failures[0]
     codes = {getattr(f.exception, "exit_code", ExitCode.ERROR) for f in failures}
+    if report.dry_run:
+        # A dry run records no progress: there is nothing to resume.
+        hint = "fix the cause and run the dry run again; it changed nothing"
+    else:
+        hint = (
+            f"fix the cause and re-run: the run resumes at {first.step}"
+            + ("" if first.host == "local" else f" on {first.host}")
+            + "; what completed is not repeated"
+        )
     return PlayFailed(
         "\n".join(lines),
-        hint=f"fix the cause and re-run: the run resumes at {first.step}"
-        + ("" if first.host == "local" else f" on {first.host}")
-        + "; "
-        "what completed is not repeated",
+        hint=hint,
         exit_code=codes.pop() if len(codes) == 1 else ExitCode.ERROR,
         report=report,
     )

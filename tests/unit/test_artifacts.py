@@ -20,7 +20,7 @@ import pytest
 
 from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap.artifacts import ArtifactSource, parse_checksum, probe_source, verify
-from provisioner.bootstrap.engine import Cluster, Executor, Facts, registry
+from provisioner.bootstrap.engine import ArtifactNeed, Cluster, Executor, Facts, registry
 from provisioner.bootstrap.steps.artifacts import normalize_ref, tarball_refs
 from provisioner.errors import ArtifactError, ExitCode
 from provisioner.plan import make_plan
@@ -362,6 +362,10 @@ def test_probe_source_local(tmp_path: Path) -> None:
 
 
 def _dry(step_name: str, source: str, **kw: str) -> list[str]:
+    return _dry_needs(step_name, source, **kw)[0]
+
+
+def _dry_needs(step_name: str, source: str, **kw: str) -> tuple[list[str], list[ArtifactNeed]]:
     env = LAB_ENV | {"VKP_K8S_ARTIFACTS": source}
     spec = load_spec(None, name="dry", plan="dev", env=env)
     if kw:
@@ -374,20 +378,37 @@ def _dry(step_name: str, source: str, **kw: str) -> list[str]:
         sdef, sdef.fn(node, cluster, Facts.unknown()), node.name
     )
     assert res.status == "changed", res.error
-    return res.actions
+    return res.actions, res.artifacts
 
 
 def test_binaries_dry_run_shows_download_and_install() -> None:
     actions = _dry("kubernetes.binaries", "http://198.18.0.1:8080/k8s")
-    assert "http://198.18.0.1:8080/k8s/v1.30.4/bin/linux/amd64/kubelet.sha256" in actions[0]
-    assert "download /usr/local/bin" in actions[1] and "/v1.30.4/bin/linux/amd64/kubectl" in actions[1]
+    assert actions[0] == (
+        "needs kubeadm, kubelet, kubectl v1.30.4 (amd64) and their checksums from "
+        "http://198.18.0.1:8080/k8s/v1.30.4/bin/linux/amd64/"
+    )
+    assert "http://198.18.0.1:8080/k8s/v1.30.4/bin/linux/amd64/kubelet.sha256" in actions[1]
+    assert "download /usr/local/bin" in actions[2] and "/v1.30.4/bin/linux/amd64/kubectl" in actions[2]
 
 
-def test_binaries_dry_run_with_a_local_source_reads_nothing(tmp_path: Path) -> None:
-    actions = _dry("kubernetes.binaries", f"local:{tmp_path}/not-there-yet")
-    assert actions[0].startswith("local: verify kubeadm, kubelet, kubectl v1.30.4")
+def test_binaries_dry_run_with_a_missing_local_source_lists_it_and_goes_on(tmp_path: Path) -> None:
+    actions, needs = _dry_needs("kubernetes.binaries", f"local:{tmp_path}/not-there-yet")
+    assert actions[0].startswith("needs kubeadm, kubelet, kubectl v1.30.4 (amd64)")
     assert any("push kubelet" in a for a in actions)
     assert "staged" in actions[-1]
+    (need,) = needs
+    assert (need.status, need.source) == (
+        "missing",
+        f"local directory {tmp_path}/not-there-yet (on this machine)",
+    )
+    assert need.problem is not None and "does not exist" in need.problem
+    assert need.hint is not None and "local:/path/to/dir" in need.hint
+
+
+def test_binaries_dry_run_with_a_local_source_says_present(tmp_path: Path) -> None:
+    _write(tmp_path, _files(), sums="SHA256SUMS")
+    _, needs = _dry_needs("kubernetes.binaries", f"local:{tmp_path}")
+    assert [n.status for n in needs] == ["present"]
 
 
 def _docker_save(path: Path, tags: list[str]) -> None:

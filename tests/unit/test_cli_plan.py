@@ -107,3 +107,55 @@ def test_insecure_prints_a_warning() -> None:
 def test_help_explains_with_an_example(command: str) -> None:
     r = vkp(command, "--help")
     assert r.exit_code == 0 and "Example" in r.stdout and "vkp " in r.stdout
+
+
+# -- create-cluster --dry-run ------------------------------------------------------------------
+
+
+def _dry_run_env(tmp_path: Path, artifacts: Path) -> dict[str, str]:
+    return LAB_ENV | {
+        "VKP_API_ENDPOINT": "198.18.0.251",
+        "VKP_NETWORK_POOL": "198.18.0.10-198.18.0.199",
+        "VKP_K8S_ARTIFACTS": f"local:{artifacts}",
+        "VKP_STATE_DIR": str(tmp_path / "state"),
+    }
+
+
+def test_dry_run_without_artifacts_completes_and_lists_what_is_missing(tmp_path: Path) -> None:
+    env = _dry_run_env(tmp_path, tmp_path / "no-artifacts")
+    r = vkp("create-cluster", "demo", "--plan", "prod", "--dry-run", env=env)
+    assert r.exit_code == 0, r.output
+    assert "resumes at" not in r.output
+    section = r.stdout[r.stdout.index("artifacts this run needs:") :]
+    assert "MISSING  kubeadm, kubelet, kubectl v1.30.4 (amd64)" in section
+    assert "MISSING  Calico v3.28.2 tigera-operator.yaml" in section
+    assert "hint: provide the artifacts" in section and "local:/path/to/dir" in section
+    assert "a real run stops with exit code 12" in section
+    assert "kubernetes.health" in r.stderr  # the dry run went on to the last step
+    assert not (tmp_path / "state").exists()  # and wrote nothing
+
+    j = vkp("create-cluster", "demo", "--plan", "prod", "--dry-run", "-o", "json", env=env)
+    assert j.exit_code == 0, j.output
+    d = json.loads(j.stdout)
+    by_what = {a["what"]: a for a in d["artifacts"]}
+    binaries = by_what["kubeadm, kubelet, kubectl v1.30.4 (amd64) and their checksums"]
+    assert binaries["status"] == "missing" and "does not exist" in binaries["problem"]
+    assert sorted(binaries["hosts"]) == sorted(n["name"] for n in d["plan"]["nodes"] if n["role"] != "etcd")
+    assert by_what["Calico v3.28.2 tigera-operator.yaml"]["status"] == "missing"
+    assert d["bootstrap"]["failed"] == 0
+
+
+def test_dry_run_says_present_for_artifacts_that_are_there(tmp_path: Path) -> None:
+    import hashlib
+
+    art = tmp_path / "artifacts"
+    (art / "calico/v3.28.2").mkdir(parents=True)
+    (art / "calico/v3.28.2/tigera-operator.yaml").write_text("kind: List\n")
+    for n in ("kubeadm", "kubelet", "kubectl"):
+        (art / n).write_text(f"#!/bin/sh\necho {n}\n")
+        (art / f"{n}.sha256").write_text(hashlib.sha256(f"#!/bin/sh\necho {n}\n".encode()).hexdigest())
+    r = vkp(
+        "create-cluster", "demo", "--plan", "prod", "--dry-run", "-o", "json", env=_dry_run_env(tmp_path, art)
+    )
+    assert r.exit_code == 0, r.output
+    assert {a["status"] for a in json.loads(r.stdout)["artifacts"]} == {"present"}

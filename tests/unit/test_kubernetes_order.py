@@ -184,7 +184,8 @@ def test_the_kubernetes_plays_in_order(tmp_path: Path) -> None:
     ]
     raw = yaml.safe_load(PLAYBOOK.read_text())
     art = next(p for p in raw if p["play"] == "kubernetes-artifacts")
-    assert art["hosts"] == "master+worker" and art["steps"] == ["kubernetes.binaries", "kubernetes.images"]
+    assert art["hosts"] == "master+worker"
+    assert art["steps"] == ["kubernetes.binaries", "kubernetes.cni_plugins", "kubernetes.images"]
     names = [p["play"] for p in raw]
     assert names.index("kubernetes-artifacts") < names.index("control-plane-prepare")
 

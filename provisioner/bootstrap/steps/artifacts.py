@@ -20,6 +20,7 @@ same relative paths.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import tarfile
@@ -36,13 +37,14 @@ from provisioner.bootstrap.engine import (
     Facts,
     File,
     Local,
+    Need,
     Probe,
     Run,
     StepGen,
     Upload,
-    Warn,
     step,
 )
+from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
 from provisioner.errors import ArtifactError, CommandFailed
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
@@ -85,15 +87,20 @@ def binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         yield from _from_local(node, facts, source, version, arch)
 
 
-def _up_to_date(facts: Facts, name: str, digest: str) -> bool:
-    return facts.known and facts.file(_installed(name)).matches(
+def _up_to_date(facts: Facts, name: str, digest: str, directory: str = art.INSTALL_DIR) -> bool:
+    return facts.known and facts.file(f"{directory}/{name}").matches(
         kind="file", mode=0o755, owner="root:root", sha256=digest
     )
+
+
+def _set_name(version: str, arch: str) -> str:
+    return f"kubeadm, kubelet, kubectl v{version} ({arch}) and their checksums"
 
 
 def _from_remote(
     node: NodePlan, facts: Facts, source: art.ArtifactSource, version: str, arch: str
 ) -> Generator[Any, Any, None]:
+    yield Need(_set_name(version, arch), source.url(version, arch, ""))
     fetched = yield Run(
         art.fetch_sums_command(source, version, arch, art.BINARIES),
         check=False,
@@ -150,13 +157,9 @@ def _from_local(
         stamp = _stamp(source.directory(version, arch))
         return _verified_local(source.location, version, arch, stamp)
 
-    files: dict[str, art.LocalFile] | None = yield Local(
-        f"verify kubeadm, kubelet, kubectl v{version} ({arch}) in {source.describe()} against their "
-        "published SHA-256",
-        check,
-    )
+    files: dict[str, art.LocalFile] | None = yield Need(_set_name(version, arch), source.describe(), check)
     if files is None:
-        # Dry run: the directory was not read; show what a first run pushes and installs.
+        # Dry run: show what a first run pushes and installs.
         yield EnsureDir(art.STAGING_DIR, 0o700, "root:root")
         for n in art.BINARIES:
             yield Local(f"push {n} to {node.name}:{art.STAGING_DIR}/{n} (0600)", lambda: None, changes=True)
@@ -176,44 +179,74 @@ def _from_local(
     art.check_install(result, source, version, arch, {n: f.sha256 for n, f in todo.items()}, node.name)
 
 
-# -- etcd from a release tarball --------------------------------------------------------------
+# -- release tarballs: etcd's, the CNI plugins' ---------------------------------------------
 
-# What the installed etcd binaries came from: the tarball's name and SHA-256, then each binary's
+# What the installed binaries came from: the tarball's name and SHA-256, then each binary's
 # SHA-256. The tarball's checksum says nothing about the binaries in it, so this record is what
 # lets a re-run see that the installed files are that release's, and change nothing.
 ETCD_RELEASE_FILE = "/var/lib/vkp/etcd-release"
 ETCD_RELEASE = Check(Cmd("cat", ETCD_RELEASE_FILE))
+CNI_PLUGINS_RELEASE_FILE = "/var/lib/vkp/cni-plugins-release"
+CNI_PLUGINS_RELEASE = Check(Cmd("cat", CNI_PLUGINS_RELEASE_FILE))
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release tarball some of whose members are installed, as a set, into install_dir."""
+
+    source: art.ArtifactSource
+    version: str
+    tarball: str
+    members: tuple[str, ...]  # paths inside the tarball
+    install_dir: str
+    record: Check  # `cat` of the file recording what was installed
+    make_dir: bool = False  # install_dir is vkp's to create (/usr/local/bin is the system's)
+
+    @property
+    def binaries(self) -> list[str]:
+        return [m.rsplit("/", 1)[-1] for m in self.members]
+
+    @property
+    def record_file(self) -> str:
+        return str(self.record.cmd.args[-1])
+
+
+def _release_probes(install_dir: str, record: Check, binaries: tuple[str, ...]) -> list[Probe]:
+    probes: list[Probe] = [Check(UNAME), record, File(install_dir)]
+    return probes + [File(f"{install_dir}/{n}") for n in binaries]
+
+
+def _install_dir(rel: Release) -> StepGen:
+    if rel.make_dir:
+        yield EnsureDir(rel.install_dir, 0o755, "root:root")
 
 
 def etcd_probes() -> list[Probe]:
-    probes: list[Probe] = [Check(UNAME), ETCD_RELEASE]
-    return probes + [File(_installed(n)) for n in art.ETCD_BINARIES]
+    return _release_probes(art.INSTALL_DIR, ETCD_RELEASE, art.ETCD_BINARIES)
 
 
-def _etcd_record(tarball: str, digest: str, binaries: dict[str, str]) -> str:
+def _release_record(tarball: str, digest: str, binaries: dict[str, str]) -> str:
     return "".join(f"{n} {d}\n" for n, d in [(tarball, digest), *sorted(binaries.items())])
 
 
-def _etcd_up_to_date(facts: Facts, tarball: str, digest: str) -> bool:
+def _release_up_to_date(facts: Facts, rel: Release, digest: str) -> bool:
     if not facts.known:
         return False
-    lines = facts.check(ETCD_RELEASE.cmd).stdout.splitlines()
+    lines = facts.check(rel.record.cmd).stdout.splitlines()
     recorded = dict(ln.split(" ", 1) for ln in lines if " " in ln)
-    return recorded.get(tarball) == digest and all(
-        n in recorded and _up_to_date(facts, n, recorded[n]) for n in art.ETCD_BINARIES
+    return recorded.get(rel.tarball) == digest and all(
+        n in recorded and _up_to_date(facts, n, recorded[n], rel.install_dir) for n in rel.binaries
     )
 
 
-def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[Any, Any, None]:
-    """etcd and etcdctl of etcd.version in /usr/local/bin (0755 root:root), from the release
-    tarball, unpacked and installed only after the tarball matched the release's SHA256SUMS."""
-    etcd = cluster.spec.etcd
-    source = art.etcd_source(etcd)
-    version = etcd.version
-    arch = _arch(facts)
-    tarball = art.etcd_tarball(version, arch)
-    members = art.etcd_members(version, arch)
+def install_release(node: NodePlan, facts: Facts, rel: Release, arch: str) -> Generator[Any, Any, None]:
+    """The release's members in rel.install_dir (0755 root:root), unpacked and installed only
+    after the tarball matched its published SHA-256; then the record of what was installed."""
+    source, version, tarball = rel.source, rel.version, rel.tarball
+    sums = source.layout.sums_name(tarball)
+    members = list(rel.members)
     if source.remote:
+        yield Need(f"{tarball} and {sums}", source.url(version, arch, ""))
         fetched = yield Run(
             art.fetch_sums_command(source, version, arch, [tarball]),
             check=False,
@@ -224,29 +257,31 @@ def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[A
         if facts.known:
             digest = art.parse_fetched_sums(fetched, source, version, arch, [tarball])[tarball]
         else:
-            digest = f"<sha256 of {tarball} from {art.SUMS_FILE}>"
-        if _etcd_up_to_date(facts, tarball, digest):
+            digest = f"<sha256 of {tarball} from {sums}>"
+        if _release_up_to_date(facts, rel, digest):
             return
+        yield from _install_dir(rel)
         plan = {tarball: (source.url(version, arch, tarball), digest)}
         result = yield Run(
-            art.install_command("download", plan, unpack=members), check=False, timeout=art.INSTALL_TIMEOUT
+            art.install_command("download", plan, install_dir=rel.install_dir, unpack=members),
+            check=False,
+            timeout=art.INSTALL_TIMEOUT,
         )
     else:
 
         def check() -> dict[str, art.LocalFile]:
             stamp = _stamp(source.directory(version, arch))
-            return _verified_local(source.location, version, arch, stamp, art.ETCD, (tarball,))
+            return _verified_local(source.location, version, arch, stamp, source.layout, (tarball,))
 
-        files: dict[str, art.LocalFile] | None = yield Local(
-            f"verify {tarball} in {source.describe()} against the release's {art.SUMS_FILE}", check
-        )
+        files: dict[str, art.LocalFile] | None = yield Need(f"{tarball} and {sums}", source.describe(), check)
         local = files[tarball] if files is not None else None
         digest = local.sha256 if local is not None else f"<sha256 of {tarball}>"
-        if _etcd_up_to_date(facts, tarball, digest):
+        if _release_up_to_date(facts, rel, digest):
             return
+        yield from _install_dir(rel)
         yield EnsureDir(art.STAGING_DIR, 0o700, "root:root")
         if local is None:
-            # Dry run: the directory was not read; show what a first run pushes.
+            # Dry run: show what a first run pushes.
             yield Local(f"push {tarball} to {node.name}:{art.STAGING_DIR}/{tarball} (0600)", lambda: None,
                         changes=True)  # fmt: skip
         else:
@@ -254,16 +289,67 @@ def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[A
             # check above and this read is refused there.
             yield Upload(local.path.read_bytes(), f"{art.STAGING_DIR}/{tarball}", 0o600, "root:root")
         result = yield Run(
-            art.install_command("staged", {tarball: ("-", digest)}, unpack=members),
+            art.install_command(
+                "staged", {tarball: ("-", digest)}, install_dir=rel.install_dir, unpack=members
+            ),
             check=False,
             timeout=art.INSTALL_TIMEOUT,
         )
-    binaries = dict.fromkeys(art.ETCD_BINARIES, "<sha256>")
+    binaries = dict.fromkeys(rel.binaries, "<sha256>")
     if facts.known:
         art.check_install(result, source, version, arch, {tarball: digest}, node.name)
         binaries = art.unpacked_sums(result)
     yield EnsureDir("/var/lib/vkp", 0o700, "root:root")
-    yield Upload(_etcd_record(tarball, digest, binaries), ETCD_RELEASE_FILE, 0o644, "root:root")
+    yield Upload(_release_record(tarball, digest, binaries), rel.record_file, 0o644, "root:root")
+
+
+def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[Any, Any, None]:
+    """etcd and etcdctl of etcd.version in /usr/local/bin (0755 root:root), from the release
+    tarball, unpacked and installed only after the tarball matched the release's SHA256SUMS."""
+    etcd = cluster.spec.etcd
+    version = etcd.version
+    arch = _arch(facts)
+    rel = Release(
+        art.etcd_source(etcd),
+        version,
+        art.etcd_tarball(version, arch),
+        tuple(art.etcd_members(version, arch)),
+        art.INSTALL_DIR,
+        ETCD_RELEASE,
+    )
+    yield from install_release(node, facts, rel, arch)
+
+
+def _bridge(cluster: Cluster) -> bool:
+    return str(getattr(cluster.spec.kubernetes, "cni", "calico")) == "bridge"
+
+
+def _cni_plugins_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
+    if not _bridge(cluster):
+        return []
+    return _release_probes(CNI_BIN_DIR, CNI_PLUGINS_RELEASE, art.CNI_PLUGINS)
+
+
+@step("kubernetes.cni_plugins", probes=_cni_plugins_probes)
+def cni_plugins(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+    """With kubernetes.cni: bridge, the standard CNI plugins it runs on (bridge, host-local,
+    portmap, loopback) in /opt/cni/bin, from the release tarball verified against its published
+    .sha256; nothing for Calico or Flannel, which bring their own."""
+    if not _bridge(cluster):
+        return
+    k8s = cluster.spec.kubernetes
+    version = art.cni_plugins_version(k8s)
+    arch = _arch(facts)
+    rel = Release(
+        art.cni_plugins_source(k8s),
+        version,
+        art.cni_plugins_tarball(version, arch),
+        tuple(art.cni_plugins_members()),
+        CNI_BIN_DIR,
+        CNI_PLUGINS_RELEASE,
+        make_dir=True,
+    )
+    yield from install_release(node, facts, rel, arch)
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -280,6 +366,72 @@ def _tarballs(cluster: Cluster) -> list[Path]:
             hint="point it at a directory of image tarballs (*.tar), or remove it to pull the images",
         )
     return sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(".tar"))
+
+
+def _image_sums(directory: Path) -> dict[str, str] | None:
+    """{tarball name: sha256} from the directory's SHA256SUMS (sha256sum's format), or None when
+    there is none."""
+    sums = directory / art.SUMS_FILE
+    if not sums.is_file():
+        return None
+    out: dict[str, str] = {}
+    for n, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in parts[0]):
+            raise ArtifactError(
+                f"{sums}, line {n}: not a sha256sum line ('<64 hex digits>  NAME'): {line.strip()[:120]!r}",
+                hint=f"make it with `sha256sum *.tar > {art.SUMS_FILE}` in {directory}",
+            )
+        out[parts[1].strip().lstrip("*").rsplit("/", 1)[-1]] = parts[0].lower()
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _verified_tarballs(
+    directory: str, stamp: tuple[tuple[str, int, int], ...]
+) -> tuple[tuple[Path, str | None], ...]:
+    # Every node of a run imports the same tarballs: they are hashed once. stamp (size and mtime
+    # of every file) makes a changed file be hashed again.
+    d = Path(directory)
+    tars = sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(".tar"))
+    sums = _image_sums(d)
+    if sums is None:
+        return tuple((t, None) for t in tars)
+    sums_file = d / art.SUMS_FILE
+    for t in tars:
+        if t.name not in sums:
+            raise ArtifactError(
+                f"{t} is not listed in {sums_file}: with a {art.SUMS_FILE} there, every tarball must "
+                "have its checksum in it; nothing was imported",
+                hint=f"add its line (`sha256sum {t.name} >> {art.SUMS_FILE}` where it was made) or "
+                "remove the tarball",
+            )
+        actual = art.sha256_file(t)
+        if actual != sums[t.name]:
+            raise _image_mismatch(t, sums_file, sums[t.name], actual)
+    return tuple((t, sums[t.name]) for t in tars)
+
+
+def _image_mismatch(path: Path, sums_file: Path, expected: str, actual: str) -> ArtifactError:
+    return ArtifactError(
+        f"{path} does not match {sums_file}: expected sha256 {expected}, got {actual}. "
+        "Nothing was imported.",
+        hint="the tarball is damaged or another build than the one listed; copy or export it again "
+        f"(and its {art.SUMS_FILE} line) and re-run",
+    )
+
+
+def checked_tarballs(cluster: Cluster) -> list[tuple[Path, str | None]]:
+    """The image tarballs with the SHA-256 their directory's SHA256SUMS lists (None without one),
+    every one verified before any is pushed; ArtifactError (exit 12) on a tarball that is not
+    listed or does not match."""
+    tars = _tarballs(cluster)
+    if not tars:
+        return []
+    d = tars[0].parent
+    return list(_verified_tarballs(str(d), _stamp(d)))
 
 
 def _image_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
@@ -337,29 +489,39 @@ def tarball_refs(path: Path) -> list[str]:
 
 @step("kubernetes.images", probes=_image_probes)
 def images(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """Image tarballs from kubernetes.artifacts.image_tarballs imported into containerd (k8s.io);
-    nothing when that is not set (the images are pulled from image_repository)."""
-    try:
-        tars = _tarballs(cluster)
-    except ArtifactError as exc:
-        if facts.known:
-            raise
-        yield Warn(str(exc))  # a dry run reports it; the real run stops on it
+    """Image tarballs from kubernetes.artifacts.image_tarballs imported into containerd (k8s.io),
+    each checked against the directory's SHA256SUMS when it has one; nothing when that setting is
+    not there (the images are pulled from image_repository)."""
+    configured = cluster.spec.kubernetes.artifacts.image_tarballs
+    if not configured:
         return
-    if not tars:
+    directory = Path(configured).expanduser()
+    has_sums = (directory / art.SUMS_FILE).is_file()
+    checked: list[tuple[Path, str | None]] | None = yield Need(
+        "image tarballs (*.tar" + (f", each checked against {art.SUMS_FILE})" if has_sums else ")"),
+        f"{directory} (on this machine)",
+        lambda: checked_tarballs(cluster),
+    )
+    if checked is None:
+        # Dry run: show what a first run pushes and imports (the Need above says what is missing).
+        for tar in sorted(directory.glob("*.tar")) if directory.is_dir() else []:
+            target = f"{IMAGES_DIR}/{tar.name}"
+            yield Local(f"push {tar} to {node.name}:{target} (0600)", lambda: None, changes=True)
+            yield Run(Cmd("ctr", "-n", "k8s.io", "images", "import", target))
+        return
+    if not checked:
         return
     listed = facts.check(CTR_IMAGES)
     present = set(listed.stdout.split()) if facts.known and listed.ok else set()
     yield EnsureDir("/var/lib/vkp", 0o700, "root:root")
     yield EnsureDir(IMAGES_DIR, 0o700, "root:root")
-    for tar in tars:
+    for tar, expected in checked:
         target = f"{IMAGES_DIR}/{tar.name}"
-        if not facts.known:
-            yield Local(f"push {tar} to {node.name}:{target} (0600)", lambda: None, changes=True)
-            yield Run(Cmd("ctr", "-n", "k8s.io", "images", "import", target))
-            continue
         refs = tarball_refs(tar)
         data = tar.read_bytes()
+        if expected is not None and (actual := hashlib.sha256(data).hexdigest()) != expected:
+            # Changed since it was verified: what is pushed must be what was checked.
+            raise _image_mismatch(tar, tar.parent / art.SUMS_FILE, expected, actual)
         changed = yield Upload(data, target, 0o600, "root:root")
         if not changed and (not refs or set(refs) <= present):
             continue
@@ -405,17 +567,27 @@ _FETCH_SCRIPT = (
 )
 
 
+def _read_manifest(f: Fetch) -> bytes:
+    assert f.local is not None
+    try:
+        return f.local.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(
+            f"{f.what}: cannot read {f.local} ({exc.strerror})",
+            hint="a local artifact source carries the pinned add-on manifests under the same "
+            "relative paths as a mirror",
+        ) from None
+
+
 def fetch_manifest(f: Fetch) -> StepGen:
     if f.local is not None:
-        try:
-            data = f.local.read_bytes()
-        except OSError as exc:
-            raise ArtifactError(
-                f"{f.what}: cannot read {f.local} ({exc.strerror})",
-                hint="a local artifact source carries the pinned add-on manifests under the same "
-                "relative paths as a mirror",
-            ) from None
-        yield Upload(data, f.dest, 0o600, "root:root")
+        data = yield Need(f.what, f"{f.local} (on this machine)", lambda: _read_manifest(f))
+        if data is None:
+            # Dry run: show the push a first run makes.
+            yield Local(f"push {f.local} to {f.dest} (0600)", lambda: None, changes=True)
+        else:
+            yield Upload(data, f.dest, 0o600, "root:root")
     else:
         assert f.url is not None
+        yield Need(f.what, f.url)
         yield Run(Cmd.shell(_FETCH_SCRIPT, f.url, f.dest), retry_safe=True, timeout=300)
