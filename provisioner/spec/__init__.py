@@ -1,13 +1,21 @@
-"""The cluster spec: what a user asks for, merged from a plan, a YAML file and the environment.
+"""The cluster spec: what a user asks for, merged from a plan, site defaults, a YAML file and the
+environment.
 
 Everything here is pure (no network, no vSphere): a spec is loaded and validated before any
 call is made, and every problem is reported at once with its field path and what to do.
 
-Merge order, later wins: plan defaults <- spec file <- explicit name/plan arguments.
-Environment variables (VKP_VSPHERE_*, VKP_NETWORK_*, VKP_API_ENDPOINT, VKP_K8S_ARTIFACTS) fill
-vsphere, network and artifact settings the file leaves out, so `vkp create-cluster NAME --plan
-small` works from the environment alone. Credentials are never part of the spec: it records
-only the names of the environment variables to read at connect time.
+Merge order, later wins: plan defaults <- site defaults <- spec file <- explicit name/plan
+arguments. Environment variables (VKP_VSPHERE_*, VKP_NETWORK_*, VKP_API_ENDPOINT,
+VKP_K8S_ARTIFACTS) then fill vsphere, network and artifact settings still unset, so `vkp
+create-cluster NAME --plan small` works from the environment alone. Credentials are never part
+of the spec: it records only the names of the environment variables to read at connect time.
+
+Site defaults: VKP_SITE_DEFAULTS names a YAML file with the spec's schema (any sections, but no
+name), for settings a platform team sets once for every cluster (a Kubernetes version, node
+settings, pod and service ranges, a mirror). Its values sit under the spec file's section by
+section and field by field: a value the spec file sets (not null) wins, lists are replaced
+whole. Relative paths in it are relative to its own directory, and a problem in a value it
+supplied names the file. A saved spec (spec_from_dict) is already merged and reads neither.
 
 The package: schema (the dataclasses and constants), loading (files, environment, merging),
 checks (validation). Import from provisioner.spec itself.
@@ -47,6 +55,7 @@ from provisioner.spec.schema import (
     ROLE_MINIMUMS,
     ROLES,
     RSA_SIZES,
+    SITE_DEFAULTS_ENV,
     TLS,
     AddressRange,
     ApiEndpointSpec,
@@ -108,6 +117,7 @@ __all__ = [
     "ROLE_MINIMUMS",
     "RSA_SIZES",
     "RoleSpec",
+    "SITE_DEFAULTS_ENV",
     "SSHSpec",
     "Size",
     "TLS",

@@ -27,6 +27,7 @@ from provisioner.spec.schema import (
     ETCD_PACKAGE,
     PLANS_FILE_ENV,
     ROLES,
+    SITE_DEFAULTS_ENV,
     TLS,
     AddressRange,
     ApiEndpointSpec,
@@ -100,21 +101,27 @@ def load_spec(
 ) -> ClusterSpec:
     """Read, merge and (unless check=False) validate a spec; raise SpecError with every problem.
 
-    path None builds the spec from name/plan and the environment alone. Problems in values
-    that came from the environment name the variable that set them.
+    path None builds the spec from name/plan, the site defaults and the environment alone.
+    Problems in values that came from the environment name the variable that set them, and
+    those from the site defaults file name that file.
     """
-    raw: dict[str, Any] = _read_yaml(path) if path is not None else {}
-    if name is not None:
-        raw["name"] = name
-    if plan is not None:
-        raw["plan"] = plan
     r = _Reader(str(path) if path else None)
+    raw: dict[str, Any] = _read_yaml(path) if path is not None else {}
     legacy = _migrate_artifact_source(raw, r)
     if path is not None:
-        _resolve_ca_file(raw, path.parent)
-        _resolve_artifact_paths(raw, path.parent)
-        _resolve_etcd_artifact(raw, path.parent)
-    origins = _fill_from_env(raw, env)
+        _resolve_paths(raw, path.parent)
+    origins: dict[str, str] = {}
+    site = _site_defaults(env, r)
+    if site is not None:
+        site_path, site_raw = site
+        origins = _merge_under(raw, site_raw, f"{site_path} ({SITE_DEFAULTS_ENV})")
+    if name is not None:
+        raw["name"] = name
+        origins.pop("name", None)
+    if plan is not None:
+        raw["plan"] = plan
+        origins.pop("plan", None)
+    origins.update(_fill_from_env(raw, env))
     if legacy:
         origins.update(legacy)
     if plans is None:
@@ -165,11 +172,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, *, missing: str = "no such file; check the path given to -f") -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError([(str(path), "no such file; check the path given to -f")]) from None
+        raise SpecError([(str(path), missing)]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([(str(path), f"cannot be read: {exc}")]) from None
     try:
@@ -191,6 +198,60 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             [(str(path), f"must be a YAML mapping (name:, plan:, vsphere: ...), got {type(data).__name__}")]
         )
     return data
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    _resolve_ca_file(raw, base)
+    _resolve_artifact_paths(raw, base)
+    _resolve_etcd_artifact(raw, base)
+
+
+def _site_defaults(env: Mapping[str, str], r: _Reader) -> tuple[Path, dict[str, Any]] | None:
+    """The file VKP_SITE_DEFAULTS names, read like a spec (relative paths against its own
+    directory), or None when the variable is unset."""
+    value = (env.get(SITE_DEFAULTS_ENV) or "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    raw = _read_yaml(path, missing=f"no such file; check {SITE_DEFAULTS_ENV}, which names it")
+    if "name" in raw:
+        r.add(
+            f"{path}: name",
+            f"a site defaults file ({SITE_DEFAULTS_ENV}) is shared by every cluster, so it cannot name "
+            "one; put the name in the spec or on the command line",
+        )
+        del raw["name"]
+    site_r = _Reader(str(path))
+    _migrate_artifact_source(raw, site_r)
+    r.problems += [(f"{path}: {fp}", m) for fp, m in site_r.problems]
+    _resolve_paths(raw, path.parent)
+    return path, raw
+
+
+def _merge_under(
+    raw: dict[str, Any], defaults: dict[str, Any], origin: str, prefix: str = ""
+) -> dict[str, str]:
+    """Fill raw from defaults where raw leaves a value unset (absent or null), section by section;
+    return {field path: origin} for every value taken from defaults."""
+    origins: dict[str, str] = {}
+    for k, dv in defaults.items():
+        kp = f"{prefix}{k}"
+        cur = raw.get(k)
+        if cur is None:
+            if dv is not None:
+                raw[k] = dv
+                origins.update(_paths(dv, kp, origin))
+        elif isinstance(cur, dict) and isinstance(dv, dict):
+            origins.update(_merge_under(cur, dv, origin, f"{kp}."))
+    return origins
+
+
+def _paths(value: Any, path: str, origin: str) -> dict[str, str]:
+    out = {path: origin}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_paths(v, f"{path}.{k}", origin))
+    return out
 
 
 def _fill_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:

@@ -56,6 +56,8 @@ DNS_ADDONS = ("coredns", "none")
 
 DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[2] / "inventory" / "plans.yaml"
 PLANS_FILE_ENV = "VKP_PLANS_FILE"
+# A spec-shaped YAML file of site-wide settings, merged under every spec (provisioner.spec).
+SITE_DEFAULTS_ENV = "VKP_SITE_DEFAULTS"
 # kubernetes.version: 1.<minor>.<patch>; the one parser of it.
 _K8S_VERSION = re.compile(r"1\.(\d+)\.(\d+)")
 
