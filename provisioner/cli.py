@@ -289,6 +289,15 @@ def _render_result(result: dict[str, Any]) -> str:
         lines.append(f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-'}")
     for ph in result.get("phases", []):
         lines.append(f"  phase {ph['name']:<11} {ph['status']:<7} {ph['seconds']:.1f}s")
+    health = result.get("health")
+    if health:
+        nodes = health.get("nodes") or {}
+        ready = sum(v == "Ready" for v in nodes.values())
+        readyz = "ok" if (health.get("readyz") or {}).get("ok") else "failing"
+        state = "ok" if health.get("ok") else "NOT ready"
+        lines.append(f"health: {state}, /readyz {readyz}, {ready}/{len(nodes)} nodes Ready")
+        if "dns" in health:
+            lines.append(f"dns: {health['dns']}")
     lines.append(f"state: {result['state_dir']}")
     return "\n".join(lines)
 

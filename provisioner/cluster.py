@@ -94,6 +94,8 @@ def create_cluster(
         _bootstrap_phases(report, phases)
         result["bootstrap"] = report
         result["changed"] += report["changed"]
+        if "health" in report.get("outputs", {}):
+            result["health"] = report["outputs"]["health"]
     return result
 
 

@@ -118,11 +118,14 @@ class Local:
     """Work done on the operator's machine (a health check over TLS). Outcome: fn()'s value.
 
     changes: True when fn changes something (it then marks the step changed).
+    report: a key under which the outcome also goes into the run's report (the health check's
+    result, which create-cluster shows).
     """
 
     description: str
     fn: Callable[[], Any]
     changes: bool = False
+    report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -443,6 +446,7 @@ class StepResult:
     warnings: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # what was done (or would be, in a dry run)
     artifacts: list[ArtifactNeed] = field(default_factory=list)  # dry run: what the step needs
+    outputs: dict[str, Any] = field(default_factory=dict)  # Local outcomes kept for the report
     error: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -565,7 +569,10 @@ class Executor:
             result.actions.append(f"local: {action.description}")
             if self.dry_run:
                 return None, action.changes
-            return action.fn(), action.changes
+            outcome = action.fn()
+            if action.report is not None:
+                result.outputs[action.report] = outcome
+            return outcome, action.changes
         if self.conn is None and not self.dry_run:
             raise ProvisionerError(
                 f"{type(action).__name__} needs a host: a local step may yield only Local and Warn"

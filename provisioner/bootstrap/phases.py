@@ -156,6 +156,7 @@ def _merge(reports: list[dict[str, Any]], phases: list[str], dry_run: bool) -> d
     merged["restarts"] = [x for r in reports for x in r["restarts"]]
     merged["warnings"] = [x for r in reports for x in r["warnings"]]
     merged["artifacts"] = [x for r in reports for x in r.get("artifacts", [])]
+    merged["outputs"] = {k: v for r in reports for k, v in (r.get("outputs") or {}).items()}
     merged["resumed_from"] = next((r["resumed_from"] for r in reports if r["resumed_from"]), None)
     for r in reports:
         merged["playbook"] = r["playbook"]

@@ -312,6 +312,11 @@ class PlaybookReport:
         return [f"{r.host}: {r.step}: {w}" for r in self.results for w in r.warnings]
 
     @property
+    def outputs(self) -> dict[str, Any]:
+        """What steps handed to the report (Local(report=...)), by key; the last one wins."""
+        return {k: v for r in self.results for k, v in r.outputs.items()}
+
+    @property
     def artifacts(self) -> list[ArtifactNeed]:
         """What the run needs from artifact sources (looked at in a dry run), once per artifact."""
         return merge_artifacts(a for r in self.results for a in r.artifacts)
@@ -331,6 +336,7 @@ class PlaybookReport:
             "resumed_from": self.resumed_from,
             "phase_seconds": self.phase_seconds,
             "artifacts": [a.to_dict() for a in self.artifacts],
+            "outputs": self.outputs,
             "plays": [p.to_dict() for p in self.plays],
         }
 

@@ -195,6 +195,7 @@ def test_the_cluster_playbook_loads_in_phase_order() -> None:
         ("bootstrap-token", "kubernetes"),
         ("control-plane-join", "kubernetes"),
         ("worker-join", "kubernetes"),
+        ("pod-network", "kubernetes"),
         ("addons", "kubernetes"),
         ("kubernetes-health", "kubernetes"),
     ]

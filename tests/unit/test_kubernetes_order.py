@@ -109,10 +109,12 @@ class FakeAPI:
         if path.endswith("/pods"):
             ns = path.split("/")[4]
             pod = {"name": "p", "ready": True}
+            # kubeadm's CoreDNS keeps the kube-dns label; every namespace has one running pod.
+            labels = {"k8s-app": "kube-dns"} if ns == "kube-system" else {}
             return {
                 "items": [
                     {
-                        "metadata": {"namespace": ns, "name": "p"},
+                        "metadata": {"namespace": ns, "name": "p", "labels": labels},
                         "status": {"phase": "Running", "containerStatuses": [pod]},
                     }
                 ]
@@ -179,6 +181,7 @@ def test_the_kubernetes_plays_in_order(tmp_path: Path) -> None:
         ("bootstrap-token", "master[0]", None, ("kubernetes.token",)),
         ("control-plane-join", "master[1:]", 1, ("kubernetes.join_control_plane",)),
         ("worker-join", "worker", None, ("kubernetes.join_worker",)),
+        ("pod-network", "master+worker", None, ("kubernetes.cni_bridge", "kubernetes.pod_routes")),
         ("addons", "master[0]", None, ("kubernetes.cni", "kubernetes.vsphere")),
         ("kubernetes-health", "master[0]", None, ("kubernetes.health",)),
     ]

@@ -1,5 +1,10 @@
 """The cluster's health, checked from this machine through the API endpoint: /readyz, every
-master and worker Ready, the system pods running."""
+master and worker Ready, the system pods running, and what serves cluster DNS.
+
+DNS is reported as it is: CoreDNS when kubernetes.dns is coredns and its pods run in
+kube-system (kubeadm's addon, label k8s-app=kube-dns); "not installed" when it is none, with how
+workloads find Services without it. Never a DNS that is not there.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,19 @@ from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
 
 HEALTH_DEADLINE = 900.0  # CNI and system pods pull images on every node
+COREDNS_LABEL = ("k8s-app", "kube-dns")  # kubeadm's CoreDNS keeps kube-dns's label
+NO_DNS = (
+    "not installed (kubernetes.dns: none): workloads find Services through their "
+    "{NAME}_SERVICE_HOST/PORT variables or ClusterIP"
+)
 
 
 def system_namespaces(cluster: Cluster) -> list[str]:
     s = settings(cluster)
-    out = ["kube-system", "calico-system" if s.cni == "calico" else "kube-flannel"]
+    out = ["kube-system"]
+    # The bridge CNI runs no pods of its own: kube-system holds every system pod there is.
+    if s.cni in ("calico", "flannel"):
+        out.append("calico-system" if s.cni == "calico" else "kube-flannel")
     if s.vsphere:
         out.append(CSI_NAMESPACE)
     return out
@@ -35,7 +48,25 @@ def check_health(cluster: Cluster) -> kube_api.Health:
         return kube_api.assess(readyz, None, [], expected, namespaces)
     nodes = api.get("/api/v1/nodes")
     pods = [api.get(f"/api/v1/namespaces/{ns}/pods") for ns in namespaces]
-    return kube_api.assess(readyz, nodes, pods, expected, namespaces)
+    health = kube_api.assess(readyz, nodes, pods, expected, namespaces)
+    if settings(cluster).dns == "coredns" and not _has_coredns(pods[0]):
+        health.problems.append(
+            "CoreDNS: no pod labelled k8s-app=kube-dns in kube-system (kubernetes.dns: coredns)"
+        )
+    return health
+
+
+def _has_coredns(kube_system_pods: dict[str, Any]) -> bool:
+    key, value = COREDNS_LABEL
+    return any(
+        ((p.get("metadata") or {}).get("labels") or {}).get(key) == value
+        for p in kube_system_pods.get("items", [])
+    )
+
+
+def dns_report(cluster: Cluster) -> str:
+    """What serves cluster DNS, for the health result (checked by check_health when CoreDNS)."""
+    return "coredns" if settings(cluster).dns == "coredns" else NO_DNS
 
 
 class ClusterNotReady(Timeout):
@@ -74,7 +105,7 @@ def wait_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) -> dict[st
             deadline=deadline,
             initial=1.0,
             maximum=POLL * 3,
-        ).to_dict()
+        ).to_dict() | {"dns": dns_report(cluster)}
     except _NotYet:
         raise ClusterNotReady(last[0], time.monotonic() - started) from None
 
@@ -86,8 +117,10 @@ def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
     url = cluster.plan.api_endpoint.url
     yield Local(
         f"health through {url}: /readyz, nodes Ready, "
-        f"pods in {', '.join(system_namespaces(cluster))} running",
+        f"pods in {', '.join(system_namespaces(cluster))} running"
+        + (", CoreDNS among them" if settings(cluster).dns == "coredns" else "; DNS: not installed"),
         lambda: wait_healthy(cluster),
+        report="health",
     )
 
 
