@@ -18,7 +18,8 @@ host half way), starts no more, and raises PlayFailed naming host, step, command
 
 Resume: progress is recorded in <state>/bootstrap.json after every step. When a run fails,
 the file keeps what that run completed (plays, and steps per host of the failed play); the
-next run skips exactly that and starts the failed host at its failed step. A run that
+next run skips exactly that and starts the failed host at its failed step. A finished play
+whose hosts have grown since (a resize added a worker) is not skipped: it runs again in full. A run that
 completes clears it, so a run after a successful one re-checks every step: that is how a
 member stopped since then is found and started again, and why a re-run of a finished cluster
 reports every step ok. Skipping only within the failed attempt keeps a resume from trusting
@@ -360,7 +361,8 @@ def merge_artifacts(items: Iterable[ArtifactNeed]) -> list[ArtifactNeed]:
 class Progress:
     """<state>/bootstrap.json: what the current (or last failed) run completed.
 
-    {"digest": ..., "plays": {play: {"done": bool, "hosts": {host: [completed steps]}}},
+    {"digest": ..., "plays": {play: {"done": bool, "ran_on": [hosts],
+                                     "hosts": {host: [completed steps]}}},
      "failed": {"play", "host", "step", "error"} | null}
     """
 
@@ -387,13 +389,22 @@ class Progress:
     def resume_point(self) -> dict[str, Any] | None:
         return self.previous["failed"] if self.previous else None
 
-    def play_done_before(self, play: str) -> bool:
-        return bool(self.previous and self.previous["plays"].get(play, {}).get("done"))
+    def play_done_before(self, play: str, hosts: Sequence[str]) -> bool:
+        """Done by the failed run on every one of hosts. A host it did not run on (a worker
+        added since, by a resize) makes the play run again, on all of them: a play's work on
+        one host may depend on the others (pod routes, the token)."""
+        if not self.previous:
+            return False
+        record = self.previous["plays"].get(play, {})
+        return bool(record.get("done")) and set(hosts) <= set(record.get("ran_on", ()))
 
     def steps_done_before(self, play: str, host: str) -> list[str]:
         if not self.previous:
             return []
-        done: list[str] = self.previous["plays"].get(play, {}).get("hosts", {}).get(host, [])
+        record = self.previous["plays"].get(play, {})
+        if record.get("done"):
+            return []  # a finished play that runs again (see play_done_before) runs in full
+        done: list[str] = record.get("hosts", {}).get(host, [])
         return done
 
     def _save(self) -> None:
@@ -411,9 +422,10 @@ class Progress:
                 done.append(step)
             self._save()
 
-    def play_done(self, play: str) -> None:
+    def play_done(self, play: str, hosts: Sequence[str]) -> None:
         with self._lock:
-            self.data["plays"].setdefault(play, {"done": False, "hosts": {}})["done"] = True
+            record = self.data["plays"].setdefault(play, {"done": False, "hosts": {}})
+            record["done"], record["ran_on"] = True, list(hosts)
             self._save()
 
     def failed(self, play: str, host: str, step: str, error: str) -> None:
@@ -626,10 +638,10 @@ def run_playbook(
             nodes = play.hosts.select(cluster.plan)
             preport = PlayReport(play.name, play.phase, [n.name for n in nodes], play.serial)
             report.plays.append(preport)
-            if progress.play_done_before(play.name):
+            if progress.play_done_before(play.name, preport.hosts):
                 log(f"play {play.name}: done by the interrupted run, skipped")
                 preport.results = [StepResult(s, "-", status="skipped") for s in play.steps]
-                progress.play_done(play.name)
+                progress.play_done(play.name, preport.hosts)
                 continue
             mode = (
                 "one host at a time"
@@ -658,7 +670,7 @@ def run_playbook(
                 err = _play_failed(play, preport, failures, report)
                 phase_event(play.phase, "failed", err.message.splitlines()[0])
                 raise err
-            progress.play_done(play.name)
+            progress.play_done(play.name, preport.hosts)
         if phase_now is not None:
             phase_event(phase_now, "done")
         progress.finished()

@@ -511,6 +511,38 @@ def test_resume_skips_what_the_failed_run_completed_and_a_good_run_rechecks_all(
     assert third.resumed_from is None and third.count("skipped") == 0
 
 
+def test_a_resume_runs_a_finished_play_again_when_a_node_was_added(tmp_path: Path) -> None:
+    # A run fails late; a resize then adds a worker: plays the failed run finished must run on
+    # it, and again on the others (their work may depend on every node, like pod routes).
+    cluster = make_cluster(tmp_path)
+    hosts = hosts_for(cluster.plan)
+    pb = playbook_of(
+        [
+            {"play": "nodes", "phase": "etcd", "hosts": "worker", "steps": ["test.upload"]},
+            {"play": "late", "phase": "etcd", "hosts": "etcd[0]", "steps": ["test.flaky"]},
+        ]
+    )
+    hosts["demo-etcd-1"].fail = {"flaky": Result(1, "", "not yet")}
+    with pytest.raises(PlayFailed):
+        run_playbook(pb, cluster, hosts, phases={"etcd"}, log=quiet)
+    hosts["demo-etcd-1"].fail = {}
+    topo = cluster.spec.topology
+    grown_spec = replace(cluster.spec, topology=replace(topo, worker=replace(topo.worker, count=3)))
+    grown = replace(cluster, spec=grown_spec, plan=make_plan(grown_spec))
+    hosts = {**hosts_for(grown.plan), **hosts}
+    for h in hosts.values():
+        h.commands.clear()
+    report = run_playbook(pb, grown, hosts, phases={"etcd"}, log=quiet)
+    nodes = report.plays[0]
+    assert {(r.host, r.status) for r in nodes.results} == {
+        ("demo-worker-1", "ok"),
+        ("demo-worker-2", "ok"),
+        ("demo-worker-3", "changed"),
+    }
+    assert "put /etc/test.conf" in hosts["demo-worker-3"].commands
+    assert hosts["demo-worker-1"].commands == ["put /etc/test.conf"]  # ran again, changed nothing
+
+
 def test_report_has_per_play_and_per_step_timings_and_counts(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path)
     hosts = hosts_for(cluster.plan)
