@@ -123,9 +123,13 @@ def status(output: str) -> None:
 
 @lab.command()
 def env() -> None:
-    """Print shell export lines that point vkp at the lab (server, user, password, thumbprint, pool).
+    """Print shell export lines that point vkp at the lab: server, user, password, thumbprint,
+    address pool, the lab's Kubernetes artifacts and site defaults (VKP_SITE_DEFAULTS), and a
+    free virtual address for the API of a cluster with several masters (VKP_API_ENDPOINT), and
+    PATH with the lab's kubectl (v1.20.2, like the lab's clusters) first.
 
-    The same lines are kept in a root-only file (0600) under the lab's run directory.
+    The same lines, but the last two, are kept in a root-only file (0600) under the
+    lab's run directory.
 
     \b
     Example:
@@ -140,7 +144,16 @@ def env() -> None:
         except PermissionError:
             raise LabError(f"cannot read {paths.ENV_FILE}", hint="run as root") from None
 
-    click.echo(run(read), nl=False)
+    def offer() -> str:
+        text = read()
+        # Computed now, not at `lab up`: a cluster made since may hold the one offered then.
+        return (
+            text
+            + f"export VKP_API_ENDPOINT={lab_mod.free_virtual_address()}\n"
+            + f'export PATH={paths.BIN}:"$PATH"\n'
+        )
+
+    click.echo(run(offer), nl=False)
 
 
 @lab.command()

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from provisioner.errors import LabError
 from provisioner.lab import guest as guests
-from provisioner.lab import image, network, paths, prereqs, simulator
+from provisioner.lab import host, image, kubebuild, network, paths, prereqs, simulator
 
 Log = Callable[[str], None]
 USERNAME = "vkp-admin@vsphere.local"
@@ -106,12 +108,85 @@ def env_lines(state: dict[str, Any], password: str) -> list[str]:
         "VKP_NETWORK_GATEWAY": paths.GATEWAY,
         "VKP_NETWORK_DNS": paths.GATEWAY,
         "VKP_K8S_ARTIFACTS": f"local:{paths.ARTIFACTS}",
+        "VKP_SITE_DEFAULTS": str(paths.SITE_DEFAULTS),
     }
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 
+def site_defaults(record: dict[str, Any]) -> str:
+    """The lab's site defaults (VKP_SITE_DEFAULTS): what a node in this lab needs, as spec settings.
+
+    A spec file or plan overrides any of them; they only fill what a spec leaves out.
+    """
+    version = record["version"]
+    doc = {
+        "network": {
+            # Several masters share a virtual address on the lab bridge; kube-vip's image cannot
+            # be had here, haproxy and keepalived come with the guest image.
+            "api_endpoint": {"mode": "haproxy-keepalived"},
+        },
+        "kubernetes": {
+            "version": version,
+            # The rest of the RFC 2544 range: never routed, like the nodes' 198.18.0.0/24.
+            "pod_cidr": paths.POD_CIDR,
+            "service_cidr": paths.SERVICE_CIDR,
+            "cni": "bridge",
+            "cni_plugins_version": record["cni_plugins_version"],
+            # No cluster DNS can be had here (Debian packages neither CoreDNS nor kube-dns).
+            "dns": "none",
+            "artifacts": {"image_tarballs": str(kubebuild.Layout(paths.ARTIFACTS).images)},
+            "node": {
+                # A guest's systemd booted with read-only controllers and cannot manage them.
+                "cgroup_driver": "cgroupfs",
+                # Even root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE on this host).
+                "restrict_oom_score_adj": True,
+                # nf_conntrack_max belongs to this machine, not to a guest's namespace.
+                "conntrack_max_per_core": 0,
+                # kubeadm 1.20's preflight cannot run without crictl, which is packaged nowhere
+                # here; the checks it would make are the lab's to keep true.
+                "skip_preflight": True,
+            },
+        },
+    }
+    header = (
+        "# The embedded lab's site defaults, written by `vkp lab up` (provisioner/lab/lab.py).\n"
+        "# `vkp lab env` exports VKP_SITE_DEFAULTS pointing here; a spec overrides any of it.\n"
+        f"# Kubernetes v{version} is the lab's own build from Debian's source package: past its\n"
+        "# upstream end of life, for this lab only.\n"
+    )
+    return header + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _write_site_files() -> None:
+    record = kubebuild.read_record(paths.ARTIFACTS)
+    if record is None:
+        raise LabError("the lab's Kubernetes artifacts are missing", hint="run `vkp lab prepare`")
+    paths.SITE_DEFAULTS.write_text(site_defaults(record))
+    _link_kubectl()
+
+
+def _link_kubectl() -> None:
+    paths.BIN.mkdir(parents=True, exist_ok=True)
+    link = paths.BIN / "kubectl"
+    tmp = paths.BIN / ".kubectl.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(kubebuild.Layout(paths.ARTIFACTS).binaries / "kubectl")
+    tmp.replace(link)
+
+
+def free_virtual_address() -> str:
+    """The first address of the lab's virtual-address range that nothing on the bridge answers."""
+    for addr in paths.vip_candidates():
+        if not network.answers(addr):
+            return addr
+    raise LabError(
+        f"every virtual address of the lab ({paths.VIP_START}-{paths.VIP_END}) is in use",
+        hint="delete a multi-master lab cluster, or set VKP_API_ENDPOINT yourself",
+    )
+
+
 def prepare(log: Log) -> tuple[Path, Path]:
-    """Install what the lab needs and build the simulator and the guest image (cached)."""
+    """Install what the lab needs; build the simulator, the guest image and Kubernetes (cached)."""
     prereqs.require_root()
     prereqs.ensure_packages(log)
     t = time.monotonic()
@@ -120,6 +195,9 @@ def prepare(log: Log) -> tuple[Path, Path]:
     t = time.monotonic()
     root = image.build_image(paths.CACHE, log)
     log(f"guest image ready ({time.monotonic() - t:.1f}s): {root}")
+    t = time.monotonic()
+    record = kubebuild.build(paths.CACHE / "kubernetes", paths.ARTIFACTS, log)
+    log(f"Kubernetes v{record['version']} artifacts ready ({time.monotonic() - t:.1f}s): {paths.ARTIFACTS}")
     return binary, root
 
 
@@ -135,6 +213,7 @@ def up(opts: LabOptions, log: Log) -> dict[str, Any]:
                     hint="run `vkp lab down` first to start it with other options",
                 )
             log(f"the lab is already up at {state['url']}")
+            _write_site_files()  # this vkp's idea of what a lab node needs, if it changed
             return {**state, "already_up": True}
         log("found the remains of a lab that is no longer running; cleaning them up first")
         down(log)
@@ -154,6 +233,8 @@ def up(opts: LabOptions, log: Log) -> dict[str, Any]:
         paths.ARTIFACTS.mkdir(parents=True, exist_ok=True)
         undo.callback(lambda: down(lambda _m: None))
         network.ensure_bridge()
+        host.apply(paths.HOST_SYSCTLS, log)
+        _write_site_files()
         cert, _key = simulator.make_certificate(paths.RUN)
         thumbprint = simulator.thumbprint(cert.read_bytes())
         password = secrets.token_urlsafe(18)
@@ -244,6 +325,7 @@ def down(log: Log) -> dict[str, Any]:
     if state.get("vcsim_pid"):
         simulator.stop(state["vcsim_pid"])
     network.remove_bridge()
+    host.restore(paths.HOST_SYSCTLS, log)
     if paths.RUN.exists():
         shutil.rmtree(paths.RUN)
     log("the lab is down")

@@ -133,3 +133,17 @@ def remove_guest_nic(guest_id: str) -> None:
 def guest_nic_exists(guest_id: str) -> bool:
     netns, host_if = nic_names(guest_id)
     return (_NETNS_DIR / netns).exists() or _link_exists(host_if)
+
+
+def answers(address: str) -> bool:
+    """Whether anything on the lab bridge answers address (one ping; a neighbour entry)."""
+    res = subprocess.run(
+        ["ping", "-c", "1", "-W", "1", "-n", "-q", "-I", paths.BRIDGE, address],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode == 0:
+        return True
+    neigh = _ip("neigh", "show", "to", address, "dev", paths.BRIDGE, check=False).stdout
+    return "lladdr" in neigh and "FAILED" not in neigh and "INCOMPLETE" not in neigh
