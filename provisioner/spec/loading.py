@@ -261,11 +261,18 @@ def _fill_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str
     tls = vs.get("tls") if isinstance(vs, dict) else None
     # TLS verification is one choice: a file that makes it must not be contradicted by env.
     file_chose_tls = isinstance(tls, dict) and any(v is not None for v in tls.values())
+    net = raw.get("network")
+    api = net.get("api_endpoint") if isinstance(net, dict) else None
+    # A spec whose endpoint is its master's own address has no use for a virtual address; one
+    # exported for the clusters that do (`vkp lab env` offers one) is not an error for it.
+    direct = isinstance(api, dict) and api.get("mode") == "direct"
     for keys, var in ENV_SETTINGS:
         value = env.get(var)
         if value is None or value.strip() == "":
             continue
         if keys[:2] == ("vsphere", "tls") and file_chose_tls:
+            continue
+        if keys == ("network", "api_endpoint", "address") and direct:
             continue
         d: Any = raw
         for k in keys[:-1]:
@@ -426,7 +433,13 @@ _K8S_KEYS = {
     "version", "pod_cidr", "service_cidr", "cni", "cni_version", "cni_plugins_version", "dns",
     "vsphere_csi", "node", "artifacts",
 }  # fmt: skip
-_NODE_KEYS = {"cgroup_driver", "restrict_oom_score_adj", "conntrack_max_per_core", "ignore_preflight_errors"}
+_NODE_KEYS = {
+    "cgroup_driver",
+    "restrict_oom_score_adj",
+    "conntrack_max_per_core",
+    "ignore_preflight_errors",
+    "skip_preflight",
+}
 _ARTIFACT_KEYS = {"source", "image_repository", "image_tarballs", "sandbox_image"}
 
 
@@ -586,6 +599,7 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
             ),
             conntrack_max_per_core=r.get_int(nd, "conntrack_max_per_core", "kubernetes.node", None),
             ignore_preflight_errors=tuple(preflight),
+            skip_preflight=r.get_bool(nd, "skip_preflight", "kubernetes.node", ndef.skip_preflight),
         ),
         artifacts=ArtifactsSpec(
             source=r.get_str(ad, "source", "kubernetes.artifacts") or ArtifactsSpec.source,

@@ -296,12 +296,15 @@ class NodeSettingsSpec:
     default, 0 leaves the host's conntrack table size alone (for when it is not writable).
     ignore_preflight_errors: kubeadm preflight checks to ignore on init and join, besides those
     vkp ignores itself.
+    skip_preflight: kubeadm init and join skip the preflight phase altogether, for nodes where a
+    check that cannot be ignored fails (kubeadm 1.20 requires crictl, which some sites lack).
     """
 
     cgroup_driver: str = "systemd"
     restrict_oom_score_adj: bool = False
     conntrack_max_per_core: int | None = None
     ignore_preflight_errors: tuple[str, ...] = ()
+    skip_preflight: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,22 @@ from provisioner.ssh.commands import Cmd
 
 # command -> Debian package providing it. etcd comes from the distribution unless etcd.artifact
 # names a release, which etcd.configure installs (see role_commands).
+_NODE_COMMANDS = {
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    # kubeadm's preflight requires these on every node; kube-proxy and the portmap plugin use
+    # iptables and conntrack.
+    "iptables": "iptables",
+    "conntrack": "conntrack",
+    "socat": "socat",
+    "ebtables": "ebtables",
+    "ethtool": "ethtool",
+}
 ROLE_COMMANDS: dict[str, dict[str, str]] = {
     "etcd": {"etcd": "etcd-server", "etcdctl": "etcd-client"},
-    "master": {"containerd": "containerd", "ctr": "containerd", "runc": "runc"},
-    "worker": {"containerd": "containerd", "ctr": "containerd", "runc": "runc"},
+    "master": _NODE_COMMANDS,
+    "worker": _NODE_COMMANDS,
 }
 
 MODULES = ("overlay", "br_netfilter")

@@ -557,6 +557,14 @@ while read -r path mode; do chown root:root -- "$path"; chmod -- "$mode" "$path"
 """
 
 
+_REMOVE_POD_CONTAINERS = (
+    "command -v ctr > /dev/null || exit 0; "
+    'for id in $(ctr -n k8s.io containers list -q); do '
+    'ctr -n k8s.io tasks delete --force "$id" > /dev/null 2>&1; ctr -n k8s.io containers delete "$id"; '
+    "done"
+)
+
+
 def _bundle(files: Sequence[tuple[str, bytes, int]]) -> bytes:
     out = b""
     for path, data, mode in files:
@@ -567,6 +575,9 @@ def _bundle(files: Sequence[tuple[str, bytes, int]]) -> bytes:
 def _reset_and_restore(node: NodePlan, cluster: Cluster, interface: str | None) -> StepGen:
     """kubeadm reset -f, then put back what vkp placed that reset removes (PKI, kube-vip)."""
     yield Run(Cmd(KUBEADM, "reset", "-f"), timeout=300, retry_safe=True)
+    # kubeadm reset removes the pods' containers through crictl, and only warns where there is
+    # none: a half-started API server would keep its port from the next init or join.
+    yield Run(Cmd.shell(_REMOVE_POD_CONTAINERS), timeout=300, retry_safe=True)
     files: list[tuple[str, bytes, int]] = []
     if node.role == "master":
         files += [(path, data, mode) for path, data, mode, _ in pki_files(cluster)]
@@ -883,13 +894,24 @@ def init(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     yield from _after_init(node, cluster, iface)
 
 
+def _skip_phases(cluster: Cluster, *, init: bool) -> list[str]:
+    # A flag, not the config: skipPhases only came with v1beta3, and every kubeadm vkp supports
+    # takes --skip-phases beside --config.
+    phases = []
+    if cluster.spec.kubernetes.node.skip_preflight:
+        phases.append("preflight")
+    if init and settings(cluster).dns == "none":
+        phases.append("addon/coredns")
+    return [f"--skip-phases={','.join(phases)}"] if phases else []
+
+
 def init_command(cluster: Cluster) -> Cmd:
     args = ["init", "--config", INIT_CONFIG, "--skip-token-print", "--skip-certificate-key-print"]
-    if settings(cluster).dns == "none":
-        # A flag, not the config: skipPhases only came with v1beta3, and every kubeadm vkp
-        # supports takes --skip-* flags beside --config.
-        args.append("--skip-phases=addon/coredns")
-    return Cmd(KUBEADM, *args)
+    return Cmd(KUBEADM, *args, *_skip_phases(cluster, init=True))
+
+
+def join_command(cluster: Cluster) -> Cmd:
+    return Cmd(KUBEADM, "join", "--config", JOIN_CONFIG, *_skip_phases(cluster, init=False))
 
 
 def _cluster_initialised(cluster: Cluster) -> bool:
@@ -995,7 +1017,7 @@ def _join(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     config = render_join_config(node, cluster, shown, _ca_hash_or_placeholder(cluster, facts))
     yield EnsureDir(VKP_DIR, 0o700, "root:root")
     yield Upload(config, JOIN_CONFIG, 0o600, "root:root", secret=True)
-    cmd = Cmd(KUBEADM, "join", "--config", JOIN_CONFIG)
+    cmd = join_command(cluster)
     r = yield Run(cmd, check=False, timeout=KUBEADM_TIMEOUT)
     yield Run(Cmd("rm", "-f", "--", JOIN_CONFIG), retry_safe=True, changes=False)
     if facts.known and not r.ok:
