@@ -17,6 +17,17 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "/usr/sbin/debootstrap",
     "iproute2": "/usr/sbin/ip",
     "util-linux": "/usr/bin/nsenter",
+    "iputils-ping": "/usr/bin/ping",  # is a virtual address free on the bridge
+    # The lab's Kubernetes build (provisioner/lab/kubebuild.py) and what its artifacts carry.
+    "rsync": "/usr/bin/rsync",  # make gen_openapi
+    "patch": "/usr/bin/patch",  # Debian's own patches to the source
+    "make": "/usr/bin/make",
+    "gcc": "/usr/bin/gcc",
+    "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",  # pause is linked statically
+    "golang-github-modern-go-reflect2-dev": "/usr/share/gocode/src/github.com/modern-go/reflect2",
+    "busybox-static": "/bin/busybox",  # the sample workload image
+    "containernetworking-plugins": "/usr/lib/cni/bridge",  # the CNI plugins tarball
+    "iptables": "/usr/sbin/xtables-legacy-multi",  # kube-proxy's image
 }
 
 
