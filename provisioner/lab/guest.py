@@ -4,10 +4,19 @@ A guest is systemd-nspawn booting the lab image through an overlay (the VM's lin
 disk: the upper directory survives power-off, and goes away only on destroy), in a network
 namespace whose eth0 carries the VM's MAC, with the VM's cloud-init data as a NoCloud seed.
 
-Each guest runs in cgroups of its own. On this kind of host (cgroup v1, PID 1 not systemd)
-nspawn would otherwise hand every container the same cgroup tree, and one guest's systemd
-could stop another's services; it also lets a forced stop find every process of a guest,
-including the container's init, which outlives a killed nspawn.
+Each guest runs in cgroups of its own, in every hierarchy. On this kind of host (cgroup v1,
+PID 1 not systemd) nspawn would otherwise hand every container the same cgroup tree, and one
+guest's systemd could stop another's services; it also lets a forced stop find every process
+of a guest, including the container's init, which outlives a killed nspawn. nspawn roots the
+controller hierarchies it shows the guest at the cgroup it starts in, so a kubelet inside
+(which makes /kubepods in each controller) stays inside its guest.
+
+What a node needs to run a kubelet and containers is the hardware's part, so it is here and in
+the image (provisioner/lab/image.py): every capability (mounts, runc), /dev/kmsg (the kubelet's
+OOM watcher), the keyring and bpf system calls (runc), a writable /proc/sys/net (ip_forward,
+kube-proxy's conntrack settings; the rest of /proc/sys stays read-only, so a guest cannot change
+this machine's kernel settings), and /var/lib/containerd on a directory of this machine (the
+overlayfs snapshotter cannot work on an overlay upper directory).
 """
 
 from __future__ import annotations
@@ -204,15 +213,36 @@ def _guest_from(gdir: Path, meta: dict[str, Any]) -> Guest:
     )
 
 
+def _hierarchies() -> list[Path]:
+    """Every cgroup hierarchy mounted under /sys/fs/cgroup (v1 controllers, named, unified)."""
+    if (_CGROUP_BASE / "cgroup.procs").exists():  # pure v2: one hierarchy
+        return [_CGROUP_BASE]
+    found = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] in ("cgroup", "cgroup2"):
+                mnt = Path(fields[1])
+                if mnt.parent == _CGROUP_BASE and (mnt / "cgroup.procs").exists():
+                    found.append(mnt)
+    return sorted(set(found))
+
+
 def _cgroup_dirs(guest_id: str) -> list[Path]:
-    """The guest's own cgroup in each hierarchy that nspawn looks at."""
-    dirs = []
-    if (_CGROUP_BASE / "systemd" / "cgroup.procs").exists():  # v1 or hybrid
-        dirs.append(_CGROUP_BASE / "systemd" / _CGROUP_GROUP / guest_id)
-        if (_CGROUP_BASE / "unified" / "cgroup.procs").exists():
-            dirs.append(_CGROUP_BASE / "unified" / _CGROUP_GROUP / guest_id)
-    elif (_CGROUP_BASE / "cgroup.procs").exists():  # pure v2
-        dirs.append(_CGROUP_BASE / _CGROUP_GROUP / guest_id)
+    """The guest's own cgroup in each hierarchy."""
+    return [h / _CGROUP_GROUP / guest_id for h in _hierarchies()]
+
+
+def _make_cgroups(guest_id: str) -> list[Path]:
+    dirs = _cgroup_dirs(guest_id)
+    for d in dirs:
+        for level in (d.parent, d):
+            level.mkdir(exist_ok=True)
+            if (level / "cpuset.cpus").exists():
+                # A new cpuset has no CPUs and no memory nodes: nothing could run in it.
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    if not (level / knob).read_text().strip():
+                        (level / knob).write_text((level.parent / knob).read_text())
     return dirs
 
 
@@ -299,9 +329,9 @@ def start_guest(
     _write_seed(upper, seed)
 
     netns, _host_if = network.add_guest_nic(guest_id, mac)
-    cgroups = _cgroup_dirs(guest_id)
-    for d in cgroups:
-        d.mkdir(parents=True, exist_ok=True)
+    cgroups = _make_cgroups(guest_id)
+    containerd_dir = gdir / "containerd"
+    containerd_dir.mkdir(mode=0o700, exist_ok=True)
 
     # nspawn mounts the container's /sys before it joins --network-namespace-path, so alone it
     # shows the guest this machine's NICs under /sys/class/net (cloud-init then cannot find its
@@ -318,7 +348,10 @@ def start_guest(
         "--register=no",
         "--keep-unit",
         f"--network-namespace-path=/run/netns/{netns}",
-        "--capability=CAP_NET_ADMIN",
+        "--capability=all",
+        "--system-call-filter=@keyring bpf @privileged",
+        "--bind=/dev/kmsg",
+        f"--bind={containerd_dir}:/var/lib/containerd",
         f"--machine={_machine_name(hostname, guest_id)}",
         "--console=read-only",
         "--link-journal=no",
@@ -334,6 +367,10 @@ def start_guest(
         # Every guest shares the one image as its lower layer; nspawn's per-directory lock
         # would let only one of them boot.
         "SYSTEMD_NSPAWN_LOCK": "0",
+        # Only the guest's own network namespace's /proc/sys/net: "1" would also let a kubelet
+        # set vm.overcommit_memory, kernel.panic and kernel.panic_on_oops for this whole
+        # machine. The lab sets those three itself while it is up (provisioner/lab/host.py).
+        "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network",
     }
     log_path = gdir / "console.log"
     with open(log_path, "ab") as out, open(os.devnull, "rb") as devnull:

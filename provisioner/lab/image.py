@@ -57,6 +57,38 @@ IPv6AcceptRA=no
 LinkLocalAddressing=no
 """
 
+# nspawn shows a guest the cgroup v1 controller hierarchies read-only, rooted at the guest's
+# own cgroup (provisioner/lab/guest.py). A kubelet and runc create cgroups there, so each is
+# mounted again, writable: the guest's cgroup namespace keeps the new mount rooted at the
+# guest's cgroup, so nothing outside the guest is reachable through it. Real VMs have this
+# from their kernel; here it is the lab's hardware, set up before any unit needs it.
+_CGROUPS_SCRIPT = """\
+#!/bin/sh
+# vkp lab: make this guest's cgroup v1 controller hierarchies writable (see the unit).
+set -eu
+awk '$3 == "cgroup" && $4 ~ /(^|,)ro(,|$)/ { print $2 }' /proc/self/mounts | while read -r mnt; do
+    controllers=$(basename "$mnt")
+    case "$controllers" in systemd) continue ;; esac
+    umount "$mnt"
+    mount -t cgroup -o "$controllers" cgroup "$mnt"
+done
+"""
+_CGROUPS_UNIT = """\
+[Unit]
+Description=vkp lab: writable cgroup controller hierarchies (the lab guest's hardware)
+DefaultDependencies=no
+Before=sysinit.target containerd.service
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/vkp-lab-cgroups
+
+[Install]
+WantedBy=sysinit.target
+"""
+
 # An nspawn guest shares the host kernel, clock and has no udev: these units either cannot
 # work or only add to boot time. Measured with `systemd-analyze blame` in a guest.
 _MASKED_UNITS = (
@@ -95,19 +127,42 @@ class Recipe:
         "procps",  # ps/pgrep: fact gathering in bootstrap steps
         "locales",  # else cloud-init's locale module fails
         "sudo",
+        # What kubeadm's preflight and kube-proxy look for on a node, and the load balancer for
+        # several masters: a template for Kubernetes nodes carries them (guests reach no mirror).
+        "iptables",
+        "conntrack",
+        "socat",
+        "ebtables",
+        "ethtool",
+        "haproxy",
+        "keepalived",
     )
     locale: str = "en_US.UTF-8"
-    enable_units: tuple[str, ...] = ("systemd-networkd.service", "systemd-resolved.service", "ssh.service")
+    enable_units: tuple[str, ...] = (
+        "systemd-networkd.service",
+        "systemd-resolved.service",
+        "ssh.service",
+        "vkp-lab-cgroups.service",
+    )
     # vkp's bootstrap writes etcd's configuration; Debian's unit would start a default member.
-    disable_units: tuple[str, ...] = ("etcd.service",)
+    # haproxy and keepalived run only on masters behind a virtual address, when vkp says so.
+    disable_units: tuple[str, ...] = ("etcd.service", "haproxy.service", "keepalived.service")
     mask_units: tuple[str, ...] = _MASKED_UNITS
     files: tuple[tuple[str, str], ...] = (
         ("etc/cloud/cloud.cfg.d/99_vkp_lab.cfg", _CLOUD_CFG),
         ("etc/hosts", _HOSTS),
         ("etc/systemd/network/10-cloud-init-eth0.network.d/50-vkp-lab.conf", _NETWORKD_DROPIN),
+        ("usr/local/sbin/vkp-lab-cgroups", _CGROUPS_SCRIPT),
+        ("etc/systemd/system/vkp-lab-cgroups.service", _CGROUPS_UNIT),
+    )
+    # kube-proxy's image carries iptables' legacy backend; the node's own iptables users (the
+    # kubelet, the portmap plugin) must write to the same tables.
+    alternatives: tuple[tuple[str, str], ...] = (
+        ("iptables", "/usr/sbin/iptables-legacy"),
+        ("ip6tables", "/usr/sbin/ip6tables-legacy"),
     )
     # Bumped when build_image's post-install steps change in a way the fields above do not show.
-    revision: int = 2
+    revision: int = 3
     # The mirror is how packages travel, not what they are: it is not part of the hash.
     mirror: str = field(default=DEFAULT_MIRROR, compare=False)
 
@@ -310,6 +365,10 @@ def _configure(recipe: Recipe, root: Path, log: Callable[[str], None]) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+
+    os.chmod(root / "usr/local/sbin/vkp-lab-cgroups", 0o755)
+    for name, target in recipe.alternatives:
+        _run(["chroot", str(root), "update-alternatives", "--set", name, target], f"choosing {target}")
 
     sysd = ["systemctl", f"--root={root}"]
     _run([*sysd, "enable", *recipe.enable_units], "enabling units")
