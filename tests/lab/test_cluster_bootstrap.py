@@ -1,15 +1,22 @@
-"""create-cluster's bootstrap phases end to end on inventory/lab.yaml: etcd over mTLS, containerd.
+"""create-cluster end to end on inventory/lab.yaml: etcd over mTLS, containerd, real Kubernetes.
 
-One cluster for the module, taken through what a user meets: a broken template stopped before
-anything is uploaded, a run killed mid-phase that resumes, a re-run that changes nothing, an
-etcd member brought back after its VM went down, a node whose host key changed refused.
+One cluster for the module (the suite's shared cluster: a Kubernetes cluster costs minutes),
+taken through what a user meets: a broken template stopped before anything is uploaded, a run
+killed mid-phase that resumes, a re-run that changes nothing, the Kubernetes phase stopping
+clearly without artifacts, an etcd member brought back after its VM went down; then the lab's
+own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three Ready nodes,
+the API server on the external etcd, an app served across nodes through a ClusterIP and a
+NodePort, a re-run that changes nothing, workers added and drained away, and at last a node
+whose host key changed refused.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +29,7 @@ from pyVmomi import vim
 from provisioner.bootstrap.etcd_client import check_cluster
 from provisioner.bootstrap.pki import load_pki
 from provisioner.errors import ExitCode
+from provisioner.lab import kubebuild, paths
 from provisioner.state import ClusterState
 from provisioner.vsphere.session import connect
 from tests.conftest import VKP, LabHandle
@@ -132,13 +140,14 @@ def test_3_rerun_changes_nothing(env: dict[str, str]) -> None:
     } == before
 
 
-def test_4_without_kubernetes_artifacts_the_phase_stops_clearly(env: dict[str, str]) -> None:
-    r = vkp(env, "create-cluster", "-f", SPEC, "--yes", "-o", "json")
+def test_4_without_kubernetes_artifacts_the_phase_stops_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "no-artifacts"
+    empty.mkdir()
+    without = {**env, "VKP_K8S_ARTIFACTS": f"local:{empty}"}
+    r = vkp(without, "create-cluster", "-f", SPEC, "--yes", "-o", "json")
     assert r.returncode == ExitCode.ARTIFACTS, r.stderr
     error = json.loads(r.stdout)["error"]
-    assert (
-        "kubeadm" in error["message"] and env["VKP_K8S_ARTIFACTS"].removeprefix("local:") in error["message"]
-    )
+    assert "kubeadm" in error["message"] and str(empty) in error["message"]
     assert "--up-to runtime" in error["hint"]
     phases = {
         p["name"]: p["status"]
@@ -173,24 +182,244 @@ def test_5_etcd_member_whose_vm_went_down_comes_back(env: dict[str, str], lab: L
     assert sorted(m.name for m in report.members) == ETCD and report.ok
 
 
-def test_6_resize_adds_and_removes_workers(env: dict[str, str], lab: LabHandle) -> None:
+# -- Kubernetes -----------------------------------------------------------------------------
+
+WORKERS = ["lab-worker-1", "lab-worker-2"]
+KUBE_NODES = ["lab-master-1", *WORKERS]
+WEB = "vkp-web"
+
+
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The operator's kubectl (the lab's own v1.20.2, as `vkp lab env` puts it on PATH)."""
+    return subprocess.run(
+        [str(paths.BIN / "kubectl"), "--kubeconfig", env["KUBECONFIG"], *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def kube_json(env: dict[str, str], *args: str) -> Any:
+    r = kubectl(env, *args, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def ready_nodes(env: dict[str, str]) -> dict[str, str]:
+    """{node name: kubelet version} of the nodes whose Ready condition is True."""
+    out = {}
+    for n in kube_json(env, "get", "nodes")["items"]:
+        conditions = {c["type"]: c["status"] for c in n["status"]["conditions"]}
+        if conditions.get("Ready") == "True":
+            out[n["metadata"]["name"]] = n["status"]["nodeInfo"]["kubeletVersion"]
+    return out
+
+
+def wait_for(what: str, check: Any, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(2)
+    raise AssertionError(f"{what}: not after {timeout:.0f}s (last: {last!r})")
+
+
+def http_get(host: str, port: int, timeout: float = 5) -> str:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        chunks = []
+        while data := sock.recv(4096):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_6_killed_during_kubeadm_init_then_converges(env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [VKP, "create-cluster", "-f", SPEC, "--yes"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 600
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "kubernetes.init" in line or time.monotonic() > deadline:
+            break
+    time.sleep(8)  # well into kubeadm init: certificates and static pods written, API starting
+    proc.kill()
+    proc.wait()
+    assert any("kubernetes.init" in line for line in seen), "".join(seen[-20:])
+    r = vkp(env, "create-cluster", "-f", SPEC, "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert [(p["name"], p["status"]) for p in result["phases"]][-1] == ("kubernetes", "done")
+    assert "not installed" in json.dumps(result), "the health report says cluster DNS is not installed"
+    r = vkp(env, "get-credentials", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    env["KUBECONFIG"] = json.loads(r.stdout)["path"]
+    assert ready_nodes(env) == dict.fromkeys(KUBE_NODES, "v1.20.2")
+    # The run's join token is a secret: not in anything vkp printed or logged.
+    state_dir = Path(env["VKP_STATE_DIR"])
+    logged = r.stderr + "".join(seen) + "".join(
+        p.read_text(errors="replace") for p in state_dir.rglob("*") if p.is_file() and p.suffix != ".key"
+    )
+    tokens = kube_json(env, "get", "secrets", "-n", "kube-system", "--field-selector",
+                       "type=bootstrap.kubernetes.io/token")["items"]  # fmt: skip
+    assert tokens, "a bootstrap token was created for the joins"
+    for t in tokens:
+        secret = base64.b64decode(t["data"]["token-secret"]).decode()
+        assert secret not in logged
+
+
+def test_7_api_server_uses_the_external_etcd(env: dict[str, str]) -> None:
+    pods = kube_json(env, "get", "pods", "-n", "kube-system")["items"]
+    assert not [p for p in pods if p["metadata"]["name"].startswith("etcd-")], "no stacked etcd pod"
+    (apiserver,) = [p for p in pods if p["metadata"]["name"].startswith("kube-apiserver-")]
+    command = apiserver["spec"]["containers"][0]["command"]
+    st = state(env)
+    servers = ",".join(f"https://{st.nodes[n].address}:2379" for n in ETCD)
+    assert f"--etcd-servers={servers}" in command
+    assert "--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt" in command
+    # What the API server stores is in the etcd VMs: the kube-system namespace's key.
+    r = vkp(env, "etcdctl", "lab", "--", "get", "/registry/namespaces/kube-system", "--keys-only")
+    assert r.returncode == 0 and "/registry/namespaces/kube-system" in r.stdout, r.stderr
+
+
+APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: vkp-web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: vkp-web}}
+  template:
+    metadata: {labels: {app: vkp-web}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: vkp-web}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: web
+        image: IMAGE
+        imagePullPolicy: Never
+        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']
+        ports: [{containerPort: 8080}]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vkp-web}
+spec:
+  selector: {app: vkp-web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vkp-web-nodeport}
+spec:
+  type: NodePort
+  selector: {app: vkp-web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vkp-client}
+spec:
+  containers:
+  - name: client
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+"""
+
+
+def exec_http(env: dict[str, str], pod: str, host: str, port: int | str) -> str:
+    script = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}"
+    r = kubectl(env, "exec", pod, "--", "sh", "-c", script)
+    return r.stdout if r.returncode == 0 else f"exit {r.returncode}: {r.stderr}"
+
+
+def test_8_an_app_served_across_nodes(env: dict[str, str]) -> None:
+    record = kubebuild.read_record(paths.ARTIFACTS)
+    assert record is not None
+    r = kubectl(env, "apply", "-f", "-", stdin=APP.replace("IMAGE", str(record["workload_image"])))
+    assert r.returncode == 0, r.stderr
+    r = kubectl(env, "rollout", "status", "deployment/vkp-web", "--timeout=180s")
+    assert r.returncode == 0, r.stderr + kubectl(env, "describe", "pods").stdout[-3000:]
+    kubectl(env, "wait", "--for=condition=Ready", "pod/vkp-client", "--timeout=120s")
+    web = [p for p in kube_json(env, "get", "pods", "-l", "app=vkp-web")["items"]]
+    assert sorted(p["spec"]["nodeName"] for p in web) == WORKERS, "one replica on each worker"
+    names = {p["metadata"]["name"] for p in web}
+    # Pod to pod, across nodes, without NAT in between: each replica answers from the other.
+    for a, b in ((web[0], web[1]), (web[1], web[0])):
+        answer = exec_http(env, a["metadata"]["name"], b["status"]["podIP"], 8080)
+        assert b["metadata"]["name"] in answer, answer
+    # Through the ClusterIP Service from another pod, found the way pods find Services here
+    # (no cluster DNS in the lab): the variables Kubernetes injects. Both replicas answer.
+    seen = set()
+    for _ in range(30):
+        answer = exec_http(env, "vkp-client", "$VKP_WEB_SERVICE_HOST", "$VKP_WEB_SERVICE_PORT")
+        seen |= {n for n in names if n in answer}
+        if seen == names:
+            break
+    assert seen == names, f"the ClusterIP balanced over {seen}, wanted {names}"
+    # Through the NodePort from this machine, by every node's address.
+    port = kube_json(env, "get", "service", "vkp-web-nodeport")["spec"]["ports"][0]["nodePort"]
+    st = state(env)
+    for node in KUBE_NODES:
+        answer = http_get(st.nodes[node].address, port)
+        assert "200 OK" in answer and any(n in answer for n in names), (node, answer)
+
+
+def test_9_rerun_of_the_whole_cluster_changes_nothing(env: dict[str, str]) -> None:
+    r = vkp(env, "create-cluster", "-f", SPEC, "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["changed"] == 0 and result["bootstrap"]["changed"] == 0, result["bootstrap"]
+    assert result["bootstrap"]["restarts"] == []
+
+
+def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], lab: LabHandle) -> None:
     r = vkp(env, "resize", "lab", "--workers", "3", "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["added"] == ["lab-worker-3"]
-    r = on_node(env, "lab-worker-3", "systemctl is-active containerd")
-    assert r.stdout.strip() == "active", "a new worker goes through every phase the cluster reached"
+    assert ready_nodes(env) == dict.fromkeys([*KUBE_NODES, "lab-worker-3"], "v1.20.2")
+    # Its pods reach the others' pods: the new node's routes, and theirs to it, are in place.
+    r = kubectl(env, "run", "vkp-probe", "--image", kubebuild.WORKLOAD_IMAGE, "--image-pull-policy=Never",
+                "--restart=Never", "--overrides",
+                json.dumps({"spec": {"nodeName": "lab-worker-3"}}), "--", "sleep", "600")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    kubectl(env, "wait", "--for=condition=Ready", "pod/vkp-probe", "--timeout=120s")
+    web = kube_json(env, "get", "pods", "-l", "app=vkp-web")["items"][0]
+    assert web["metadata"]["name"] in exec_http(env, "vkp-probe", web["status"]["podIP"], 8080)
+    # A bare pod would be lost by the drain, which refuses it (as kubectl does) rather than force.
+    r = vkp(env, "resize", "lab", "--workers", "2", "--yes", "-o", "json")
+    assert r.returncode != 0 and "vkp-probe" in r.stderr, r.stderr
+    assert kubectl(env, "delete", "pod", "vkp-probe", "--wait=true").returncode == 0
     r = vkp(env, "resize", "lab", "--workers", "2", "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["removed"] == ["lab-worker-3"]
     assert "lab-worker-3" not in state(env).nodes
+    assert sorted(ready_nodes(env)) == KUBE_NODES
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
         view = s.content.viewManager.CreateContainerView(s.content.rootFolder, [vim.VirtualMachine], True)
         names = {v.name for v in view.view}
         view.Destroy()
     assert "lab-worker-3" not in names and "lab-worker-2" in names
+    # The app kept both replicas through it (they live on the two first workers).
+    r = kubectl(env, "rollout", "status", "deployment/vkp-web", "--timeout=60s")
+    assert r.returncode == 0, r.stderr
 
 
-def test_7_changed_host_key_is_refused(env: dict[str, str]) -> None:
+def test_11_changed_host_key_is_refused(env: dict[str, str]) -> None:
     swap = (
         "sudo ssh-keygen -q -t ed25519 -N '' -f /tmp/other && "
         "sudo cp /tmp/other /etc/ssh/ssh_host_ed25519_key && "
