@@ -252,7 +252,7 @@ def test_three_masters_with_haproxy_and_keepalived(tmp_path: Path) -> None:
         assert f"unicast_src_ip {m.address}" in c
         peers = c.split("unicast_peer {")[1].split("}")[0].split()
         assert peers == [o.address for o in ms if o is not m]
-        assert "track_haproxy" in c
+        assert "track_script {\n        check_haproxy" in c and "is-active --quiet haproxy.service" in c
 
 
 def test_interface_comes_from_the_route_to_the_endpoint() -> None:
