@@ -296,10 +296,6 @@ def cni_plugins_source(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> 
     return ArtifactSource(k.kind, k.location, CNI)
 
 
-def cni_plugins_version(k8s: KubernetesSpec) -> str:
-    return str(getattr(k8s, "cni_plugins_version", None) or "1.1.1").removeprefix("v")
-
-
 def etcd_source(etcd: EtcdSpec, *, base_dir: Path | None = None) -> ArtifactSource:
     """Where etcd comes from when etcd.artifact is not the distribution's package."""
     try:
@@ -718,8 +714,8 @@ def probe_source(spec: KubernetesSpec, log: Log, *, timeout: float = PROBE_TIMEO
         _probe_remote(source, version, log, timeout)
     else:
         _probe_local(source, version, log)
-    if str(getattr(spec, "cni", "calico")) == "bridge" and not source.remote:
-        _probe_local_cni_plugins(cni_plugins_source(spec), cni_plugins_version(spec), log)
+    if spec.cni == "bridge" and not source.remote:
+        _probe_local_cni_plugins(cni_plugins_source(spec), spec.cni_plugins_version, log)
     tarballs = spec.artifacts.image_tarballs
     if tarballs and not Path(tarballs).expanduser().is_dir():
         raise ArtifactError(

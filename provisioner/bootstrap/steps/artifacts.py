@@ -321,7 +321,7 @@ def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[A
 
 
 def _bridge(cluster: Cluster) -> bool:
-    return str(getattr(cluster.spec.kubernetes, "cni", "calico")) == "bridge"
+    return cluster.spec.kubernetes.cni == "bridge"
 
 
 def _cni_plugins_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
@@ -338,7 +338,7 @@ def cni_plugins(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     if not _bridge(cluster):
         return
     k8s = cluster.spec.kubernetes
-    version = art.cni_plugins_version(k8s)
+    version = k8s.cni_plugins_version
     arch = _arch(facts)
     rel = Release(
         art.cni_plugins_source(k8s),
