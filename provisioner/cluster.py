@@ -364,6 +364,11 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
     state.write_hosts_inventory()
     plan = make_plan(new_spec)
     state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
+    if "kubernetes" in reached:
+        # What the others keep about the removed nodes (routes to their pod ranges) goes in one
+        # converging run over what is left, which also checks the cluster's health.
+        log(f"converging the {len(plan.nodes)} remaining node(s)")
+        create_cluster(new_spec, log, up_to=up_to, concurrency=concurrency)
     return {"cluster": name, "workers": workers, "added": [], "removed": [n.name for n in going]}
 
 

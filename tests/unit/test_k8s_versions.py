@@ -271,17 +271,39 @@ def test_cgroupfs_oom_and_conntrack_reach_kubelet_containerd_and_kube_proxy(tmp_
 
 
 def test_extra_preflight_exceptions_are_merged_once_in_order_for_init_and_join(tmp_path: Path) -> None:
-    text = LAB_K8S + "network: {api_endpoint: {mode: haproxy-keepalived}}\n"
+    text = LAB_K8S + "network: {api_endpoint: {mode: kube-vip, address: 198.18.0.250}}\n"
     cluster = cluster_from(tmp_path, text, plan="prod")
     m1, m2 = cluster.plan.by_role("master")[:2]
     worker = cluster.plan.by_role("worker")[0]
     init = docs(k8s.render_init_config(m1, cluster, TOKEN))["InitConfiguration"]
-    # vkp's own Port-6443 (haproxy shares the port) first, the spec's after, each once.
-    assert init["nodeRegistration"]["ignorePreflightErrors"] == ["Port-6443", "FileExisting-crictl"]
+    assert init["nodeRegistration"]["ignorePreflightErrors"] == ["FileExisting-crictl", "Port-6443"]
+    # vkp's own exception (kube-vip's manifest is placed before a master joins) first, each once.
     join = docs(k8s.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
-    assert join["nodeRegistration"]["ignorePreflightErrors"] == ["Port-6443", "FileExisting-crictl"]
+    assert join["nodeRegistration"]["ignorePreflightErrors"] == [
+        "DirAvailable--etc-kubernetes-manifests",
+        "FileExisting-crictl",
+        "Port-6443",
+    ]
     wjoin = docs(k8s.render_join_config(worker, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
     assert wjoin["nodeRegistration"]["ignorePreflightErrors"] == ["FileExisting-crictl", "Port-6443"]
+
+
+def test_behind_haproxy_the_api_servers_take_another_port_on_every_master(tmp_path: Path) -> None:
+    # haproxy holds the endpoint's 6443 on the virtual address on each master. kubeadm keeps the
+    # API server's arguments cluster-wide, so a bind address would be the first master's on all.
+    text = LAB_K8S + "network: {api_endpoint: {mode: haproxy-keepalived, address: 198.18.0.250}}\n"
+    cluster = cluster_from(tmp_path, text, plan="prod")
+    m1, m2 = cluster.plan.by_role("master")[:2]
+    init = docs(k8s.render_init_config(m1, cluster, TOKEN))
+    assert init["InitConfiguration"]["localAPIEndpoint"]["bindPort"] == 6444
+    assert "bind-address" not in str(init["ClusterConfiguration"])
+    assert init["ClusterConfiguration"]["controlPlaneEndpoint"] == "198.18.0.250:6443"
+    join = docs(k8s.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
+    assert join["controlPlane"]["localAPIEndpoint"]["bindPort"] == 6444
+    assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "198.18.0.250:6443"
+    haproxy = k8s.render_haproxy(m2, cluster)
+    assert "bind 198.18.0.250:6443" in haproxy
+    assert all(f"{m.address}:6444 check" in haproxy for m in cluster.plan.by_role("master"))
 
 
 def _through_the_joins() -> Any:

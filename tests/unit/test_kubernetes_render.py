@@ -123,13 +123,10 @@ def test_kubeadm_api_version_follows_the_kubernetes_version(tmp_path: Path, vers
     d = docs(k8s.render_init_config(m, cluster, TOKEN))
     assert d["InitConfiguration"]["apiVersion"] == f"kubeadm.k8s.io/{api}"
     assert d["ClusterConfiguration"]["kubernetesVersion"] == f"v{version}"
-    args = d["ClusterConfiguration"]["apiServer"]["extraArgs"]
     kubelet_args = d["InitConfiguration"]["nodeRegistration"]["kubeletExtraArgs"]
     if api == "v1beta3":  # maps
-        assert args == {"bind-address": m.address}
         assert kubelet_args == {"node-ip": m.address}
     else:  # v1beta4: lists of name/value
-        assert args == [{"name": "bind-address", "value": m.address}]
         assert kubelet_args == [{"name": "node-ip", "value": m.address}]
     join = docs(k8s.render_join_config(cluster.plan.by_role("master")[1], cluster, TOKEN, "sha256:x"))
     assert join["JoinConfiguration"]["apiVersion"] == f"kubeadm.k8s.io/{api}"
@@ -229,16 +226,17 @@ def test_three_masters_with_haproxy_and_keepalived(tmp_path: Path) -> None:
     ms = cluster.plan.by_role("master")
     d = docs(k8s.render_init_config(ms[0], cluster, TOKEN))
     assert d["ClusterConfiguration"]["controlPlaneEndpoint"] == f"{VIP}:6443"
-    # haproxy holds VIP:6443 on every master; each API server binds its own address.
-    assert d["ClusterConfiguration"]["apiServer"]["extraArgs"] == {"bind-address": ms[0].address}
-    assert d["InitConfiguration"]["nodeRegistration"]["ignorePreflightErrors"] == ["Port-6443"]
+    # haproxy holds VIP:6443 on every master; the API servers listen on 6444, on every address.
+    assert "extraArgs" not in d["ClusterConfiguration"]["apiServer"]
+    assert d["InitConfiguration"]["localAPIEndpoint"]["bindPort"] == 6444
+    assert "ignorePreflightErrors" not in d["InitConfiguration"]["nodeRegistration"]
     join = docs(k8s.render_join_config(ms[1], cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
-    assert join["nodeRegistration"]["ignorePreflightErrors"] == ["Port-6443"]
+    assert join["controlPlane"]["localAPIEndpoint"]["bindPort"] == 6444
 
     cfg = k8s.render_haproxy(ms[1], cluster)
     assert f"    bind {VIP}:6443\n" in cfg
     servers = [line.split() for line in cfg.splitlines() if line.strip().startswith("server ")]
-    assert servers == [["server", m.name, f"{m.address}:6443", "check", "verify", "none"] for m in ms]
+    assert servers == [["server", m.name, f"{m.address}:6444", "check", "verify", "none"] for m in ms]
     assert "http-check send meth GET uri /readyz" in cfg and "mode tcp" in cfg
 
     confs = [k8s.render_keepalived(m, cluster, "ens192") for m in ms]

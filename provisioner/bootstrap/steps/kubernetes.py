@@ -100,6 +100,8 @@ KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 NONLOCAL_BIND_FILE = "/etc/sysctl.d/99-vkp-nonlocal-bind.conf"
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 APISERVER_PORT = 6443
+# The API servers' own port on masters whose haproxy serves the endpoint on 6443.
+APISERVER_PORT_BEHIND_HAPROXY = 6444
 
 # -- pinned versions -------------------------------------------------------------------------
 
@@ -207,10 +209,17 @@ def endpoint_hostport(cluster: Cluster) -> str:
 
 
 def apiserver_port(cluster: Cluster) -> int:
-    # haproxy owns the endpoint's port on the virtual address; the API servers keep 6443 on their
-    # own address. Otherwise the API server itself serves the endpoint's port.
+    """The port the API servers listen on: the endpoint's, unless haproxy on the masters holds it.
+
+    haproxy binds the endpoint's port on the virtual address on every master (non-local bind),
+    so the API servers there listen on another port, on every address. Binding them to their
+    own address instead would not do: kubeadm keeps the API server's arguments cluster-wide,
+    and the first master's address would reach every other master's manifest.
+    """
     ep = cluster.plan.api_endpoint
-    return APISERVER_PORT if ep.mode == "haproxy-keepalived" else ep.port
+    if ep.mode != "haproxy-keepalived":
+        return ep.port
+    return APISERVER_PORT if ep.port != APISERVER_PORT else APISERVER_PORT_BEHIND_HAPROXY
 
 
 def node_api_url(node: NodePlan, cluster: Cluster) -> str:
@@ -354,10 +363,6 @@ def _node_registration(node: NodePlan, cluster: Cluster, *, joining_master: bool
     if s.vsphere:
         kubelet_args["cloud-provider"] = "external"
     ignore: list[str] = []
-    if node.role == "master" and ep.mode == "haproxy-keepalived" and ep.port == apiserver_port(cluster):
-        # kubeadm's port check listens on every address; haproxy holds the port on the virtual
-        # address only, and the API server binds its node address, so the two do not collide.
-        ignore.append(f"Port-{ep.port}")
     if joining_master and ep.mode == "kube-vip":
         # kube-vip's static pod is placed before the join so the endpoint never loses a holder.
         ignore.append("DirAvailable--etc-kubernetes-manifests")
@@ -373,10 +378,6 @@ def _node_registration(node: NodePlan, cluster: Cluster, *, joining_master: bool
 def render_init_config(node: NodePlan, cluster: Cluster, token: Secret) -> str:
     """kubeadm-init.yaml for the first master. Pure (the token is revealed into the text)."""
     s = settings(cluster)
-    ep = cluster.plan.api_endpoint
-    apiserver_args: dict[str, str] = {}
-    if ep.mode == "haproxy-keepalived":
-        apiserver_args["bind-address"] = node.address
     return render(
         "kubernetes/kubeadm-init.yaml.j2",
         cluster=cluster.plan.cluster,
@@ -396,7 +397,6 @@ def render_init_config(node: NodePlan, cluster: Cluster, token: Secret) -> str:
         etcd_cert_file=f"{PKI_DIR}/apiserver-etcd-client.crt",
         etcd_key_file=f"{PKI_DIR}/apiserver-etcd-client.key",
         cert_sans=cert_sans(cluster),
-        apiserver_args=apiserver_args,
         runtime_endpoint_in_config=s.minor >= RUNTIME_ENDPOINT_IN_CONFIG_FROM,
         cgroup_driver=cluster.spec.kubernetes.node.cgroup_driver,
         conntrack_max_per_core=cluster.spec.kubernetes.node.conntrack_max_per_core,
