@@ -235,7 +235,7 @@ def build_image(cache_dir: Path, log: Callable[[str], None], recipe: Recipe | No
         return root
     _require_root_and_tools()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(cache_dir / "image.lock"):
+    with build_lock(cache_dir / "image.lock"):
         if (final / "recipe.json").is_file():  # another process built it while we waited
             return root
         _remove_stale_builds(cache_dir, log)
@@ -266,7 +266,8 @@ def _require_root_and_tools() -> None:
 
 
 @contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
+    """One build at a time per lock file (a second `vkp lab prepare` waits, then finds it built)."""
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -17,7 +17,6 @@ Every step logs to a file of its own; a failure names the step and that file.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from provisioner.bootstrap.artifacts import sha256_file
 from provisioner.errors import LabError
 from provisioner.lab import image as guest_image
 from provisioner.lab import oci
@@ -185,17 +185,6 @@ class _Steps:
         took = time.monotonic() - started
         self.timings[name] = self.timings.get(name, 0.0) + took
         self.log(f"kubernetes build: {what} done ({took:.0f}s)")
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # -- the source ----------------------------------------------------------------------------------
@@ -430,16 +419,8 @@ def write_cni_tarball(dest: Path, version: str) -> Path:
 # -- assembly ------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_sum(path: Path) -> str:
-    digest = _sha256(path)
+    digest = sha256_file(path)
     # dl.k8s.io's .sha256 files hold the bare digest; sha256sum's format names the file too.
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
@@ -465,7 +446,7 @@ def build(cache: Path, artifacts: Path, log: Log) -> dict[str, object]:
     if record is not None and record.get("recipe") == recipe.hash():
         return record
     cache.mkdir(parents=True, exist_ok=True)
-    with _lock(cache / "build.lock"):
+    with guest_image.build_lock(cache / "build.lock"):
         record = read_record(artifacts)
         if record is not None and record.get("recipe") == recipe.hash():
             return record
@@ -501,7 +482,7 @@ def _assemble(bin_dir: Path, artifacts: Path, recipe: ArtifactRecipe, steps: _St
         for img in images(bin_dir):
             path = lay.images / image_file_name(img.ref)
             oci.write(img, path)
-            digest = _sha256(path)
+            digest = sha256_file(path)
             sums.append(f"{digest}  {path.name}\n")
             files[str(path.relative_to(artifacts))] = digest
             refs[img.ref] = path.name
