@@ -249,7 +249,7 @@ def _api_endpoint(spec: ClusterSpec, nodes: Sequence[NodePlan]) -> ApiEndpoint:
     mode = api.mode
     if mode == "auto":
         only = masters[0].address if len(masters) == 1 else None
-        mode = "direct" if only is not None and api.address in (None, only) else "kube-vip"
+        mode = "direct" if only is not None and api.address in (None, only) else api.virtual
     address = masters[0].address if mode == "direct" else api.address
     assert address is not None  # validate() requires an address for every virtual-address mode
     return ApiEndpoint(address=address, port=api.port, mode=mode)

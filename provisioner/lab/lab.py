@@ -123,7 +123,7 @@ def site_defaults(record: dict[str, Any]) -> str:
         "network": {
             # Several masters share a virtual address on the lab bridge; kube-vip's image cannot
             # be had here, haproxy and keepalived come with the guest image.
-            "api_endpoint": {"mode": "haproxy-keepalived"},
+            "api_endpoint": {"virtual": "haproxy-keepalived"},
         },
         "kubernetes": {
             "version": version,

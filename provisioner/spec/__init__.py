@@ -57,6 +57,7 @@ from provisioner.spec.schema import (
     RSA_SIZES,
     SITE_DEFAULTS_ENV,
     TLS,
+    VIRTUAL_MODES,
     AddressRange,
     ApiEndpointSpec,
     ArtifactsSpec,
@@ -81,6 +82,7 @@ from provisioner.spec.schema import (
 
 __all__ = [
     "API_MODES",
+    "VIRTUAL_MODES",
     "AddressRange",
     "ApiEndpointSpec",
     "ArtifactsSpec",

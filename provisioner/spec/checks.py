@@ -28,6 +28,7 @@ from provisioner.spec.schema import (
     ROLE_MINIMUMS,
     ROLES,
     RSA_SIZES,
+    VIRTUAL_MODES,
     AddressRange,
     ArtifactsSpec,
     ClusterSpec,
@@ -334,6 +335,8 @@ def _check_network(spec: ClusterSpec) -> list[tuple[str, str]]:
     api = net.api_endpoint
     ap = "network.api_endpoint"
     masters = topo.master.count
+    if api.virtual not in VIRTUAL_MODES:
+        p.append((f"{ap}.virtual", f"unknown {api.virtual!r}; use one of {', '.join(VIRTUAL_MODES)}"))
     if api.mode not in API_MODES:
         p.append((f"{ap}.mode", f"unknown mode {api.mode!r}; use one of {', '.join(API_MODES)}"))
     elif api.mode == "direct" and masters > 1:
@@ -350,7 +353,7 @@ def _check_network(spec: ClusterSpec) -> list[tuple[str, str]]:
             p.append(
                 (
                     f"{ap}.address",
-                    f"required with {masters} master(s) ({'kube-vip' if api.mode == 'auto' else api.mode} "
+                    f"required with {masters} master(s) ({api.virtual if api.mode == 'auto' else api.mode} "
                     f"moves a virtual address between them): pick a free address in {where} outside "
                     "network.pool, or export VKP_API_ENDPOINT",
                 )

@@ -546,7 +546,9 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
     api_raw = net.get("api_endpoint")
     if isinstance(api_raw, str):
         api_raw = {"address": api_raw}  # the short form: api_endpoint: 10.0.0.5
-    api = r.section({"api_endpoint": api_raw}, "api_endpoint", "network", {"address", "port", "mode"})
+    api = r.section(
+        {"api_endpoint": api_raw}, "api_endpoint", "network", {"address", "port", "mode", "virtual"}
+    )
     api_addr = r.get_str(api, "address", "network.api_endpoint")
     if api_addr is not None and _ip(api_addr) is None:
         r.add("network.api_endpoint.address", f"{api_addr!r} is not an IP address")
@@ -560,6 +562,7 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
             address=api_addr,
             port=r.get_int(api, "port", "network.api_endpoint", 6443) or 0,
             mode=r.get_str(api, "mode", "network.api_endpoint", "auto") or "auto",
+            virtual=r.get_str(api, "virtual", "network.api_endpoint", "kube-vip") or "kube-vip",
         ),
     )
 

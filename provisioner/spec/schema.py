@@ -15,6 +15,8 @@ ROLES = ("etcd", "master", "worker")
 CNIS = ("calico", "flannel", "bridge")
 # auto: the only master's address with one master, a kube-vip virtual address with several.
 API_MODES = ("auto", "direct", "kube-vip", "haproxy-keepalived")
+# What holds a virtual address: network.api_endpoint.virtual, auto's choice when it needs one.
+VIRTUAL_MODES = ("kube-vip", "haproxy-keepalived")
 KEY_TYPES = ("rsa", "ecdsa")
 RSA_SIZES = (2048, 3072, 4096)
 HOSTNAME_MAX = 63  # node names become VM names and host names: one DNS label each
@@ -225,6 +227,7 @@ class ApiEndpointSpec:
     address: str | None = None
     port: int = 6443
     mode: str = "auto"
+    virtual: str = "kube-vip"  # what auto uses when the endpoint is a virtual address
 
 
 @dataclass(frozen=True)

@@ -163,9 +163,14 @@ def _run(node: Node, source: str) -> dict[str, object]:
 
 
 def _failure(node: Node, source: str) -> ArtifactError:
-    with pytest.raises(PlayFailed) as ei:
+    # A local source is verified on this machine before the play touches any host, so its
+    # failure stops the run itself; a remote source's shows as the node's failed step.
+    with pytest.raises((PlayFailed, ArtifactError)) as ei:
         _run(node, source)
     assert ei.value.exit_code == ExitCode.ARTIFACTS
+    if isinstance(ei.value, ArtifactError):
+        assert not source.startswith("http"), "a remote source is only read on the node"
+        return ei.value
     [failed] = [r for r in ei.value.report.results if r.status == "failed"]
     assert isinstance(failed.exception, ArtifactError)
     assert failed.exception.message in str(ei.value)
@@ -245,7 +250,8 @@ def test_local_directory_is_verified_here_and_pushed(node: Node, tmp_path: Path)
     assert _run(node, f"local:{tmp_path}")["status"] == "ok"
     (tmp_path / "kubectl").write_bytes(b"#!/bin/sh\necho tampered\n")
     err = _failure(node, f"local:{tmp_path}")
-    assert err.message.startswith("kubectl from local directory") and "SHA256SUMS" in err.message
+    assert "kubectl from local directory" in err.message and "SHA256SUMS" in err.message
+    assert node.sh("cat /usr/local/bin/kubectl") == files["kubectl"].decode(), "the good install stays"
 
 
 def test_probe_source_against_the_mirror(mirror: Mirror) -> None:

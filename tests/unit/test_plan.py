@@ -122,6 +122,19 @@ def test_api_endpoint_several_masters_is_a_virtual_address(tmp_path: Path) -> No
     assert make_plan(load_spec(f, env=LAB_ENV)).api_endpoint.mode == "haproxy-keepalived"
 
 
+def test_auto_takes_the_virtual_holder_the_spec_names_and_one_master_stays_direct(tmp_path: Path) -> None:
+    text = "name: demo\nplan: {plan}\nnetwork: {{api_endpoint: {{virtual: haproxy-keepalived}}}}\n"
+    env = LAB_ENV | {"VKP_NETWORK_POOL": "198.18.0.100-198.18.0.120"}
+    vip = env | {"VKP_API_ENDPOINT": "198.18.0.5"}
+    prod = make_plan(load_spec(write(tmp_path, text.format(plan="prod")), env=vip))
+    assert (prod.api_endpoint.mode, prod.api_endpoint.address) == ("haproxy-keepalived", "198.18.0.5")
+    small = make_plan(load_spec(write(tmp_path, text.format(plan="small")), env=env))
+    assert small.api_endpoint.mode == "direct"
+    with pytest.raises(SpecError) as ei:
+        load_spec(write(tmp_path, "name: demo\nnetwork: {api_endpoint: {virtual: keepalived}}\n"), env=env)
+    assert "network.api_endpoint.virtual" in str(ei.value) and "haproxy-keepalived" in str(ei.value)
+
+
 def test_anti_affinity_rules_and_folder(tmp_path: Path) -> None:
     plan = make_plan(spec_for("small"), hosts=["esx-1", "esx-2", "esx-3"])
     assert plan.folder == "vkp/demo"
