@@ -333,11 +333,16 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
     new_spec = dc.replace(spec, topology=dc.replace(topo, worker=dc.replace(topo.worker, count=workers)))
     validate(new_spec)
     current = topo.worker.count
-    reached = [p for p in PHASES if (rec := state.phase(p)) is not None and rec.status == "done"]
+    # The furthest phase the cluster was taken to, finished or not: an interrupted run still
+    # meant the cluster to go that far.
+    reached = [p for p in PHASES if state.phase(p) is not None]
     up_to = reached[-1] if reached else "vms"
     if workers == current:
-        log(f"cluster {name} already has {workers} worker(s)")
-        return {"cluster": name, "workers": workers, "added": [], "removed": []}
+        # The spec is saved as a resize starts, so an interrupted resize to this size looks done
+        # here; a converging run finishes it (and changes nothing when it was finished).
+        log(f"cluster {name} has {workers} worker(s) in its spec; making sure each is in place")
+        create_cluster(new_spec, log, up_to=up_to, concurrency=concurrency)
+        return {"cluster": name, "workers": workers, "added": [], "removed": [], "up_to": up_to}
     if workers > current:
         before = set(state.nodes)
         result = create_cluster(new_spec, log, up_to=up_to, concurrency=concurrency)

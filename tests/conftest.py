@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from provisioner.lab import guest as lab_guests
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths
 
@@ -48,6 +50,20 @@ class LabHandle:
     @property
     def password(self) -> str:
         return (paths.RUN / "password").read_text().strip()
+
+    def wait_guests_gone(self, cluster: str, timeout: float = 180) -> None:
+        """Until no lab guest of cluster's VMs is left. The hypervisor removes a guest after its VM
+        is destroyed, as a real host frees a VM's resources after the task: later tests must not
+        meet the stragglers (on the bridge, or in `vkp lab down`'s count)."""
+        deadline = time.monotonic() + timeout
+        left: list[str] = []
+        while time.monotonic() < deadline:
+            left = [g.hostname for g in lab_guests.list_guests(paths.GUESTS)]
+            left = [h for h in left if h.startswith(f"{cluster}-")]
+            if not left:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"guests of {cluster} still there {timeout:.0f}s after its VMs went: {left}")
 
     def env(self) -> dict[str, str]:
         """The variables `vkp lab env` exports, as a dict for subprocess environments."""

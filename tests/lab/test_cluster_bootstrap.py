@@ -47,6 +47,7 @@ def env(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     e = {**os.environ, **lab.env(), "VKP_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     yield e
     subprocess.run([VKP, "delete-cluster", "lab", "--yes"], env=e, capture_output=True)
+    lab.wait_guests_gone("lab")
 
 
 def vkp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -264,6 +265,9 @@ def test_6_killed_during_kubeadm_init_then_converges(env: dict[str, str]) -> Non
     assert r.returncode == 0, r.stderr
     env["KUBECONFIG"] = json.loads(r.stdout)["path"]
     assert ready_nodes(env) == dict.fromkeys(KUBE_NODES, "v1.20.2")
+    for node in KUBE_NODES:
+        r = on_node(env, node, "sudo ls /etc/kubernetes/vkp")
+        assert r.returncode == 0 and "kubeadm-" not in r.stdout, (node, "a file holding the token is left")
     # The run's join token is a secret: not in anything vkp printed or logged.
     state_dir = Path(env["VKP_STATE_DIR"])
     logged = r.stderr + "".join(seen) + "".join(
@@ -405,6 +409,8 @@ def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], l
     r = vkp(env, "resize", "lab", "--workers", "3", "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert ready_nodes(env) == dict.fromkeys([*KUBE_NODES, "lab-worker-3"], "v1.20.2")
+    r = on_node(env, "lab-worker-3", "sudo ls /etc/kubernetes/vkp")
+    assert r.returncode == 0 and "kubeadm-join.yaml" not in r.stdout, "no file holding the token is left"
     # Its pods reach the others' pods: the new node's routes, and theirs to it, are in place.
     r = kubectl(env, "run", "vkp-probe", "--image", kubebuild.WORKLOAD_IMAGE, "--image-pull-policy=Never",
                 "--restart=Never", "--overrides",

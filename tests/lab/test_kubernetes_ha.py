@@ -46,6 +46,7 @@ def env(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     yield e
     r = vkp(e, "delete-cluster", NAME, "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
+    lab.wait_guests_gone(NAME)
 
 
 def kubectl(env: dict[str, str], *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

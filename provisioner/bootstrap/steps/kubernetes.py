@@ -557,6 +557,11 @@ while read -r path mode; do chown root:root -- "$path"; chmod -- "$mode" "$path"
 """
 
 
+_STOP_KUBEADM = (
+    "pkill -x kubeadm || exit 0; "
+    "for _ in $(seq 50); do pgrep -x kubeadm > /dev/null || exit 0; sleep 0.2; done; "
+    "pkill -9 -x kubeadm; exit 0"
+)
 _REMOVE_POD_CONTAINERS = (
     "command -v ctr > /dev/null || exit 0; "
     'for id in $(ctr -n k8s.io containers list -q); do '
@@ -574,6 +579,9 @@ def _bundle(files: Sequence[tuple[str, bytes, int]]) -> bytes:
 
 def _reset_and_restore(node: NodePlan, cluster: Cluster, interface: str | None) -> StepGen:
     """kubeadm reset -f, then put back what vkp placed that reset removes (PKI, kube-vip)."""
+    # A run killed mid-init or mid-join can leave its kubeadm running on the node, and it would
+    # go on writing the files the reset removes.
+    yield Run(Cmd.shell(_STOP_KUBEADM), timeout=60, retry_safe=True)
     yield Run(Cmd(KUBEADM, "reset", "-f"), timeout=300, retry_safe=True)
     # kubeadm reset removes the pods' containers through crictl, and only warns where there is
     # none: a half-started API server would keep its port from the next init or join.
@@ -876,6 +884,8 @@ def init(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
             lambda: _cluster_initialised(cluster),
         )
         if adopted:
+            # The interrupted run's configuration holds its bootstrap token.
+            yield Run(Cmd("rm", "-f", "--", INIT_CONFIG), retry_safe=True, changes=False)
             yield from _after_init(node, cluster, iface)
             return
         yield from _reset_and_restore(node, cluster, iface)
@@ -1004,6 +1014,8 @@ def _join(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
             f"adopt {node.name} if an earlier run finished its join", lambda: _node_joined(cluster, node)
         )
         if adopted:
+            # The interrupted run's configuration holds its bootstrap token.
+            yield Run(Cmd("rm", "-f", "--", JOIN_CONFIG), retry_safe=True, changes=False)
             yield Upload(
                 f"kubeadm join completed for {cluster.plan.cluster}\n", JOIN_DONE, 0o644, "root:root"
             )
