@@ -99,6 +99,10 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Failures that mean 'sshd is not answering yet', worth another try before the deadline."""
+    if isinstance(exc, AuthenticationException) and str(exc) == "Authentication timeout.":
+        # paramiko's auth_timeout: sshd did not answer in time (busy, or restarting), which says
+        # nothing about the key.
+        return True
     if isinstance(exc, HostKeyMismatch | BadHostKeyException | AuthenticationException):
         return False
     if isinstance(exc, NoValidConnectionsError | TimeoutError | ConnectionError | EOFError):
@@ -240,6 +244,12 @@ class Connection:
                     on_retry=on_retry,
                 )
             except AuthenticationException as exc:
+                if is_transient(exc):
+                    raise Timeout(
+                        f"node {self._where} did not finish SSH authentication within "
+                        f"{self.connect_deadline:.0f} s ({self.connect_attempts} attempts): {exc}",
+                        hint="the node's sshd answers but too slowly: check its load and sshd",
+                    ) from exc
                 raise SSHError(
                     f"node {self._where} rejected the cluster key for user {self.user!r}: {exc}",
                     hint="cloud-init installs the key on first boot: check the VM's user-data and "

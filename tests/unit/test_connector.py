@@ -304,3 +304,13 @@ def test_put_atomic_mode_and_skip_when_same(cluster, sshd, tmp_path):
             c.get(str(tmp_path / "missing"))
         with pytest.raises(CommandFailed):
             c.put(b"x", str(tmp_path / "no-such-dir" / "f"), mode=0o600)
+
+
+def test_an_auth_timeout_is_retried_a_refused_key_is_not() -> None:
+    from paramiko.ssh_exception import AuthenticationException
+
+    from provisioner.ssh.connector import is_transient
+
+    # What paramiko raises when sshd does not answer the key in time (a busy or restarting node).
+    assert is_transient(AuthenticationException("Authentication timeout."))
+    assert not is_transient(AuthenticationException("Authentication failed."))
