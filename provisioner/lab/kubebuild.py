@@ -54,6 +54,9 @@ COMMANDS = (
     "kubectl",
 )
 NODE_BINARIES = ("kubeadm", "kubelet", "kubectl")
+# No step takes a tenth of this on 2 cores (kubelet, cold: 206 s); a hung download or build is
+# stopped and reported instead of holding `vkp lab prepare` forever.
+STEP_TIMEOUT = 1800.0
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # The sample workload: Debian's busybox-static (its wget segfaults; nc, httpd, sh work).
 WORKLOAD_IMAGE = "lab.vkp.internal/busybox:debian-12"
@@ -149,21 +152,25 @@ class _Steps:
         logs.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-            what: str = "") -> None:  # fmt: skip
+            what: str = "", timeout: float = STEP_TIMEOUT) -> None:  # fmt: skip
         path = self.logs / f"{name}.log"
         started = time.monotonic()
         self.log(f"kubernetes build: {what or name} ...")
         with open(path, "ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())
             out.flush()
-            proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, check=False)  # fmt: skip
+            try:
+                proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, check=False, timeout=timeout)  # fmt: skip
+                status = f"exit {proc.returncode}" if proc.returncode else ""
+            except subprocess.TimeoutExpired:
+                status = f"not finished after {timeout:.0f} s, stopped"
         took = time.monotonic() - started
         self.timings[name] = self.timings.get(name, 0.0) + took
-        if proc.returncode != 0:
+        if status:
             tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
             raise LabError(
-                f"building Kubernetes v{VERSION} failed at step `{name}` (exit {proc.returncode}):\n{tail}",
+                f"building Kubernetes v{VERSION} failed at step `{name}` ({status}):\n{tail}",
                 hint=f"the whole log is {path}; fix the cause and run `vkp lab prepare` again "
                 "(finished steps are cached)",
             )

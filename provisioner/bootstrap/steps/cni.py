@@ -36,7 +36,7 @@ from provisioner.bootstrap.engine import (
 from provisioner.bootstrap.render import render
 from provisioner.bootstrap.steps.artifacts import Fetch, fetch_manifest, pinned_manifest
 from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
-from provisioner.bootstrap.steps.kubernetes import FLANNEL_CNI_PLUGIN, POLL, VKP_DIR, _kubectl, settings
+from provisioner.bootstrap.steps.kubernetes import FLANNEL_CNI_PLUGIN, POLL, VKP_DIR, kubectl_cmd, settings
 from provisioner.errors import ProvisionerError, Timeout
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
@@ -125,12 +125,12 @@ def cni(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         yield from fetch_manifest(fetch)
         # The operator's CRDs exceed the annotation kubectl's client-side apply keeps.
         yield Run(
-            _kubectl("apply", "--server-side", "--force-conflicts", "-f", fetch.dest),
+            kubectl_cmd("apply", "--server-side", "--force-conflicts", "-f", fetch.dest),
             timeout=300,
             retry_safe=True,
         )
         yield Run(
-            _kubectl(
+            kubectl_cmd(
                 "wait", "--for=condition=established", "--timeout=120s",
                 "crd/installations.operator.tigera.io", "crd/apiservers.operator.tigera.io",
             ),
@@ -140,7 +140,7 @@ def cni(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         )  # fmt: skip
     for path, text in files:
         yield Upload(text, path, 0o600, "root:root")
-        yield Run(_kubectl("apply", "-f", path), timeout=300, retry_safe=True)
+        yield Run(kubectl_cmd("apply", "-f", path), timeout=300, retry_safe=True)
     yield Upload(marker, CNI_MARKER, 0o600, "root:root")
 
 

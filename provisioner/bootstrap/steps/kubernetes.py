@@ -511,7 +511,7 @@ def csi_driver(cluster: Cluster) -> Fetch:
     )
 
 
-def _kubectl(*args: str) -> Cmd:
+def kubectl_cmd(*args: str) -> Cmd:
     return Cmd(KUBECTL, "--kubeconfig", ADMIN_CONF, *args)
 
 
@@ -1157,11 +1157,11 @@ def vsphere(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     setup = manifests[1][0]
     for path, text in manifests:
         yield Upload(text, path, 0o600, "root:root")
-    yield Run(_kubectl("apply", "-f", setup), timeout=300, retry_safe=True)
-    yield Run(_kubectl("apply", "-f", "-"), stdin=secrets_doc.encode(), timeout=120, retry_safe=True)
-    yield Run(_kubectl("apply", "-f", manifests[0][0]), timeout=300, retry_safe=True)
+    yield Run(kubectl_cmd("apply", "-f", setup), timeout=300, retry_safe=True)
+    yield Run(kubectl_cmd("apply", "-f", "-"), stdin=secrets_doc.encode(), timeout=120, retry_safe=True)
+    yield Run(kubectl_cmd("apply", "-f", manifests[0][0]), timeout=300, retry_safe=True)
     yield from fetch_manifest(driver)
-    yield Run(_kubectl("apply", "-f", driver.dest), timeout=300, retry_safe=True)
+    yield Run(kubectl_cmd("apply", "-f", driver.dest), timeout=300, retry_safe=True)
     yield Upload(marker, VSPHERE_MARKER, 0o600, "root:root")
 
 
