@@ -26,6 +26,8 @@ class ExitCode:
     ARTIFACTS = 12  # Kubernetes artifacts are missing or do not verify
     TIMEOUT = 13  # a deadline passed (guest address, SSH, health)
     ABORTED = 14  # the user declined the confirmation
+    BUSY = 15  # another run holds the cluster's lock
+    INTERRUPTED = 130  # SIGINT (SIGTERM: 143); the phase is recorded as interrupted
 
 
 class ProvisionerError(Exception):
@@ -137,3 +139,24 @@ class ArtifactError(ProvisionerError):
 
 class Aborted(ProvisionerError):
     exit_code = ExitCode.ABORTED
+
+
+class Busy(ProvisionerError):
+    """Another vkp run holds the cluster's lock."""
+
+    exit_code = ExitCode.BUSY
+
+
+class Interrupted(ProvisionerError):
+    """The run was stopped by a signal; exits 128 + the signal number, as a shell would."""
+
+    def __init__(self, signum: int, what: str) -> None:
+        import signal
+
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} while waiting for {what}",
+            hint="run the same command again: it resumes where this one stopped",
+        )
+        self.exit_code = 128 + signum
