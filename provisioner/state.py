@@ -41,8 +41,8 @@ from provisioner.errors import NotFound, ProvisionerError, SpecError
 
 STATE_DIR_ENV = "VKP_STATE_DIR"
 STATE_VERSION = 1
-PhaseStatus = Literal["running", "done", "failed"]
-PHASE_STATUSES = ("running", "done", "failed")
+PhaseStatus = Literal["running", "done", "failed", "interrupted"]
+PHASE_STATUSES = ("running", "done", "failed", "interrupted")
 
 # Names become directory and file names here: one DNS label, so nothing can escape the tree.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
