@@ -1,6 +1,6 @@
 """The per-cluster state directory: identity, keys, nodes, progress and the generated inventory.
 
-Layout of STATE_HOME/<name>/ (the directory and its sub-directories are 0700):
+Layout of STATE_HOME/<name>/ (the directory and its sub-directories are created 0700):
 
     state.json              cluster id, nodes, phases                          0644
     spec.yaml               the spec the cluster was created from             0644
@@ -10,6 +10,11 @@ Layout of STATE_HOME/<name>/ (the directory and its sub-directories are 0700):
     ssh/known_hosts         the pinned host keys of all nodes                 0644
     hostkeys/<node>         a node's pre-generated SSH host key (private)     0600
     hostkeys/<node>.pub                                                        0644
+
+STATE_HOME, the cluster's directory, ssh/ and hostkeys/ must be owned by the running user and
+not group- or world-writable, or they are refused (UnsafeStateDir), as ssh refuses such a
+~/.ssh: whoever can write them can swap the keys vkp trusts. An existing directory is never
+chmodded; only directories vkp creates are set to 0700.
 
 Every write goes through atomic_write, so a crash leaves the old file or the new one, never a
 torn one. No password is ever stored here: vCenter credentials are read from the environment
@@ -22,8 +27,10 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -94,14 +101,80 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
         os.close(dfd)
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and ignored for an existing directory.
-    os.chmod(path, 0o700)
+class UnsafeStateDir(ProvisionerError):
+    """A state directory others could change: its SSH keys, CA and pinned host keys would not be
+    the user's alone. Refused, as ssh refuses a group-writable ~/.ssh."""
+
+
+def private_dir(path: Path) -> Path:
+    """path as a directory only the running user can change.
+
+    Missing directories (and missing parents) are created 0700. An existing one is never
+    chmodded (it may be a directory the user set up on purpose, e.g. VKP_STATE_DIR), but it is
+    refused with UnsafeStateDir unless the running user owns it and neither group nor others can
+    write it.
+    """
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            # Made by someone else in the meantime: not ours to chmod; check_private_dir judges it.
+            continue
+        # mkdir's mode is filtered by the umask; only a directory made just now is set to 0700.
+        os.chmod(d, 0o700)
+    check_private_dir(path)
     return path
 
 
-def _check_name(kind: str, name: str) -> str:
+def check_private_dir(path: Path) -> None:
+    """Raise UnsafeStateDir unless path is a directory owned by the running user and not group-
+    or world-writable. Only the state home and below are checked: whoever can write one of them
+    can swap the cluster's keys, while a sticky /tmp above it cannot be used for that."""
+    elsewhere = f"set {STATE_DIR_ENV} to a directory of your own"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnsafeStateDir(
+            f"state directory {path} is a symbolic link to nothing", hint=f"remove the link, or {elsewhere}"
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeStateDir(f"state path {path} is not a directory", hint=f"move it away, or {elsewhere}")
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafeStateDir(
+            f"state directory {path} is owned by {_user(st.st_uid)}, not by {_user(uid)} who runs vkp:"
+            " its owner could replace the cluster's keys",
+            hint=f"if it is yours, `chown -R {_user_name(uid)} {path}`; otherwise {elsewhere}",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        bits = ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "world"))
+        who = " and ".join(w for bit, w in bits if st.st_mode & bit)
+        raise UnsafeStateDir(
+            f"state directory {path} is {who}-writable (mode {stat.S_IMODE(st.st_mode):04o}):"
+            " others could replace the cluster's keys",
+            hint=f"`chmod go-w {path}`, or {elsewhere}",
+        )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _user(uid: int) -> str:
+    name = _user_name(uid)
+    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
+
+
+def check_name(kind: str, name: str) -> str:
+    """name, if it is one DNS label (so it is safe as a file name); SpecError otherwise."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(
             [(kind, f"must be one DNS label (lowercase letters, digits, '-', at most 63); got {name!r}")]
@@ -160,9 +233,9 @@ class ClusterState:
     @classmethod
     def create_or_load(cls, name: str, *, home: Path | None = None) -> ClusterState:
         """The cluster's state, created (with a new cluster id) on first use and kept forever."""
-        _check_name("name", name)
-        root = _private_dir(home or state_home())
-        path = _private_dir(root / name)
+        check_name("name", name)
+        root = private_dir(home or state_home())
+        path = private_dir(root / name)
         state_file = path / "state.json"
         with file_lock(path):
             if not state_file.exists():
@@ -180,16 +253,18 @@ class ClusterState:
     @classmethod
     def load(cls, name: str, *, home: Path | None = None) -> ClusterState:
         """An existing cluster's state; NotFound when there is none."""
-        _check_name("name", name)
+        check_name("name", name)
         path = (home or state_home()) / name
         if not (path / "state.json").is_file():
             hint = f"create the cluster first, or check {STATE_DIR_ENV}"
             raise NotFound("cluster state", str(path), hint=hint)
+        check_private_dir(path.parent)
+        check_private_dir(path)
         return cls(name, path)
 
     @staticmethod
     def exists(name: str, *, home: Path | None = None) -> bool:
-        _check_name("name", name)
+        check_name("name", name)
         return ((home or state_home()) / name / "state.json").is_file()
 
     @staticmethod
@@ -243,7 +318,7 @@ class ClusterState:
 
     def save_node(self, record: NodeRecord) -> None:
         """Insert or replace the node's record."""
-        _check_name("node name", record.name)
+        check_name("node name", record.name)
 
         def change(data: dict[str, Any]) -> None:
             data["nodes"][record.name] = asdict(record)
@@ -309,11 +384,11 @@ class ClusterState:
 
     @property
     def _ssh_dir(self) -> Path:
-        return _private_dir(self.path / "ssh")
+        return private_dir(self.path / "ssh")
 
     @property
     def _hostkey_dir(self) -> Path:
-        return _private_dir(self.path / "hostkeys")
+        return private_dir(self.path / "hostkeys")
 
     def ssh_keypair(self) -> tuple[Path, str]:
         """(private key path, public OpenSSH line) of the cluster's login key; generated once."""
@@ -325,7 +400,7 @@ class ClusterState:
         Generated here rather than on the VM so it can be handed over through cloud-init and
         pinned before the first connection: there is never a moment of trust-on-first-use.
         """
-        _check_name("node name", node_name)
+        check_name("node name", node_name)
         path, public = self._keypair(self._hostkey_dir / node_name, f"vkp-{self.name}-{node_name}")
         return path.read_text(), public
 
@@ -357,7 +432,7 @@ class ClusterState:
         """
         lines = []
         for name, address in nodes:
-            _check_name("node name", name)
+            check_name("node name", name)
             pub = self._hostkey_dir / f"{name}.pub"
             if not pub.is_file():
                 raise NotFound("host key of node", name, hint="host keys are made before the VM is cloned")

@@ -208,3 +208,97 @@ def test_remove(home):
     s.remove()
     assert not s.path.exists() and not ClusterState.exists("demo")
     s.remove()  # a second delete is a no-op
+
+
+# -- who may change the state directory ------------------------------------------------------
+
+
+def test_fresh_home_and_missing_parents_are_0700_whatever_the_umask(tmp_path, monkeypatch):
+    home = tmp_path / "a" / "b" / "clusters"
+    monkeypatch.setenv("VKP_STATE_DIR", str(home))
+    old = os.umask(0o002)
+    try:
+        s = ClusterState.create_or_load("demo")
+        s.ssh_keypair()
+        s.host_key("n1")
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b", home, s.path, s.path / "ssh", s.path / "hostkeys"):
+        assert mode(d) == 0o700, d
+
+
+def test_existing_0755_home_is_used_and_not_chmodded(tmp_path, monkeypatch):
+    home = tmp_path / "clusters"
+    home.mkdir()
+    os.chmod(home, 0o755)
+    monkeypatch.setenv("VKP_STATE_DIR", str(home))
+    s = ClusterState.create_or_load("demo")
+    assert mode(home) == 0o755
+    assert mode(s.path) == 0o700
+    # A cluster directory the user opened up for reading is left alone too.
+    os.chmod(s.path, 0o750)
+    ClusterState.create_or_load("demo").ssh_keypair()
+    ClusterState.load("demo")
+    assert mode(s.path) == 0o750
+
+
+def test_home_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    home = tmp_path / "clusters"
+    home.mkdir(mode=0o700)
+    os.chown(home, 65534, 65534)
+    monkeypatch.setenv("VKP_STATE_DIR", str(home))
+    with pytest.raises(state_mod.UnsafeStateDir) as e:
+        ClusterState.create_or_load("demo")
+    msg = str(e.value)
+    assert str(home) in msg and "uid 65534" in msg and "uid 0" in msg
+    assert "chown" in msg and "VKP_STATE_DIR" in msg
+    assert e.value.exit_code == 1
+    assert not (home / "demo").exists()
+
+
+def test_group_writable_home_is_refused_and_left_as_it_is(tmp_path, monkeypatch):
+    home = tmp_path / "clusters"
+    home.mkdir()
+    os.chmod(home, 0o770)
+    monkeypatch.setenv("VKP_STATE_DIR", str(home))
+    with pytest.raises(state_mod.UnsafeStateDir) as e:
+        ClusterState.create_or_load("demo")
+    msg = str(e.value)
+    assert str(home) in msg and "group-writable" in msg and "0770" in msg
+    assert f"chmod go-w {home}" in msg
+    assert mode(home) == 0o770 and not (home / "demo").exists()
+
+
+def test_world_writable_cluster_dir_is_refused_on_create_and_load(home):
+    s = ClusterState.create_or_load("demo")
+    os.chmod(s.path, 0o777)
+    for attempt in (lambda: ClusterState.create_or_load("demo"), lambda: ClusterState.load("demo")):
+        with pytest.raises(state_mod.UnsafeStateDir) as e:
+            attempt()
+        assert str(s.path) in str(e.value) and "group and world-writable" in str(e.value)
+        assert "(mode 0777)" in str(e.value)
+    os.chmod(s.path, 0o757)
+    with pytest.raises(state_mod.UnsafeStateDir, match="world-writable"):
+        ClusterState.load("demo")
+
+
+def test_group_writable_ssh_and_hostkeys_dirs_are_refused(home):
+    s = ClusterState.create_or_load("demo")
+    s.ssh_keypair()
+    s.host_key("n1")
+    os.chmod(s.path / "ssh", 0o720)
+    with pytest.raises(state_mod.UnsafeStateDir, match="ssh"):
+        s.ssh_keypair()
+    os.chmod(s.path / "hostkeys", 0o770)
+    with pytest.raises(state_mod.UnsafeStateDir, match="hostkeys"):
+        s.host_key("n1")
+
+
+def test_state_path_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    home = tmp_path / "clusters"
+    home.write_text("")
+    monkeypatch.setenv("VKP_STATE_DIR", str(home))
+    with pytest.raises(state_mod.UnsafeStateDir, match="not a directory"):
+        ClusterState.create_or_load("demo")
