@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.errors import LabError
+from provisioner.lab import faults, paths, simulator
 from provisioner.lab import lab as lab_mod
-from provisioner.lab import paths, simulator
 from provisioner.output import Progress, emit_json
 
 T = TypeVar("T")
@@ -30,6 +31,7 @@ def lab() -> None:
       vkp lab up --hosts 3
       eval "$(vkp lab env)"
       vkp lab status
+      vkp lab fault vsphere CloneVM_Task
       vkp lab down
     """
 
@@ -167,3 +169,149 @@ def prepare() -> None:
       vkp lab prepare
     """
     run(lambda: lab_mod.prepare(Progress()))
+
+
+@lab.group()
+def fault() -> None:
+    """Inject faults into the running lab, without restarting it.
+
+    \b
+    vsphere METHOD[:K]   the K-th call of a vSphere method from now fails (default: the next)
+    network VM           the VM's guest loses its network for some seconds
+    list / clear         what is armed and what fired; disarm what has not fired
+
+    Faults are handed to the simulator through files in the lab's run directory (root only);
+    nothing is listening on the network for them.
+
+    \b
+    Example:
+      vkp lab fault vsphere CloneVM_Task          # the next clone fails
+      vkp lab fault vsphere PowerOnVM_Task:3      # the third power-on from now fails
+      vkp lab fault network lab-worker-1 --seconds 10
+    """
+
+
+@fault.command("vsphere")
+@click.argument("faults_", metavar="METHOD[:K]...", nargs=-1, required=True)
+@OUTPUT_OPTION
+def fault_vsphere(faults_: tuple[str, ...], output: str) -> None:
+    """Make the K-th call of METHOD from now on fail (K defaults to 1: the next call).
+
+    A failing *_Task call returns a task that ends in SystemError ("vkp lab: injected fault:
+    METHOD call N"), as vCenter reports a failed operation; any other call gets a SystemError
+    SOAP fault. Each fault fires once. Calls are counted from the moment the simulator takes
+    the fault, which happens before this command returns; the lab hypervisor's own guest
+    address reports (what VMware Tools would send) are neither counted nor failed.
+
+    Methods a provisioner's run goes through: CloneVM_Task, ReconfigVM_Task, PowerOnVM_Task,
+    PowerOffVM_Task, Destroy_Task (any vSphere method name is accepted).
+
+    \b
+    Example:
+      vkp lab fault vsphere CloneVM_Task
+      vkp lab fault vsphere ReconfigVM_Task:2 Destroy_Task
+    """
+    parsed = _parse_all(faults_, faults.parse_vsphere_fault)
+
+    def arm() -> dict[str, Any]:
+        lab_mod.require_up()
+        return faults.arm_vsphere(paths.RUN, parsed)
+
+    state = run(arm, output)
+    if output == "json":
+        emit_json({"ok": True, "armed": [{"method": m, "k": k} for m, k in parsed], **state})
+    else:
+        for m, k in parsed:
+            click.echo(f"armed: the {_ordinal(k)} call of {m} from now fails")
+
+
+@fault.command("list")
+@OUTPUT_OPTION
+def fault_list(output: str) -> None:
+    """Show the vSphere faults armed and fired, and guests whose network is down.
+
+    \b
+    Example:
+      vkp lab fault list -o json
+    """
+
+    def read() -> dict[str, Any]:
+        lab_mod.require_up()
+        return {**faults.vsphere_state(paths.RUN), "network_down": faults.network_faults(paths.RUN)}
+
+    st = run(read, output)
+    if output == "json":
+        emit_json(st)
+        return
+    calls = st.get("calls", {})
+    for f in st["pending"]:
+        click.echo(
+            f"armed:   {f['method']} fails at its call {f['call']} ({calls.get(f['method'], 0)} so far)"
+        )
+    for f in st["fired"]:
+        click.echo(f"fired:   {f['method']} call {f['call']} at {f['at']}")
+    for f in st["network_down"]:
+        until = time.strftime("%H:%M:%S", time.localtime(f["up_at"]))
+        click.echo(f"network: {f['vm']} ({f['interface']}) down until {until}")
+    if not (st["pending"] or st["fired"] or st["network_down"]):
+        click.echo("no faults armed, fired or in effect")
+
+
+@fault.command("clear")
+@OUTPUT_OPTION
+def fault_clear(output: str) -> None:
+    """Disarm every vSphere fault that has not fired yet (a dropped network comes back on its own).
+
+    \b
+    Example:
+      vkp lab fault clear
+    """
+
+    def clear() -> dict[str, Any]:
+        lab_mod.require_up()
+        return faults.clear_vsphere(paths.RUN)
+
+    st = run(clear, output)
+    if output == "json":
+        emit_json({"ok": True, **st})
+    else:
+        click.echo("no vSphere faults armed")
+
+
+@fault.command("network")
+@click.argument("vm")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(0, faults.MAX_NETWORK_SECONDS, min_open=True),
+    required=True,
+    help="How long the guest stays cut off.",
+)
+@click.option("--wait", is_flag=True, help="Return once the network is back, not at once.")
+@OUTPUT_OPTION
+def fault_network(vm: str, seconds: float, wait: bool, output: str) -> None:
+    """Cut VM's guest off the lab network for some seconds, then reconnect it.
+
+    The host end of the guest's virtual NIC goes down, so the guest loses carrier, as when a
+    host's uplink fails; the VM stays powered on in vCenter. VM is the VM's name (or moid);
+    its guest must be running. Without --wait this returns at once and the link comes back by
+    itself when the time is over; `vkp lab status` shows it meanwhile.
+
+    \b
+    Example:
+      vkp lab fault network lab-worker-1 --seconds 10
+      vkp lab fault network vm-57 --seconds 3 --wait
+    """
+    result = run(lambda: faults.drop_network(vm, seconds, wait=wait), output)
+    if output == "json":
+        emit_json({"ok": True, **result})
+    elif wait:
+        click.echo(f"{result['vm']}: network was down for {seconds:g}s and is back")
+    else:
+        click.echo(f"{result['vm']}: network down for {seconds:g}s ({result['interface']}), back by itself")
+
+
+def _ordinal(k: int) -> str:
+    if k == 1:
+        return "next"
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"

@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from provisioner.errors import LabError
+from provisioner.lab import faults, host, image, kubebuild, network, paths, prereqs, simulator
 from provisioner.lab import guest as guests
-from provisioner.lab import host, image, kubebuild, network, paths, prereqs, simulator
 
 Log = Callable[[str], None]
 USERNAME = "vkp-admin@vsphere.local"
@@ -72,6 +72,18 @@ def _alive(pid: int | None) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def is_up(state: dict[str, Any]) -> bool:
+    return _alive(state.get("vcsim_pid")) and _alive(state.get("hypervisor_pid"))
+
+
+def require_up() -> dict[str, Any]:
+    """The running lab's state; LabError if it is not up."""
+    state = read_state()
+    if state is None or not is_up(state):
+        raise LabError("the lab is not up", hint="start it with `vkp lab up`")
+    return state
 
 
 def read_state() -> dict[str, Any] | None:
@@ -344,6 +356,8 @@ def status() -> dict[str, Any]:
         "hypervisor": "running" if _alive(state.get("hypervisor_pid")) else "stopped",
         "delays": state.get("delays", {}),
         "fails": state.get("fails", []),
+        "armed": faults.vsphere_state(paths.RUN)["pending"],
+        "network_down": faults.network_faults(paths.RUN),
         "hosts": [],
         "vms": [],
         "guests": [],
@@ -412,6 +426,11 @@ def render_status(st: dict[str, Any]) -> str:
     ]
     if st["delays"] or st["fails"]:
         lines.append(f"faults:     delays {st['delays']} fails {st['fails']}")
+    for f in st.get("armed", []):
+        lines.append(f"armed:      {f['method']} fails at its call {f['call']}")
+    for f in st.get("network_down", []):
+        left = max(0.0, f["up_at"] - time.time())
+        lines.append(f"network:    {f['vm']} ({f['interface']}) down, back in {left:.0f}s")
     if st["hosts"]:
         lines.append("ESXi hosts: " + ", ".join(f"{h['name']} ({h['vms']} VMs)" for h in st["hosts"]))
     lines.append(f"VMs ({len(st['vms'])}):")

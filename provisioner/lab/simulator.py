@@ -32,6 +32,9 @@ INSTALL_HINT = (
     "apt-get install golang-go golang-github-vmware-govmomi-dev"
 )
 START_TIMEOUT = 30.0
+# Under the run directory: where faults armed at run time are handed to the simulator
+# (provisioner/lab/faults.py writes them, vcsim/main.go's injector takes them).
+FAULTS_DIR = "faults"
 
 Log = Callable[[str], None]
 
@@ -245,6 +248,9 @@ def start(
     _write_private(password_file, password + "\n")
     ready = run_dir / "vcsim.ready"
     ready.unlink(missing_ok=True)
+    faults_dir = run_dir / FAULTS_DIR
+    faults_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(faults_dir, 0o700)
     log_path = run_dir / "vcsim.log"
 
     argv = [
@@ -256,6 +262,7 @@ def start(
         "-username", username,
         "-password-file", str(password_file),
         "-ready-file", str(ready),
+        "-faults-dir", str(faults_dir),
     ]  # fmt: skip
     for method, ms in sorted(delays.items()):
         argv += ["-delay", f"{method}={ms}"]

@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/xml"
 	"flag"
 	"fmt"
@@ -26,8 +27,10 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +74,7 @@ func main() {
 	var delays, fails listFlag
 	flag.Var(&delays, "delay", "METHOD=MS: delay every call of METHOD (repeatable)")
 	flag.Var(&fails, "fail", "METHOD:K: the K-th call of METHOD fails (repeatable)")
+	faultsDir := flag.String("faults-dir", "", "directory to take faults armed at run time from (see injector)")
 	flag.Parse()
 
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -103,7 +107,7 @@ func main() {
 		}
 		methodDelay[d[:i]] = ms
 	}
-	inject := newInjector()
+	inject := newInjector(*faultsDir)
 	for _, f := range fails {
 		i := strings.LastIndex(f, ":")
 		k, err := strconv.Atoi(f[i+1:])
@@ -111,6 +115,15 @@ func main() {
 			usageError("-fail %q: want METHOD:K with K >= 1", f)
 		}
 		inject.add(f[:i], k)
+	}
+	inject.saveLocked()
+	if *faultsDir != "" {
+		// Arming is acknowledged (the file taken) even while no client calls.
+		go func() {
+			for range time.Tick(100 * time.Millisecond) {
+				inject.poll()
+			}
+		}()
 	}
 
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
@@ -345,33 +358,172 @@ func newMAC() string {
 
 // ---- fault injection ----------------------------------------------------------------------
 
+// Faults are armed at start (-fail) or while running, through files dropped into -faults-dir:
+// the lab's own run directory (0700, root's), so arming takes local root and no network
+// endpoint exists for it. A writer puts "METHOD K" lines (or "clear") into NAME.fault by
+// renaming a finished file into place; the simulator claims each file by renaming it, applies
+// it and removes it, so a file is applied exactly once and a writer that sees its file gone
+// knows it was taken. What is armed and what fired is kept in DIR/state.json.
+
+type firedFault struct {
+	Method string    `json:"method"`
+	Call   int       `json:"call"`
+	At     time.Time `json:"at"`
+}
+
+type pendingFault struct {
+	Method string `json:"method"`
+	Call   int    `json:"call"` // the call number of Method that fails
+}
+
 type injector struct {
 	mu    sync.Mutex
 	calls map[string]int
 	fail  map[string]map[int]bool
+	fired []firedFault
+	dir   string // "" when runtime arming is off
 }
 
-func newInjector() *injector {
-	return &injector{calls: map[string]int{}, fail: map[string]map[int]bool{}}
+func newInjector(dir string) *injector {
+	return &injector{calls: map[string]int{}, fail: map[string]map[int]bool{}, dir: dir}
 }
 
+// add arms method to fail on its k-th call from now. Callers hold mu (or run before serving).
 func (i *injector) add(method string, k int) {
 	if i.fail[method] == nil {
 		i.fail[method] = map[int]bool{}
 	}
-	i.fail[method][k] = true
+	i.fail[method][i.calls[method]+k] = true
 }
 
 // next counts a call of method and says whether it is one that must fail.
 func (i *injector) next(method string) (int, bool) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.fail[method] == nil {
-		return 0, false
-	}
+	i.pollLocked()
+	// Every call is counted, armed or not, so that "K calls from now" means the same whenever
+	// a fault is armed.
 	i.calls[method]++
 	n := i.calls[method]
-	return n, i.fail[method][n]
+	if !i.fail[method][n] {
+		return n, false
+	}
+	delete(i.fail[method], n)
+	i.fired = append(i.fired, firedFault{Method: method, Call: n, At: time.Now()})
+	i.saveLocked()
+	return n, true
+}
+
+func (i *injector) poll() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.pollLocked()
+}
+
+// pollLocked applies the fault files waiting in dir. A directory read per SOAP call costs
+// microseconds, and unlike an mtime check it cannot miss a file renamed in within the same
+// timestamp tick as the last look.
+func (i *injector) pollLocked() {
+	if i.dir == "" {
+		return
+	}
+	entries, err := ioutil.ReadDir(i.dir)
+	if err != nil {
+		return
+	}
+	changed := false
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Mode().IsRegular() || !strings.HasSuffix(name, ".fault") {
+			continue
+		}
+		path := filepath.Join(i.dir, name)
+		taken := path + ".taken"
+		if os.Rename(path, taken) != nil {
+			continue // withdrawn by its writer meanwhile
+		}
+		raw, err := ioutil.ReadFile(taken)
+		_ = os.Remove(taken)
+		if err != nil {
+			log.Printf("fault file %s: %v", name, err)
+			continue
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			fields := strings.Fields(line)
+			switch {
+			case len(fields) == 0:
+			case len(fields) == 1 && fields[0] == "clear":
+				i.fail = map[string]map[int]bool{}
+				log.Print("vkp lab: armed faults cleared")
+			case len(fields) == 2 && methodRe.MatchString(fields[0]):
+				k, err := strconv.Atoi(fields[1])
+				if err != nil || k < 1 {
+					log.Printf("fault file %s: ignoring %q: want METHOD K with K >= 1", name, line)
+					continue
+				}
+				i.add(fields[0], k)
+				log.Printf("vkp lab: armed fault: %s call %d (%d so far)", fields[0],
+					i.calls[fields[0]]+k, i.calls[fields[0]])
+			default:
+				log.Printf("fault file %s: ignoring %q: want METHOD K or clear", name, line)
+				continue
+			}
+			changed = true
+		}
+	}
+	if changed {
+		i.saveLocked()
+	}
+}
+
+func (i *injector) saveLocked() {
+	if i.dir == "" {
+		return
+	}
+	state := struct {
+		Pending []pendingFault `json:"pending"`
+		Fired   []firedFault   `json:"fired"`
+		Calls   map[string]int `json:"calls"`
+	}{Pending: []pendingFault{}, Fired: i.fired, Calls: i.calls}
+	for method, calls := range i.fail {
+		for n := range calls {
+			state.Pending = append(state.Pending, pendingFault{Method: method, Call: n})
+		}
+	}
+	sort.Slice(state.Pending, func(a, b int) bool {
+		pa, pb := state.Pending[a], state.Pending[b]
+		return pa.Method < pb.Method || (pa.Method == pb.Method && pa.Call < pb.Call)
+	})
+	if state.Fired == nil {
+		state.Fired = []firedFault{}
+	}
+	raw, err := json.MarshalIndent(state, "", "  ")
+	if err != nil {
+		log.Printf("fault state: %v", err)
+		return
+	}
+	if err := writeAtomic(filepath.Join(i.dir, "state.json"), string(raw)+"\n"); err != nil {
+		log.Printf("fault state: %v", err)
+	}
+}
+
+var methodRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
+
+// isToolsReport says whether a call is the lab hypervisor reporting a guest's address, as
+// VMware Tools would. Tools does not go through the API a client uses, so a fault armed for
+// a client's ReconfigVM_Task must neither count nor fail it (a failed report would leave a
+// booted VM without an address forever).
+func isToolsReport(method *simulator.Method) bool {
+	req, ok := method.Body.(*types.ReconfigVM_Task)
+	if !ok || len(req.Spec.ExtraConfig) == 0 {
+		return false
+	}
+	for _, o := range req.Spec.ExtraConfig {
+		if !strings.HasPrefix(o.GetOptionValue().Key, "SET.guest.") {
+			return false
+		}
+	}
+	return true
 }
 
 // ---- the HTTP front ---------------------------------------------------------------------
@@ -402,6 +554,12 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if isToolsReport(method) {
+		f.forward(w, r, body, func(task *simulator.Task) {
+			afterReconfigure(method.Body.(*types.ReconfigVM_Task), task)
+		})
+		return
+	}
 	if n, fail := f.inject.next(method.Name); fail {
 		if d := f.delays[method.Name]; d > 0 {
 			time.Sleep(time.Duration(d) * time.Millisecond)
