@@ -302,3 +302,10 @@ def test_state_path_that_is_a_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("VKP_STATE_DIR", str(home))
     with pytest.raises(state_mod.UnsafeStateDir, match="not a directory"):
         ClusterState.create_or_load("demo")
+
+
+def test_has_spec(home):
+    s = ClusterState.create_or_load("demo")
+    assert not s.has_spec()
+    s.save_spec({"name": "demo"})
+    assert s.has_spec()
