@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from provisioner.cli_common import OUTPUT_OPTION, run
+from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
 from provisioner.output import emit_json
 from provisioner.plan import PHASES
 
@@ -167,8 +167,6 @@ def plan_cmd(
     run(body, output)
 
 
-
-
 def _confirm(question: str, yes: bool) -> None:
     from provisioner.errors import Aborted
 
@@ -202,6 +200,7 @@ def _confirm(question: str, yes: bool) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Show the plan and every step with rendered files; touch nothing."
 )
+@TIMEOUT_OPTION
 @OUTPUT_OPTION
 def create_cluster_cmd(
     spec_file: Path | None,
@@ -211,6 +210,7 @@ def create_cluster_cmd(
     up_to: str,
     concurrency: int,
     dry_run: bool,
+    timeout: float | None,
     output: str,
 ) -> None:
     """Create a cluster, or finish one: re-running adopts what exists and creates only what is missing.
@@ -222,7 +222,14 @@ def create_cluster_cmd(
     the host key vkp generated for it. Later phases bootstrap etcd, containerd and Kubernetes.
 
     Credentials come from VKP_VSPHERE_USER / VKP_VSPHERE_PASSWORD (or a prompt), never from
-    the spec. Progress goes to stderr; --output json prints one result document on stdout.
+    the spec. Progress goes to stderr; --output json prints one result document on stdout,
+    also on failure (code, message, hint, phase).
+
+    One run per cluster at a time: a second one exits at once (code 15) naming the first.
+    Ctrl-C or SIGTERM stops launching work, ends the waits and exits 130 / 143 within
+    seconds, with the phase recorded as interrupted; the next run resumes. A second Ctrl-C
+    exits at once. What a re-run cannot change (vCenter, datacenter, folder, etcd and master
+    counts, fewer workers) is refused with what to do instead.
 
     \b
     Examples:
@@ -245,7 +252,7 @@ def create_cluster_cmd(
         _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
         return create_cluster(spec, Progress(), up_to=up_to, concurrency=concurrency)
 
-    result = run(body, output)
+    result = run(body, output, stoppable=not dry_run, timeout=timeout)
     if output == "json":
         emit_json({"ok": True, **result})
     elif dry_run:
@@ -305,27 +312,40 @@ def _render_result(result: dict[str, Any]) -> str:
 @main.command("delete-cluster")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+@click.option(
+    "--cluster-id",
+    metavar="ID",
+    help="Which cluster of this name to delete, when vCenter holds several (no local state).",
+)
+@TIMEOUT_OPTION
 @OUTPUT_OPTION
-def delete_cluster_cmd(name: str, yes: bool, output: str) -> None:
+def delete_cluster_cmd(
+    name: str, yes: bool, cluster_id: str | None, timeout: float | None, output: str
+) -> None:
     """Delete a cluster: every VM, placement rule and folder it owns in vCenter, then its local state.
 
-    What to delete is found in vCenter by the cluster's ownership mark and folder, so it works
-    even when the local state is gone (then vCenter settings come from VKP_VSPHERE_*). Ends by
-    looking again and reporting leftovers, which must be none. Deleting a cluster that does
-    not exist says so and exits 0.
+    What is deleted is what carries the cluster's id (from the local state, or --cluster-id):
+    its VMs' ownership mark, its DRS rules' names and its folders' custom values. So a
+    same-named cluster of someone else, in another folder or datacenter, is never touched,
+    and it works even when the local state is gone (vCenter settings then come from
+    VKP_VSPHERE_*; if several clusters carry the name, each is listed and --cluster-id picks
+    one). A folder is destroyed only when empty: one holding a VM the cluster does not own is
+    kept, and said so. Ends by looking again and reporting leftovers, which must be none.
+    Deleting a cluster that does not exist says so and exits 0.
 
     \b
-    Example:
+    Examples:
       vkp delete-cluster demo --yes
+      vkp delete-cluster demo --yes --cluster-id 6f1c2d9e-...   # without local state
     """
     from provisioner.cluster import delete_cluster
     from provisioner.output import Progress
 
     def body() -> dict[str, Any]:
         _confirm(f"Delete cluster {name} and all its VMs?", yes)
-        return delete_cluster(name, Progress())
+        return delete_cluster(name, Progress(), cluster_id=cluster_id)
 
-    result = run(body, output)
+    result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":
         emit_json({"ok": True, **result})
     else:
@@ -336,6 +356,8 @@ def delete_cluster_cmd(name: str, yes: bool, output: str) -> None:
             click.echo(
                 f"deleted {d['vms']} VM(s), {d['rules']} rule(s), {d['folders']} folder(s); no leftovers"
             )
+        for path in result.get("kept_folders", []):
+            click.echo(f"kept folder {path}: it holds objects the cluster does not own")
 
 
 @main.command("list-clusters")
@@ -532,7 +554,7 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
 
 @main.command("resize")
 @click.argument("name")
-@click.option("--workers", type=click.IntRange(1, 500), required=True, help="The number of workers wanted.")
+@click.option("--workers", type=click.IntRange(1, 1000), required=True, help="The number of workers wanted.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(
     "--concurrency",
@@ -541,8 +563,11 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
     show_default=True,
     help="vCenter operations in flight at once when adding workers.",
 )
+@TIMEOUT_OPTION
 @OUTPUT_OPTION
-def resize_cmd(name: str, workers: int, yes: bool, concurrency: int, output: str) -> None:
+def resize_cmd(
+    name: str, workers: int, yes: bool, concurrency: int, timeout: float | None, output: str
+) -> None:
     """Grow or shrink a cluster's worker pool.
 
     Adding clones the new workers and takes them through every phase the cluster has reached
@@ -562,7 +587,7 @@ def resize_cmd(name: str, workers: int, yes: bool, concurrency: int, output: str
         _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
         return resize_cluster(name, workers, Progress(), concurrency=concurrency)
 
-    result = run(body, output)
+    result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":
         emit_json({"ok": True, **result})
     else:

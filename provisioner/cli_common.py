@@ -23,8 +23,40 @@ OUTPUT_OPTION = click.option(
 )
 
 
-def run(fn: Callable[[], T], output: str = "text") -> T:
-    """Run a command body; turn domain errors into a message (or JSON) and a named exit code."""
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    from provisioner.stop import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+TIMEOUT_OPTION = click.option(
+    "--timeout",
+    metavar="DURATION",
+    callback=_duration,
+    help="Stop the whole run after this long (e.g. 30m, 1h30m) with exit code 13, naming what it "
+    "was waiting for; a re-run resumes. Without it, each wait still has its own deadline.",
+)
+
+
+def run(
+    fn: Callable[[], T], output: str = "text", *, stoppable: bool = False, timeout: float | None = None
+) -> T:
+    """Run a command body; turn domain errors into a message (or JSON) and a named exit code.
+
+    stoppable: a long run that changes things. SIGINT and SIGTERM then stop it cleanly (the
+    phase is recorded as interrupted, exit 130 / 143) and timeout bounds the whole run.
+    """
+    from provisioner import stop
+
+    if stoppable:
+        stop.install_signal_handlers()
+        if timeout is not None:
+            stop.arm_deadline(timeout)
     try:
         return fn()
     except ProvisionerError as exc:

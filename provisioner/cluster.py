@@ -16,14 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pyVmomi import vim
-
-from provisioner import provision
-from provisioner.errors import NotFound, ProvisionerError
+from provisioner import provision, runlock, stop
+from provisioner.errors import Interrupted, NotFound, PreflightError, ProvisionerError, SpecError
 from provisioner.plan import PHASES
 from provisioner.spec import ClusterSpec
-from provisioner.state import ClusterState
-from provisioner.vsphere import find, placement, specs, vms, waits
+from provisioner.state import ClusterState, PhaseStatus
+from provisioner.vsphere import ownership, placement, vms, waits
 from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
@@ -40,8 +38,10 @@ def _phase(
         result = fn()
     except ProvisionerError as exc:
         seconds = time.monotonic() - t
-        state.record_phase(name, "failed", seconds, str(exc).splitlines()[0])
-        phases.append({"name": name, "seconds": round(seconds, 2), "status": "failed"})
+        status: PhaseStatus = "interrupted" if isinstance(exc, Interrupted) else "failed"
+        state.record_phase(name, status, seconds, str(exc).splitlines()[0])
+        phases.append({"name": name, "seconds": round(seconds, 2), "status": status})
+        exc.phase = exc.phase or name
         raise
     seconds = time.monotonic() - t
     state.record_phase(name, "done", seconds, None)
@@ -58,21 +58,42 @@ def create_cluster(
     concurrency: int = 8,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the phases up to up_to; a re-run resumes and changes only what is missing."""
+    """Run the phases up to up_to; a re-run resumes and changes only what is missing.
+
+    Holds the cluster's run lock throughout. The local state (and the spec in it, which later
+    runs and delete-cluster follow) is only made once vCenter accepted the session, so a run
+    pointed at the wrong or an unreachable vCenter leaves nothing behind.
+    """
+    with runlock.hold(spec.name, runlock.command_line(), log=log):
+        return _create_locked(spec, log, up_to=up_to, concurrency=concurrency, env=env)
+
+
+def _create_locked(
+    spec: ClusterSpec, log: Log, *, up_to: str, concurrency: int, env: Mapping[str, str] | None
+) -> dict[str, Any]:
     from provisioner.bootstrap.phases import run_bootstrap
 
-    state = ClusterState.create_or_load(spec.name)
-    state.save_spec(spec.to_dict())
     phases: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"cluster": spec.name, "cluster_id": state.cluster_id, "up_to": up_to}
     with provision.session_for(spec, env) as session:
-        plan, outcomes = _phase(
-            state,
-            "vms",
-            log,
-            lambda: provision.provision_vms(spec, state, session, log, concurrency=concurrency),
-            phases,
-        )
+        fresh = not ClusterState.exists(spec.name)
+        state = ClusterState.create_or_load(spec.name)
+        if state.has_spec():
+            refuse_changes(state, spec)
+        state.save_spec(spec.to_dict())
+        result: dict[str, Any] = {"cluster": spec.name, "cluster_id": state.cluster_id, "up_to": up_to}
+        try:
+            plan, outcomes = _phase(
+                state,
+                "vms",
+                log,
+                lambda: provision.provision_vms(spec, state, session, log, concurrency=concurrency),
+                phases,
+            )
+        except PreflightError:
+            if fresh:
+                # Refused before anything was made: no cluster to list or delete.
+                state.remove()
+            raise
     result["nodes"] = [
         {
             "name": o.node.name,
@@ -90,13 +111,72 @@ def create_cluster(
     result["state_dir"] = str(state.path)
     result["phases"] = phases
     if up_to != "vms":
-        report = run_bootstrap(spec, plan, state, up_to=up_to, log=log)
+        try:
+            report = run_bootstrap(spec, plan, state, up_to=up_to, log=log)
+        except ProvisionerError as exc:
+            exc.phase = exc.phase or _last_unfinished(state)
+            raise
         _bootstrap_phases(report, phases)
         result["bootstrap"] = report
         result["changed"] += report["changed"]
         if "health" in report.get("outputs", {}):
             result["health"] = report["outputs"]["health"]
     return result
+
+
+def _last_unfinished(state: ClusterState) -> str | None:
+    unfinished = [p for p in state.phases() if p.status != "done"]
+    return max(unfinished, key=lambda p: p.updated_at).name if unfinished else None
+
+
+def refuse_changes(state: ClusterState, spec: ClusterSpec) -> None:
+    """Refuse what a re-run of create-cluster cannot change on an existing cluster.
+
+    Where the cluster lives (vCenter, datacenter, folder) and its etcd and master counts are
+    fixed at its first create; fewer workers is a resize (it drains them first).
+    """
+    from provisioner.spec import spec_from_dict
+
+    try:
+        saved = spec_from_dict(state.load_spec_dict())
+    except ProvisionerError:
+        return  # an unreadable saved spec is replaced by the one given
+    problems = []
+    where = {
+        "vsphere.server": (saved.vsphere.server, spec.vsphere.server),
+        "vsphere.datacenter": (saved.vsphere.datacenter, spec.vsphere.datacenter),
+        "vsphere.folder": (saved.vsphere.folder, spec.vsphere.folder),
+    }
+    for field_path, (was, now) in where.items():
+        if was != now:
+            problems.append(
+                (
+                    field_path,
+                    f"cluster {spec.name} was created with {was!r}, not {now!r}; delete it "
+                    f"(vkp delete-cluster {spec.name}) to create it elsewhere, or use another name",
+                )
+            )
+    for role in ("etcd", "master"):
+        was_n, now_n = saved.topology.role(role).count, spec.topology.role(role).count
+        if was_n != now_n:
+            problems.append(
+                (
+                    f"topology.{role}.count",
+                    f"cluster {spec.name} has {was_n} {role} node(s); a re-run cannot change that "
+                    f"safely: keep {was_n}, or delete and recreate the cluster",
+                )
+            )
+    was_w, now_w = saved.topology.worker.count, spec.topology.worker.count
+    if now_w < was_w:
+        problems.append(
+            (
+                "topology.worker.count",
+                f"cluster {spec.name} has {was_w} workers; to remove workers run "
+                f"`vkp resize {spec.name} --workers {now_w}` (it drains them first)",
+            )
+        )
+    if problems:
+        raise SpecError(problems)
 
 
 def _bootstrap_phases(report: dict[str, Any], phases: list[dict[str, Any]]) -> None:
@@ -113,6 +193,12 @@ def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
         # A state dir from a run killed before it saved the spec has none: use the environment.
         with contextlib.suppress(NotFound):
             saved = ClusterState.load(name).load_spec_dict()
+    if saved:
+        from provisioner.spec import spec_from_dict
+
+        with contextlib.suppress(ProvisionerError):
+            # The one way from settings to a session, prompt and TLS checks included.
+            return provision.session_for(spec_from_dict(saved), env)
     vs = (saved or {}).get("vsphere", {})
     tls = vs.get("tls", {})
     creds = vs.get("credentials", {})
@@ -137,67 +223,91 @@ def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
     )
 
 
-def find_owned(content: Any, name: str) -> dict[str, Any]:
-    """Everything in vCenter that belongs to cluster `name`: VMs (by ownership mark), rules, folders."""
-    owned_vms = []
-    root = content.rootFolder
-    for vm, props in find.retrieve(content, root, [vim.VirtualMachine], ["config.extraConfig"]).items():
-        extra = {o.key: o.value for o in props.get("config.extraConfig") or []}
-        if extra.get(specs.OWNER_CLUSTER_NAME) == name:
-            owned_vms.append(vm)
-    rules = []
-    for cl in find.retrieve(content, root, [vim.ClusterComputeResource], ["name"]):
-        for rule in placement.find_rules(cl, name):
-            rules.append((cl, rule))
-    folders = []
-    for folder, props in find.retrieve(content, root, [vim.Folder], ["name", "parent"]).items():
-        parent = props.get("parent")
-        if props.get("name") == name and isinstance(parent, vim.Folder) and parent.name == "vkp":
-            folders.append(folder)
-    return {"vms": owned_vms, "rules": rules, "folders": folders}
+def delete_cluster(
+    name: str, log: Log, *, env: Mapping[str, str] | None = None, cluster_id: str | None = None
+) -> dict[str, Any]:
+    """Destroy every VM, rule and empty folder that carries the cluster's id, then its state.
 
-
-def delete_cluster(name: str, log: Log, *, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    The id comes from the local state, else from --cluster-id, else from vCenter: if several
+    clusters of that name exist there, nothing is done until --cluster-id says which.
+    """
     env = os.environ if env is None else env
-    with _session_from_env_or_state(name, env) as session:
-        content = session.content
-        owned = find_owned(content, name)
-        counts = {k: len(v) for k, v in owned.items()}
-        if not any(counts.values()):
-            log(f"nothing of cluster {name} found in vCenter")
-        deadline = time.monotonic() + 600
-        on = [vm for vm in owned["vms"] if vm.runtime.powerState == "poweredOn"]
-        if on:
-            waits.wait_for_tasks(content, [session.call(vms.power_off, vm) for vm in on], deadline=deadline)
-            log(f"powered off {len(on)} VM(s)")
-        if owned["vms"]:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                tasks = list(pool.map(lambda vm: session.call(vms.destroy, vm), owned["vms"]))
-            waits.wait_for_tasks(content, tasks, deadline=deadline)
-            log(f"destroyed {len(owned['vms'])} VM(s)")
-        by_cluster: dict[Any, list[Any]] = {}
-        for cl, rule in owned["rules"]:
-            by_cluster.setdefault(cl, []).append(rule)
-        for cl, rules in by_cluster.items():
-            waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
-            log(f"removed rules {', '.join(r.name for r in rules)}")
-        for folder in owned["folders"]:
-            parent = folder.parent
-            waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
-            log(f"removed folder vkp/{name}")
-            if parent.name == "vkp" and not parent.childEntity:
-                waits.wait_for_tasks(content, [session.call(vms.destroy_folder, parent)], deadline=deadline)
-        left = find_owned(content, name)
-        leftovers = [f"VM {vm.name}" for vm in left["vms"]] + [f"rule {r.name}" for _, r in left["rules"]]
-        leftovers += [f"folder {f.name}" for f in left["folders"]]
-    if ClusterState.exists(name):
-        ClusterState.load(name).remove()
+    with runlock.hold(name, runlock.command_line(), log=log):
+        local = ClusterState.load(name) if ClusterState.exists(name) else None
+        if local is not None and cluster_id and cluster_id != local.cluster_id:
+            raise ProvisionerError(
+                f"the local state of cluster {name} has id {local.cluster_id}, not {cluster_id}",
+                hint="drop --cluster-id to delete this machine's cluster, or delete the other one "
+                "with VKP_STATE_DIR pointing at an empty directory",
+            )
+        if local is not None and not local.has_spec():
+            # Made by a run that never got a vCenter session: nothing of it exists there.
+            local.remove()
+            log(f"cluster {name} never reached vCenter; removed its local state")
+            return {"cluster": name, "cluster_id": local.cluster_id, "deleted": ownership.Owned().counts(),
+                    "kept_folders": [], "leftovers": []}  # fmt: skip
+        with _session_from_env_or_state(name, env) as session:
+            content = session.content
+            cid = local.cluster_id if local is not None else ownership.resolve_id(content, name, cluster_id)
+            owned = ownership.find_owned(content, name, cid) if cid else ownership.Owned()
+            if owned.empty():
+                log(f"nothing of cluster {name} found in vCenter")
+            else:
+                log(f"cluster {name} (id {cid}): {len(owned.vms)} VM(s), {len(owned.rules)} rule(s), "
+                    f"{len(owned.folders)} folder(s)")  # fmt: skip
+            kept = _destroy(session, owned, log)
+            left = ownership.find_owned(content, name, cid) if cid else ownership.Owned()
+            leftovers = [f"VM {vm.name}" for vm in left.vms] + [f"rule {r.name}" for _, r in left.rules]
+            leftovers += [f"folder {f.name}" for f in left.folders]
+        if local is not None:
+            local.remove()
     if leftovers:
         raise ProvisionerError(
             f"cluster {name}: {len(leftovers)} object(s) left behind: {', '.join(leftovers)}",
             hint="run delete-cluster again; if they persist, remove them in vCenter",
         )
-    return {"cluster": name, "deleted": counts, "leftovers": leftovers}
+    return {"cluster": name, "cluster_id": cid, "deleted": owned.counts(), "kept_folders": kept,
+            "leftovers": leftovers}  # fmt: skip
+
+
+def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
+    """Power off and destroy the VMs, remove the rules, destroy the folders left empty.
+
+    Returns the folders kept because they hold something the cluster does not own; they lose
+    the cluster's mark, so nothing later takes them for the cluster's.
+    """
+    from provisioner.vsphere import find
+
+    content = session.content
+    deadline = time.monotonic() + 600
+    on = [vm for vm in owned.vms if vm.runtime.powerState == "poweredOn"]
+    if on:
+        waits.wait_for_tasks(content, [session.call(vms.power_off, vm) for vm in on], deadline=deadline)
+        log(f"powered off {len(on)} VM(s)")
+    if owned.vms:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tasks = list(pool.map(lambda vm: session.call(vms.destroy, vm), owned.vms))
+        waits.wait_for_tasks(content, tasks, deadline=deadline)
+        log(f"destroyed {len(owned.vms)} VM(s)")
+    by_cluster: dict[Any, list[Any]] = {}
+    for cl, rule in owned.rules:
+        by_cluster.setdefault(cl, []).append(rule)
+    for cl, rules in by_cluster.items():
+        waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
+        log(f"removed rules {', '.join(r.name for r in rules)}")
+    empty = ownership.removable_folders(content, owned, log)
+    kept = [f for f in owned.folders if f not in empty]
+    for folder in kept:
+        ownership.unmark_folder(content, folder)
+    for folder in empty:
+        parent = folder.parent
+        path = find.inventory_path(folder)
+        waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
+        log(f"removed folder {path}")
+        # vkp's own parent folder goes with its last cluster; a folder it did not make stays.
+        if parent.name == "vkp" and not parent.childEntity:
+            waits.wait_for_tasks(content, [session.call(vms.destroy_folder, parent)], deadline=deadline)
+    return [find.inventory_path(f) for f in kept]
 
 
 # -- read-only views ---------------------------------------------------------------------------
@@ -322,6 +432,12 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
     removes the highest-numbered workers: drained and deleted from Kubernetes when it runs,
     then their VMs destroyed and their addresses released from the state.
     """
+
+    with runlock.hold(name, runlock.command_line(), log=log):
+        return _resize_locked(name, workers, log, concurrency=concurrency)
+
+
+def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> dict[str, Any]:
     import dataclasses as dc
 
     from provisioner.plan import make_plan
@@ -355,7 +471,7 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
         _drain(state, spec, [n.name for n in going], log)
     with provision.session_for(spec) as session:
         content = session.content
-        vms_by_name = {vm.name: vm for vm in find_owned(content, name)["vms"]}
+        vms_by_name = {vm.name: vm for vm in ownership.find_owned(content, name, state.cluster_id).vms}
         doomed = [vms_by_name[n.name] for n in going if n.name in vms_by_name]
         deadline = time.monotonic() + 600
         for vm in doomed:
@@ -363,6 +479,7 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
         if doomed:
             waits.wait_for_tasks(content, [session.call(vms.destroy, vm) for vm in doomed], deadline=deadline)
     for n in going:
+        stop.check("the removal of the drained workers")
         state.remove_node(n.name)
         log(f"{n.name}: removed, address {n.address} released")
     state.save_spec(new_spec.to_dict())

@@ -32,6 +32,8 @@ class ExitCode:
 
 class ProvisionerError(Exception):
     exit_code = ExitCode.ERROR
+    # The cluster phase that was running, when there was one (set where phases are run).
+    phase: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -39,9 +41,11 @@ class ProvisionerError(Exception):
         self.hint = hint
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
+        d: dict[str, Any] = {"type": type(self).__name__, "code": self.exit_code, "message": self.message}
         if self.hint:
             d["hint"] = self.hint
+        if self.phase:
+            d["phase"] = self.phase
         return d
 
     def __str__(self) -> str:

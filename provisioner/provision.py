@@ -20,14 +20,15 @@ from typing import Any
 
 from pyVmomi import vim
 
+from provisioner import stop
 from provisioner.bootstrap.cloudinit import cloud_init_documents
-from provisioner.errors import AuthError, PreflightError, ProvisionerError, SSHError
+from provisioner.errors import AuthError, Interrupted, PreflightError, ProvisionerError, SSHError
 from provisioner.plan import NodePlan, Plan, make_plan
 from provisioner.spec import ClusterSpec
 from provisioner.ssh.commands import Cmd
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, NodeRecord
-from provisioner.vsphere import find, placement, specs, vms, waits
+from provisioner.vsphere import find, ownership, placement, specs, vms, waits
 from provisioner.vsphere.session import Session, connect
 
 Log = Callable[[str], None]
@@ -42,6 +43,13 @@ VM_FACTS = [
     "config.extraConfig",
 ]
 
+# Credentials typed at a prompt, by vCenter: a run that needs several sessions (resize then
+# converge) asks once. Never written anywhere.
+_prompted: dict[str, tuple[str, str]] = {}
+# How long a powered-on node that never answered SSH (an interrupted first boot) gets to
+# answer before it is powered off and booted again with its cloud-init data.
+UNVERIFIED_PROBE_SECONDS = 90.0
+
 
 def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
     """Log in to the spec's vCenter; credentials come from the environment or a prompt, never the file."""
@@ -49,14 +57,21 @@ def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Sess
     vs = spec.vsphere
     user = env.get(vs.credentials.user_env)
     password = env.get(vs.credentials.password_env)
+    if (not user or not password) and vs.server in _prompted:
+        user, password = user or _prompted[vs.server][0], password or _prompted[vs.server][1]
     if not user or not password:
         if not sys.stdin.isatty():
             raise AuthError(
                 f"no vCenter credentials: set {vs.credentials.user_env} and {vs.credentials.password_env}",
                 hint='for the embedded lab: eval "$(vkp lab env)"',
             )
-        user = user or input(f"vCenter user for {vs.server}: ")
-        password = password or getpass.getpass(f"password for {user}@{vs.server}: ")
+        # Prompts go to stderr: stdout carries the one JSON document of -o json.
+        if not user:
+            sys.stderr.write(f"vCenter user for {vs.server}: ")
+            sys.stderr.flush()
+            user = sys.stdin.readline().strip()
+        password = password or getpass.getpass(f"password for {user}@{vs.server}: ", stream=sys.stderr)
+        _prompted[str(vs.server)] = (user, password)
     if vs.tls.insecure:
         print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
     return connect(
@@ -131,8 +146,9 @@ def _required(value: str | None) -> str:
     return value
 
 
-def owned_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
-    """The VMs in the cluster's folder that carry its ownership mark, by name."""
+def marked_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
+    """The VMs in the cluster's folder that carry an ownership mark of cluster_name (of any
+    id: preflight refuses the ones of another id), by name."""
     if folder is None:
         return {}
     out = {}
@@ -160,18 +176,33 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
                 f"VM {name} belongs to another cluster named {plan.cluster!r} (id {other_id}), "
                 "not the one in the local state; run `vkp delete-cluster` for it first"
             )
+    if inv.folder is not None and inv.folder_path == f"vkp/{plan.cluster}":
+        # Only vkp's own layout: a folder the user named may be shared by several clusters.
+        folder_id = ownership.folder_owner(content, inv.folder)
+        if folder_id not in (None, state.cluster_id):
+            problems.append(
+                f"folder {inv.folder_path} was created for another cluster named {plan.cluster!r} "
+                f"(id {folder_id}); delete that one first (vkp delete-cluster {plan.cluster} "
+                f"--cluster-id {folder_id}), or set vsphere.folder to another folder"
+            )
     names = {n.name for n in plan.nodes}
     ips = find.all_vm_guest_ips(content)
-    owned_names = set(owned)
+    owned_ids = {vm._moId for vm in owned.values()}
     for node in plan.nodes:
-        holder = ips.get(node.address)
-        if holder and holder not in owned_names:
+        holders = {moid: name for moid, name in ips.get(node.address, {}).items() if moid not in owned_ids}
+        if holders:
             problems.append(
-                f"address {node.address} (planned for {node.name}) is already used by VM {holder}"
+                f"address {node.address} (planned for {node.name}) is already used by VM "
+                + ", ".join(sorted(holders.values()))
             )
-    taken = find.vm_names(content, inv.datacenter) & names - owned_names
+    # vCenter wants VM names unique per folder; the same name elsewhere (another cluster of
+    # the same name, in its own folder) is allowed.
+    in_folder = {vm.name for vm in find.vms_in_folder(inv.folder)} if inv.folder is not None else set()
+    taken = in_folder & names - set(owned)
     for name in sorted(taken):
-        problems.append(f"a VM named {name} already exists and is not part of this cluster")
+        problems.append(
+            f"a VM named {name} already exists in {inv.folder_path} and is not part of this cluster"
+        )
     if not inv.hosts:
         problems.append(f"cluster {inv.cluster.name} has no connected host outside maintenance mode")
     if problems:
@@ -211,7 +242,11 @@ class VMPhase:
         content = self.session.content
         if self.inv.folder is None:
             self.inv.folder = vms.ensure_folder_path(content, self.inv.datacenter, self.inv.folder_path)
+            ownership.mark_folder(content, self.inv.folder, self.plan.cluster, self.state.cluster_id)
             self.log(f"folder {self.inv.folder_path} created")
+        elif self._adoptable_folder(owned):
+            # Created by a run stopped before it could mark it: it holds only this cluster's VMs.
+            ownership.mark_folder(content, self.inv.folder, self.plan.cluster, self.state.cluster_id)
         outcomes: list[NodeOutcome] = []
         errors: list[ProvisionerError] = []
         with ThreadPoolExecutor(max_workers=max(1, len(self.plan.nodes))) as pool:
@@ -221,9 +256,16 @@ class VMPhase:
                 try:
                     outcomes.append(fut.result())
                 except ProvisionerError as exc:
+                    if isinstance(exc, Interrupted):
+                        errors.append(exc)
+                        continue
                     exc.message = f"{node.name}: {exc.message}"
                     errors.append(exc)
                     self.log(f"FAILED {exc.message}")
+        stopped = [e for e in errors if isinstance(e, Interrupted)]
+        if stopped:
+            raise stopped[0]
+        stop.check("the anti-affinity rules")
         # Rules once the VMs exist; DRS applies them to later placements and migrations.
         present = {o.node.name: o.vm for o in outcomes if o.vm is not None}
         rules = {
@@ -231,10 +273,14 @@ class VMPhase:
             for rule in self.plan.anti_affinity_rules
         }
         if self.spec.placement.anti_affinity and rules:
-            tasks = placement.ensure_rules(self.inv.cluster, self.plan.cluster, rules)
+            cid = self.state.cluster_id
+            tasks = placement.ensure_rules(self.inv.cluster, self.plan.cluster, cid, rules)
             if tasks:
                 waits.wait_for_tasks(content, tasks, deadline=time.monotonic() + 120)
-                self.log(f"anti-affinity rules: {', '.join(r.name for r in self.plan.anti_affinity_rules)}")
+                names = placement.rule_names(self.plan.cluster, cid)
+                self.log(
+                    f"anti-affinity rules: {', '.join(names[r.role] for r in self.plan.anti_affinity_rules)}"
+                )
         if errors:
             failed = ProvisionerError(
                 f"{len(errors)} of {len(self.plan.nodes)} VMs failed:\n  "
@@ -247,9 +293,22 @@ class VMPhase:
         order = {n.name: i for i, n in enumerate(self.plan.nodes)}
         return sorted(outcomes, key=lambda o: order[o.node.name])
 
+    def _adoptable_folder(self, owned: dict[str, Any]) -> bool:
+        content = self.session.content
+        if ownership.folder_owner(content, self.inv.folder) is not None:
+            return False
+        if self.spec.vsphere.folder:
+            return False  # a folder the user named is theirs, whoever made it
+        inside = find.vms_in_folder(self.inv.folder)
+        subfolders = find.props_of(content, self.inv.folder, ["childEntity"]).get("childEntity") or []
+        return len(subfolders) == len(inside) and {v._moId for v in inside} <= {
+            v._moId for v in owned.values()
+        }
+
     def _call(self, fn: Callable[[], Any]) -> Any:
         """One vCenter operation under the concurrency bound; returns its task's result."""
         with self.slots:
+            stop.check("a free slot for a vCenter operation")
             task = self.session.call(fn)
             return waits.wait_for_tasks(
                 self.session.content, [task], deadline=time.monotonic() + self.deadline
@@ -278,7 +337,12 @@ class VMPhase:
             # config the server did not apply with the clone.
             self._call(lambda: vms.reconfigure(vm, specs.resize_spec(node.cpus, node.memory_mb)))
             out.changed = True
-        if facts.get("runtime.powerState") != "poweredOn":
+        extra = {o.key: o.value for o in facts.get("config.extraConfig") or []}
+        has_userdata = bool(extra.get(specs.GUESTINFO_USERDATA))
+        powered_on = facts.get("runtime.powerState") == "poweredOn"
+        if powered_on and not has_userdata and extra.get(specs.NODE_VERIFIED) != "TRUE":
+            powered_on = self._probe_unverified(node, vm)
+        if not powered_on:
             t = time.monotonic()
             mac = next(
                 d.macAddress
@@ -286,37 +350,80 @@ class VMPhase:
                 if isinstance(d, vim.vm.device.VirtualEthernetCard)
             )
             metadata, userdata = self._cloud_init(node, str(mac))
-            self._call(
-                lambda: vms.reconfigure(
-                    vm,
-                    vim.vm.ConfigSpec(extraConfig=_options(specs.guestinfo_extra_config(metadata, userdata))),
+            has_userdata = True
+            try:
+                self._call(
+                    lambda: vms.reconfigure(
+                        vm,
+                        vim.vm.ConfigSpec(
+                            extraConfig=_options(specs.guestinfo_extra_config(metadata, userdata))
+                        ),
+                    )
                 )
-            )
-            self._call(lambda: vms.power_on(vm))
+                self._call(lambda: vms.power_on(vm))
+            except BaseException:
+                self._erase_userdata(node, vm)
+                raise
             out.changed = True
             out.seconds["power_on"] = time.monotonic() - t
             self.log(f"{node.name}: powered on")
-            has_userdata = True
-        else:
-            has_userdata = any(
-                o.key == "guestinfo.userdata" and o.value for o in facts.get("config.extraConfig") or []
+        t = time.monotonic()
+        try:
+            waits.wait_for_guest_ip(
+                self.session.content, vm, expected=node.address, deadline=time.monotonic() + self.deadline
             )
-        t = time.monotonic()
-        waits.wait_for_guest_ip(
-            self.session.content, vm, expected=node.address, deadline=time.monotonic() + self.deadline
-        )
-        out.seconds["address"] = time.monotonic() - t
-        t = time.monotonic()
-        self._check_ssh(node)
-        out.seconds["ssh"] = time.monotonic() - t
-        if has_userdata:
-            # The userdata carried the node's private host key; it must not linger in VM properties.
-            self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec()))
+            out.seconds["address"] = time.monotonic() - t
+            t = time.monotonic()
+            self._check_ssh(node)
+            out.seconds["ssh"] = time.monotonic() - t
+        except BaseException:
+            if has_userdata:
+                self._erase_userdata(node, vm)
+            raise
+        if has_userdata or extra.get(specs.NODE_VERIFIED) != "TRUE":
+            # The userdata carried the node's private host key; it must not linger in VM
+            # properties. The same call records that the node answered with its pinned key.
+            self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec(verified=True)))
             out.changed = True
         self.log(
             f"{node.name}: {node.address} answers SSH with its pinned host key ({time.monotonic() - t0:.1f}s)"
         )
         return out
+
+    def _erase_userdata(self, node: NodePlan, vm: Any) -> None:
+        """Take the node's private host key out of the VM's properties, whatever went wrong.
+
+        Shielded from the stop flag (it runs on the way out of an interrupt) and bounded by
+        its own short deadline. A node whose first boot this cuts short is booted again by the
+        next run (see _probe_unverified).
+        """
+        try:
+            with stop.shielded():
+                task = self.session.call(vms.reconfigure, vm, specs.redact_userdata_spec(verified=False))
+                waits.wait_for_tasks(self.session.content, [task], deadline=time.monotonic() + 30)
+        except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
+            self.log(
+                f"WARNING {node.name}: could not erase its cloud-init data (with its host key) from "
+                f"the VM's properties: {exc}; run create-cluster or delete-cluster again to erase it"
+            )
+
+    def _probe_unverified(self, node: NodePlan, vm: Any) -> bool:
+        """A powered-on VM without cloud-init data that never answered SSH: an earlier run
+        stopped during its first boot and erased the data. True if it answers now; otherwise it
+        is powered off, so the caller boots it again with fresh data."""
+        try:
+            waits.wait_for_guest_ip(
+                self.session.content, vm, expected=node.address,
+                deadline=time.monotonic() + UNVERIFIED_PROBE_SECONDS,
+            )  # fmt: skip
+            self._check_ssh(node, deadline=UNVERIFIED_PROBE_SECONDS)
+            return True
+        except ProvisionerError as exc:
+            if isinstance(exc, Interrupted) or stop.stopping():
+                raise
+            self.log(f"{node.name}: did not finish its first boot ({exc.message}); booting it again")
+        self._call(lambda: vms.power_off(vm))
+        return False
 
     def _clone(self, node: NodePlan, host: Any | None) -> Any:
         snapshot = self.inv.template.snapshot.currentSnapshot if self.inv.template.snapshot else None
@@ -371,7 +478,8 @@ class VMPhase:
             )
         )
 
-    def _check_ssh(self, node: NodePlan) -> None:
+    def _check_ssh(self, node: NodePlan, deadline: float | None = None) -> None:
+        deadline = deadline or self.deadline
         key_path, _ = self.state.ssh_keypair()
         with Connection(
             node.name,
@@ -380,7 +488,7 @@ class VMPhase:
             key_path,
             self.state.known_hosts_path,
             port=self.spec.ssh.port,
-            connect_deadline=self.deadline,
+            connect_deadline=deadline,
         ) as conn:
             result = conn.run(Cmd("hostname"))
             if result.stdout.strip() != node.name:
@@ -388,7 +496,7 @@ class VMPhase:
             # sshd answers before cloud-init is done with the node (it even restarts sshd):
             # bootstrapping then would race with it. retry_safe: the wait may span that restart.
             done = conn.run(
-                Cmd("cloud-init", "status", "--wait"), check=False, timeout=self.deadline, retry_safe=True
+                Cmd("cloud-init", "status", "--wait"), check=False, timeout=deadline, retry_safe=True
             )
             if done.exit_status not in (0, 2):  # 2: done, with recoverable errors (cloud-init 23.4+)
                 said = (done.stdout + done.stderr).strip()[-400:]
@@ -409,7 +517,7 @@ def provision_vms(
     folder_path = spec.vsphere.folder or f"vkp/{spec.name}"
     inv = resolve(content, spec, folder_path)
     plan = make_plan(spec, hosts=[h.name for h in inv.hosts])
-    owned = owned_vms(inv.folder, spec.name)
+    owned = marked_vms(inv.folder, spec.name)
     preflight(content, inv, plan, state, owned)
     log(f"preflight ok: {len(plan.nodes)} VMs, {len(owned)} already there, {len(inv.hosts)} ESXi hosts")
     for n in plan.nodes:

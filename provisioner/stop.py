@@ -82,8 +82,9 @@ def error(what: str) -> Interrupted | Timeout:
     """The error a wait raises when the run stops while it waits for `what`."""
     if "signal" in _reason:
         return Interrupted(_reason["signal"], what)
+    limit = _format_seconds(_reason.get("timeout", 0))
     return Timeout(
-        f"the run's --timeout of {_format_seconds(_reason.get('timeout', 0))} passed while waiting for {what}",
+        f"the run's --timeout of {limit} passed while waiting for {what}",
         hint="run the same command again to resume, with a longer --timeout if the work needs it",
     )
 

@@ -309,23 +309,23 @@ def vms_in_folder(folder: Any, *, recursive: bool = False) -> list[Any]:
     return [obj for obj, _p in sorted(props.items(), key=lambda kv: kv[1].get("name", ""))]
 
 
-def all_vm_guest_ips(content: Any) -> dict[str, str]:
-    """Every guest IP address VMware Tools reports, mapped to its VM's name (one round trip).
+def all_vm_guest_ips(content: Any) -> dict[str, dict[str, str]]:
+    """Every guest IP address VMware Tools reports, mapped to {VM moid: VM name} (one round trip).
 
-    For the preflight "address already in use" check. An address reported by several VMs
-    maps to their names joined with ", ".
+    For the preflight "address already in use" check. By moid, not name: VMs of the same name
+    (two clusters of one name, in two folders) are different VMs.
     """
     props = retrieve(
         content, content.rootFolder, [vim.VirtualMachine], ["name", "guest.ipAddress", "guest.net"]
     )
-    out: dict[str, str] = {}
-    for p in props.values():
+    out: dict[str, dict[str, str]] = {}
+    for vm, p in props.items():
         name = p.get("name", "?")
         addresses = {p["guest.ipAddress"]} if p.get("guest.ipAddress") else set()
         for nic in p.get("guest.net") or []:
             addresses.update(a for a in nic.ipAddress or [] if a)
         for addr in sorted(addresses):
-            out[addr] = f"{out[addr]}, {name}" if addr in out and name not in out[addr] else name
+            out.setdefault(addr, {})[vm._moId] = name
     return out
 
 

@@ -1,9 +1,11 @@
 """DRS anti-affinity rules that keep a cluster's etcd members, and its masters, on different hosts.
 
-Rules are found by name ("vkp-<cluster>-etcd", "vkp-<cluster>-master"), so a re-run adopts
-the rules an earlier run made and delete-cluster finds them without local state. Rules of
-anyone else are never touched. All changes for one call go into one
-ReconfigureComputeResource_Task: concurrent reconfigurations of one cluster would race.
+Rules are found by name ("vkp-<cluster>-etcd-<cluster id>", "vkp-<cluster>-master-<id>"), so
+a re-run adopts the rules an earlier run made and delete-cluster finds them without local
+state. The cluster id in the name keeps two same-named clusters (another team's, in another
+folder) from ever touching each other's rules. Rules of anyone else are never touched.
+All changes for one call go into one ReconfigureComputeResource_Task: concurrent
+reconfigurations of one cluster would race.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from provisioner.vsphere import specs, vms
 ROLES = RULE_ROLES
 
 
-def rule_names(cluster_name: str) -> dict[str, str]:
+def rule_names(cluster_name: str, cluster_id: str) -> dict[str, str]:
     """The rule name of each role that gets one."""
-    return {role: f"vkp-{cluster_name}-{role}" for role in ROLES}
+    return {role: f"vkp-{cluster_name}-{role}-{cluster_id}" for role in ROLES}
 
 
-def _our_rules(cluster_obj: Any, cluster_name: str) -> dict[str, list[Any]]:
-    by_name = {name: role for role, name in rule_names(cluster_name).items()}
+def _our_rules(cluster_obj: Any, cluster_name: str, cluster_id: str) -> dict[str, list[Any]]:
+    by_name = {name: role for role, name in rule_names(cluster_name, cluster_id).items()}
     out: dict[str, list[Any]] = {}
     for rule in cluster_obj.configurationEx.rule or []:
         role = by_name.get(rule.name)
@@ -35,20 +37,20 @@ def _our_rules(cluster_obj: Any, cluster_name: str) -> dict[str, list[Any]]:
     return out
 
 
-def find_rules(cluster_obj: Any, cluster_name: str) -> list[Any]:
+def find_rules(cluster_obj: Any, cluster_name: str, cluster_id: str) -> list[Any]:
     """Every rule of ours on the cluster (duplicates from an interrupted run included), by key."""
-    rules = [r for group in _our_rules(cluster_obj, cluster_name).values() for r in group]
+    rules = [r for group in _our_rules(cluster_obj, cluster_name, cluster_id).values() for r in group]
     return sorted(rules, key=lambda r: r.key)
 
 
-def rules_by_role(cluster_obj: Any, cluster_name: str) -> dict[str, Any]:
+def rules_by_role(cluster_obj: Any, cluster_name: str, cluster_id: str) -> dict[str, Any]:
     """Our rule of each role that has one.
 
     Two rules with one of our names raise Ambiguous: which one holds the truth is not ours
     to guess (ensure_rules repairs that by keeping the first and removing the others).
     """
     out = {}
-    for role, rules in _our_rules(cluster_obj, cluster_name).items():
+    for role, rules in _our_rules(cluster_obj, cluster_name, cluster_id).items():
         if len(rules) > 1:
             raise Ambiguous("DRS rule", rules[0].name, [f"key {r.key}" for r in rules])
         out[role] = rules[0]
@@ -64,7 +66,9 @@ def _matches(rule: Any, vm_list: Sequence[Any]) -> bool:
     )
 
 
-def ensure_rules(cluster_obj: Any, cluster_name: str, vms_by_role: Mapping[str, Sequence[Any]]) -> list[Any]:
+def ensure_rules(
+    cluster_obj: Any, cluster_name: str, cluster_id: str, vms_by_role: Mapping[str, Sequence[Any]]
+) -> list[Any]:
     """Make our rules hold exactly the given VMs; return the task doing it ([] when nothing to do).
 
     Idempotent: a missing rule is added, a rule with another VM set (or disabled, or a
@@ -73,8 +77,8 @@ def ensure_rules(cluster_obj: Any, cluster_name: str, vms_by_role: Mapping[str, 
     rules), so an old rule of ours for it is removed. Roles without a rule (workers) and
     rules of others are ignored.
     """
-    existing = _our_rules(cluster_obj, cluster_name)
-    names = rule_names(cluster_name)
+    existing = _our_rules(cluster_obj, cluster_name, cluster_id)
+    names = rule_names(cluster_name, cluster_id)
     rule_specs: list[Any] = []
     for role in ROLES:
         vm_list = list(vms_by_role.get(role) or [])
@@ -95,13 +99,10 @@ def ensure_rules(cluster_obj: Any, cluster_name: str, vms_by_role: Mapping[str, 
     return [vms.reconfigure_cluster(cluster_obj, vim.cluster.ConfigSpecEx(rulesSpec=rule_specs))]
 
 
-def remove_rules(cluster_obj: Any, which: str | Iterable[Any]) -> list[Any]:
-    """Remove rules from the cluster; return the task ([] when none: already gone is success).
-
-    which is a cluster name (every rule of ours for that cluster) or rules as find_rules
-    returned them.
-    """
-    rules = find_rules(cluster_obj, which) if isinstance(which, str) else list(which)
+def remove_rules(cluster_obj: Any, rules: Iterable[Any]) -> list[Any]:
+    """Remove rules (as find_rules returned them) from the cluster; return the task ([] when
+    none: already gone is success)."""
+    rules = list(rules)
     rule_specs = [r for rule in rules for r in specs.remove_rule_spec(rule.key).rulesSpec]
     if not rule_specs:
         return []

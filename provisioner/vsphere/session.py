@@ -21,16 +21,21 @@ from typing import Any, TypeVar
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from provisioner.errors import AuthError, TLSVerifyError, VSphereError
+from provisioner import stop
+from provisioner.errors import AuthError, Timeout, TLSVerifyError, VSphereError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_PORT = 443
-# Seconds a socket read may block. Waits use WaitForUpdatesEx with a bounded maxWaitSeconds,
-# far below this, so only a hung server trips it.
-HTTP_TIMEOUT = 300.0
+# Seconds the TCP connect, TLS handshake and login may take together per socket operation: an
+# address that swallows packets (a firewall, a wrong route) is reported in this time instead
+# of hanging a pipeline until it is killed.
+CONNECT_TIMEOUT = 20.0
+# Seconds any later socket read may block. Waits use WaitForUpdatesEx with a bounded
+# maxWaitSeconds, far below this, and long work runs as tasks, so only a hung server trips it.
+SOAP_TIMEOUT = 120.0
 # Idle pooled connections are dropped after this many seconds, before vCenter or a proxy
 # closes them under us ("Remote end closed connection without response").
 POOL_IDLE_SECONDS = 60
@@ -96,9 +101,7 @@ class _PinnedContext(ssl.SSLContext):
         if presented != self.expected:
             self.presented = presented
             sock.close()
-            raise _PinMismatch(
-                f"certificate thumbprint {format_thumbprint(presented)} is not the pinned one"
-            )
+            raise _PinMismatch(f"certificate thumbprint {format_thumbprint(presented)} is not the pinned one")
         return sock
 
 
@@ -113,9 +116,7 @@ def _pinned_context(expected: str) -> _PinnedContext:
     return ctx
 
 
-def _ssl_context(
-    server: str, thumbprint: str | None, ca_file: str | None, insecure: bool
-) -> ssl.SSLContext:
+def _ssl_context(server: str, thumbprint: str | None, ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     if thumbprint:
         return _pinned_context(normalize_thumbprint(thumbprint))
     if ca_file:
@@ -163,12 +164,18 @@ def connect(
     thumbprint: str | None = None,
     ca_file: str | None = None,
     insecure: bool = False,
-    timeout: float = HTTP_TIMEOUT,
+    timeout: float = CONNECT_TIMEOUT,
 ) -> Session:
-    """Log in to vCenter at server ('host' or 'host:port') over verified TLS."""
+    """Log in to vCenter at server ('host' or 'host:port') over verified TLS.
+
+    The connect and login are bounded by timeout (and by what is left of the run's
+    --timeout); once logged in, each call's socket reads are bounded by SOAP_TIMEOUT.
+    """
     host, port = split_server(server)
     where = f"{host}:{port}"
     ctx = _ssl_context(where, thumbprint, ca_file, insecure)
+    stop.check(f"vCenter {where} to answer")
+    timeout = stop.remaining(timeout) or timeout
     try:
         si = SmartConnect(
             host=host,
@@ -185,11 +192,28 @@ def connect(
             hint="check the user name and password (give the password by environment or file, never argv)",
         ) from exc
     except Exception as exc:  # noqa: BLE001 - pyvmomi wraps socket and TLS errors in many ways
-        raise _connect_error(exc, where, ctx, password) from None
+        raise _connect_error(exc, where, ctx, password, timeout) from None
+    _set_read_timeout(si, SOAP_TIMEOUT)
     return Session(si, where, user, password)
 
 
-def _connect_error(exc: BaseException, where: str, ctx: ssl.SSLContext, password: str) -> Exception:
+def _set_read_timeout(si: Any, seconds: float) -> None:
+    # pyvmomi takes one timeout for the whole session; the short one that bounds the login
+    # would cut off a legitimately slow call later (a large property retrieval), so the stub's
+    # setting and the pooled connection's socket get the longer one now.
+    stub = si._stub
+    args = getattr(stub, "schemeArgs", None)
+    if isinstance(args, dict):
+        args["timeout"] = seconds
+    for conn, _ in getattr(stub, "pool", []):
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            sock.settimeout(seconds)
+
+
+def _connect_error(
+    exc: BaseException, where: str, ctx: ssl.SSLContext, password: str, timeout: float
+) -> Exception:
     if isinstance(ctx, _PinnedContext) and ctx.presented is not None:
         return TLSVerifyError(
             f"{where} presented a certificate with SHA-256 thumbprint {format_thumbprint(ctx.presented)}, "
@@ -197,6 +221,11 @@ def _connect_error(exc: BaseException, where: str, ctx: ssl.SSLContext, password
             hint=THUMBPRINT_HINT,
         )
     chain = _causes(exc)
+    if any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain) or "timed out" in str(exc):
+        return Timeout(
+            f"vCenter at {where} did not answer within {timeout:.0f} s (connect, TLS handshake and login)",
+            hint="check the address and port, that vCenter is up, and that no firewall drops the traffic",
+        )
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
             return TLSVerifyError(
@@ -205,9 +234,7 @@ def _connect_error(exc: BaseException, where: str, ctx: ssl.SSLContext, password
                 + THUMBPRINT_HINT,
             )
     for e in chain:
-        if isinstance(
-            e, (ConnectionRefusedError, socket.gaierror, TimeoutError, socket.timeout, OSError)
-        ):
+        if isinstance(e, (ConnectionRefusedError, socket.gaierror, TimeoutError, socket.timeout, OSError)):
             return VSphereError(
                 f"cannot reach vCenter at {where}: {_scrub(str(e) or type(e).__name__, password)}",
                 hint="check the address and port, that vCenter is up, and that nothing blocks the way",

@@ -21,6 +21,9 @@ from pyVmomi import vim
 OWNER_CLUSTER_NAME = "vkp.cluster.name"
 OWNER_CLUSTER_ID = "vkp.cluster.id"
 OWNER_NODE_ROLE = "vkp.node.role"
+# Set once the node answered SSH with its pinned host key: a powered-on VM without it was cut
+# short in its first boot, and is booted again rather than waited for.
+NODE_VERIFIED = "vkp.node.verified"
 
 GUESTINFO_METADATA = "guestinfo.metadata"
 GUESTINFO_USERDATA = "guestinfo.userdata"
@@ -145,15 +148,18 @@ def guestinfo_extra_config(metadata: str, userdata: str) -> dict[str, str]:
     }
 
 
-def redact_userdata_spec() -> Any:
-    """A ConfigSpec that empties guestinfo.userdata once the guest has consumed it.
+def redact_userdata_spec(*, verified: bool) -> Any:
+    """A ConfigSpec that empties guestinfo.userdata: once the guest has consumed it, or when
+    the run fails or is stopped before it could check that.
 
     User data may carry keys and tokens, and extraConfig is readable by anyone who can read
-    the VM; an empty value removes the key from the VM's configuration.
+    the VM; an empty value removes the key from the VM's configuration. verified also marks
+    the node as having answered SSH with its pinned host key.
     """
-    return vim.vm.ConfigSpec(
-        extraConfig=option_values({GUESTINFO_USERDATA: "", f"{GUESTINFO_USERDATA}.encoding": ""})
-    )
+    values = {GUESTINFO_USERDATA: "", f"{GUESTINFO_USERDATA}.encoding": ""}
+    if verified:
+        values[NODE_VERIFIED] = "TRUE"
+    return vim.vm.ConfigSpec(extraConfig=option_values(values))
 
 
 def ownership_extra_config(cluster_name: str, cluster_id: str, role: str | None = None) -> dict[str, str]:

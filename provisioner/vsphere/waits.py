@@ -3,7 +3,8 @@
 Each wait creates a PropertyCollector of its own (for the calling thread) and destroys it
 afterwards: WaitForUpdatesEx versions belong to a collector, so two threads sharing one
 would steal each other's updates. maxWaitSeconds is bounded so a wait notices its deadline
-even when nothing changes, and vCenter's idle-connection timers never fire mid-wait.
+and the run's stop flag (provisioner.stop: SIGINT, SIGTERM, --timeout) within seconds even
+when nothing changes, and vCenter's idle-connection timers never fire mid-wait.
 
 Deadlines are absolute time.monotonic() values (time.monotonic() + timeout), so a chain of
 waits shares one budget.
@@ -19,11 +20,13 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from provisioner import stop
 from provisioner.errors import TaskFailed, Timeout, VSphereError
 from provisioner.vsphere import vms
 
 _pcq = vmodl.query.PropertyCollector
-MAX_WAIT_SECONDS = 10
+# Short enough that Ctrl-C ends a wait within the 5 s a user waits; one cheap call per slice.
+MAX_WAIT_SECONDS = 2
 LEFT = "<left>"  # marks an object that no longer exists
 
 
@@ -90,11 +93,13 @@ class _Watch:
             raise
         self.version = ""
 
-    def next(self, deadline: float) -> list[tuple[Any, dict[str, Any]]]:
+    def next(self, deadline: float, what: str) -> list[tuple[Any, dict[str, Any]]]:
         """The changes since the last call; [] when nothing changed within the bounded wait.
 
-        An object that was deleted comes back with the single change {LEFT: True}.
+        An object that was deleted comes back with the single change {LEFT: True}. Raises
+        when the run is stopping (what: what the caller waits for, for the message).
         """
+        stop.check(what)
         update = self.collector.WaitForUpdatesEx(
             self.version, _pcq.WaitOptions(maxWaitSeconds=_remaining(deadline))
         )
@@ -154,7 +159,7 @@ def wait_for_tasks(
         while len(done) < len(task_list):
             if time.monotonic() >= deadline:
                 raise Timeout(_timeout_text(task_list, infos, done), hint="the tasks keep running in vCenter")
-            for task, changes in watch.next(deadline):
+            for task, changes in watch.next(deadline, _pending_text(task_list, infos, done)):
                 info = changes.get("info")
                 if info is None:
                     continue
@@ -175,6 +180,13 @@ def wait_for_tasks(
     if failures:
         raise TasksFailed(failures, results)
     return [results[t._moId] for t in task_list]
+
+
+def _pending_text(tasks: list[Any], infos: dict[str, Any], done: set[str]) -> str:
+    pending = [
+        _describe(infos[t._moId]) if t._moId in infos else t._moId for t in tasks if t._moId not in done
+    ]
+    return "vSphere task(s) " + ", ".join(pending)
 
 
 def _timeout_text(tasks: list[Any], infos: dict[str, Any], done: set[str]) -> str:
@@ -216,7 +228,7 @@ def wait_for_property(
             # the wait with ManagedObjectNotFound. Either way, waiting on would only end in a
             # timeout that hides the real cause.
             try:
-                updates = watch.next(deadline)
+                updates = watch.next(deadline, f"{what} of {_kind(obj)} {seen.get('name') or obj._moId}")
             except vmodl.fault.ManagedObjectNotFound as exc:
                 raise VSphereError(_gone(obj, seen, what)) from exc
             for _obj, changes in updates:

@@ -109,7 +109,8 @@ def test_create_rerun_delete(lab: LabHandle, env: dict[str, str]) -> None:
     etcd_hosts = [v["host"] for v in held["vms"] if v["role"] == "etcd"]
     assert len(set(etcd_hosts)) == 3, f"etcd members must be on distinct ESXi hosts: {etcd_hosts}"
     assert {n["name"]: n["esxi_host"] for n in nodes} == {v["name"]: v["host"] for v in held["vms"]}
-    assert held["rules"] == {"vkp-lab-etcd": ["lab-etcd-1", "lab-etcd-2", "lab-etcd-3"]}
+    cid = result["cluster_id"]
+    assert held["rules"] == {f"vkp-lab-etcd-{cid}": ["lab-etcd-1", "lab-etcd-2", "lab-etcd-3"]}
     assert held["folders"] == ["lab"] and {v["folder"] for v in held["vms"]} == {"lab"}
     assert all(v["power"] == "poweredOn" and v["ip"] for v in held["vms"])
     assert all(v["userdata"] == "" for v in held["vms"]), "userdata (host keys) must not linger on the VM"

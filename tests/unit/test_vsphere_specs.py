@@ -138,12 +138,18 @@ def test_guestinfo_round_trips_through_the_lab_decoder() -> None:
 
 
 def test_redacting_empties_the_user_data_only() -> None:
-    spec = specs.redact_userdata_spec()
+    spec = specs.redact_userdata_spec(verified=False)
     assert {o.key: o.value for o in spec.extraConfig} == {
         "guestinfo.userdata": "",
         "guestinfo.userdata.encoding": "",
     }
     assert spec.deviceChange == [] and spec.numCPUs is None
+
+
+def test_redacting_after_the_ssh_check_also_marks_the_node_verified() -> None:
+    spec = specs.redact_userdata_spec(verified=True)
+    values = {o.key: o.value for o in spec.extraConfig}
+    assert values["guestinfo.userdata"] == "" and values["vkp.node.verified"] == "TRUE"
 
 
 def test_ownership_mark_round_trip() -> None:

@@ -131,9 +131,7 @@ def test_unset_properties_read_as_none_and_the_connection_survives(session: Sess
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm)],
         propSet=[
-            vmodl.query.PropertyCollector.PropertySpec(
-                type=vim.VirtualMachine, pathSet=["snapshot", "name"]
-            )
+            vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["snapshot", "name"])
         ],
     )
     (obj,) = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions()).objects
@@ -143,9 +141,7 @@ def test_unset_properties_read_as_none_and_the_connection_survives(session: Sess
     collector = pc.CreatePropertyCollector()
     try:
         collector.CreateFilter(spec, partialUpdates=False)
-        update = collector.WaitForUpdatesEx(
-            "", vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=1)
-        )
+        update = collector.WaitForUpdatesEx("", vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=1))
         changes = {c.name: c.val for fs in update.filterSet for o in fs.objectSet for c in o.changeSet}
         assert changes["name"] == "nosnap" and changes.get("snapshot") is None
     finally:

@@ -229,7 +229,9 @@ def test_linked_clone_lands_on_the_host_with_a_new_mac_and_extra_config(inv: Inv
     assert find.vm(inv.content, inv.dc, f"{workdir.name}/demo/demo-etcd-1") == vm
 
     # Redacting removes the user data and leaves the rest.
-    waits.wait_for_tasks(inv.content, [vms.reconfigure(vm, specs.redact_userdata_spec())], deadline=soon())
+    waits.wait_for_tasks(
+        inv.content, [vms.reconfigure(vm, specs.redact_userdata_spec(verified=True))], deadline=soon()
+    )
     ec = {o.key: o.value for o in vm.config.extraConfig}
     assert not ec.get("guestinfo.userdata")
     assert ec["vkp.cluster.id"] == "c0ffee" and ec["guestinfo.metadata"]
@@ -335,7 +337,7 @@ def test_the_address_reported_from_another_thread_ends_the_wait(
         reporter.join(30)
     assert time.monotonic() - started < 10  # woken by the update, not by a poll interval
     assert waits.wait_for_guest_ip(inv.content, vm, expected=None, deadline=soon(5)) == address
-    assert find.all_vm_guest_ips(inv.content).get(address) == name
+    assert list(find.all_vm_guest_ips(inv.content).get(address, {}).values()) == [name]
 
 
 # -- placement rules ------------------------------------------------------------------------
@@ -345,8 +347,9 @@ def test_rules_are_ensured_once_per_role_edited_and_removed(inv: Inventory, work
     cluster_name = unique("rules")
     e1, e2, e3, m1, m2 = clone_many(inv, workdir, [unique(n) for n in ("e1", "e2", "e3", "m1", "m2")])
     wanted = {"etcd": [e1, e2, e3], "master": [m1, m2], "worker": [e1]}
-    names = placement.rule_names(cluster_name)
-    assert names == {"etcd": f"vkp-{cluster_name}-etcd", "master": f"vkp-{cluster_name}-master"}
+    cid = str(uuid.uuid4())
+    names = placement.rule_names(cluster_name, cid)
+    assert names == {"etcd": f"vkp-{cluster_name}-etcd-{cid}", "master": f"vkp-{cluster_name}-master-{cid}"}
 
     def ours() -> dict[str, Any]:
         rules = [r for r in inv.cluster.configurationEx.rule or [] if r.name in names.values()]
@@ -362,10 +365,12 @@ def test_rules_are_ensured_once_per_role_edited_and_removed(inv: Inventory, work
     foreign_name = foreign.rulesSpec[0].info.name
 
     try:
-        tasks = placement.ensure_rules(inv.cluster, cluster_name, wanted)
+        tasks = placement.ensure_rules(inv.cluster, cluster_name, cid, wanted)
         assert len(tasks) == 1  # all changes in one reconfiguration
         waits.wait_for_tasks(inv.content, tasks, deadline=soon())
-        assert placement.ensure_rules(inv.cluster, cluster_name, wanted) == []  # already so
+        assert placement.ensure_rules(inv.cluster, cluster_name, cid, wanted) == []  # already so
+        # A same-named cluster with another id sees none of them.
+        assert placement.find_rules(inv.cluster, cluster_name, str(uuid.uuid4())) == []
         rules = ours()
         assert set(rules) == set(names.values())
         etcd = rules[names["etcd"]]
@@ -373,23 +378,29 @@ def test_rules_are_ensured_once_per_role_edited_and_removed(inv: Inventory, work
         assert vm_ids(rules[names["master"]]) == {m1._moId, m2._moId}
         assert isinstance(etcd, vim.cluster.AntiAffinityRuleSpec)
         assert etcd.enabled is True and etcd.mandatory is False
-        assert placement.rules_by_role(inv.cluster, cluster_name)["etcd"].key == etcd.key
-        assert [r.name for r in placement.find_rules(inv.cluster, cluster_name)] == [
+        assert placement.rules_by_role(inv.cluster, cluster_name, cid)["etcd"].key == etcd.key
+        assert [r.name for r in placement.find_rules(inv.cluster, cluster_name, cid)] == [
             names["etcd"],
             names["master"],
         ]
 
         # A new VM set edits the rule in place; a role down to one VM loses its rule.
-        tasks = placement.ensure_rules(inv.cluster, cluster_name, {"etcd": [e1, e2], "master": [m1]})
+        tasks = placement.ensure_rules(inv.cluster, cluster_name, cid, {"etcd": [e1, e2], "master": [m1]})
         waits.wait_for_tasks(inv.content, tasks, deadline=soon())
         rules = ours()
         assert set(rules) == {names["etcd"]}
         assert rules[names["etcd"]].key == etcd.key
         assert vm_ids(rules[names["etcd"]]) == {e1._moId, e2._moId}
 
-        waits.wait_for_tasks(inv.content, placement.remove_rules(inv.cluster, cluster_name), deadline=soon())
+        waits.wait_for_tasks(
+            inv.content,
+            placement.remove_rules(inv.cluster, placement.find_rules(inv.cluster, cluster_name, cid)),
+            deadline=soon(),
+        )
         assert ours() == {}
-        assert placement.remove_rules(inv.cluster, cluster_name) == []  # already gone
+        assert (
+            placement.remove_rules(inv.cluster, placement.find_rules(inv.cluster, cluster_name, cid)) == []
+        )  # already gone
         assert foreign_name in {r.name for r in inv.cluster.configurationEx.rule or []}
     finally:
         leftovers = [r for r in inv.cluster.configurationEx.rule or [] if r.name == foreign_name]
