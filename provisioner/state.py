@@ -377,10 +377,6 @@ class ClusterState:
         """Whether a spec was saved (a run got that far); load_spec_dict raises NotFound otherwise."""
         return (self.path / "spec.yaml").is_file()
 
-    def has_spec(self) -> bool:
-        """Whether a run got as far as saving the spec (it does once vCenter accepted a session)."""
-        return (self.path / "spec.yaml").is_file()
-
     def load_spec_dict(self) -> dict[str, Any]:
         path = self.path / "spec.yaml"
         if not path.is_file():

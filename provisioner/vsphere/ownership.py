@@ -19,7 +19,7 @@ from typing import Any
 
 from pyVmomi import vim
 
-from provisioner.errors import ProvisionerError
+from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.vsphere import find, placement, specs
 
 FOLDER_FIELDS = (specs.OWNER_CLUSTER_NAME, specs.OWNER_CLUSTER_ID)
@@ -170,11 +170,13 @@ def resolve_id(content: Any, cluster_name: str, wanted: str | None) -> str | Non
     if wanted is not None:
         return wanted if wanted in ids else None
     if len(found) > 1:
-        raise ProvisionerError(
+        error = ProvisionerError(
             f"{len(found)} clusters named {cluster_name!r} exist in this vCenter:\n  "
             + "\n  ".join(c.describe() for c in found),
             hint=f"pass --cluster-id ID to say which one (e.g. --cluster-id {ids[0]})",
         )
+        error.exit_code = ExitCode.NOT_FOUND  # "matched more than one", as for any other name
+        raise error
     return ids[0] if ids else None
 
 
