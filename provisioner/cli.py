@@ -6,10 +6,11 @@ in one place (cli_common.run), so scripts can rely on them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from provisioner.output import emit_json
 from provisioner.plan import PHASES
 
 if TYPE_CHECKING:
+    from provisioner.output import Progress
     from provisioner.spec import ClusterSpec
 
 
@@ -167,6 +169,18 @@ def plan_cmd(
     run(body, output)
 
 
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[Progress]:
+    """The cluster's run lock, taken before the heavy imports (vSphere, SSH) so that a second
+    run is refused at once; the library takes it again (re-entrantly) for its other callers."""
+    from provisioner import runlock
+    from provisioner.output import Progress
+
+    progress = Progress()
+    with runlock.hold(name, runlock.command_line(), log=progress):
+        yield progress
+
+
 def _confirm(question: str, yes: bool) -> None:
     from provisioner.errors import Aborted
 
@@ -236,7 +250,6 @@ def create_cluster_cmd(
       vkp create-cluster -f inventory/lab.yaml --yes
       vkp create-cluster demo --plan dev --yes --up-to vms -o json
     """
-    from provisioner.cluster import create_cluster
     from provisioner.output import Progress
     from provisioner.plan import make_plan, render_plan
 
@@ -249,8 +262,11 @@ def create_cluster_cmd(
             from provisioner.cluster import dry_run as show_dry_run
 
             return show_dry_run(spec, up_to, Progress())
-        _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
-        return create_cluster(spec, Progress(), up_to=up_to, concurrency=concurrency)
+        with _locked(spec.name) as progress:
+            _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
+            from provisioner.cluster import create_cluster
+
+            return create_cluster(spec, progress, up_to=up_to, concurrency=concurrency)
 
     result = run(body, output, stoppable=not dry_run, timeout=timeout)
     if output == "json":
@@ -338,12 +354,12 @@ def delete_cluster_cmd(
       vkp delete-cluster demo --yes
       vkp delete-cluster demo --yes --cluster-id 6f1c2d9e-...   # without local state
     """
-    from provisioner.cluster import delete_cluster
-    from provisioner.output import Progress
-
     def body() -> dict[str, Any]:
-        _confirm(f"Delete cluster {name} and all its VMs?", yes)
-        return delete_cluster(name, Progress(), cluster_id=cluster_id)
+        with _locked(name) as progress:
+            _confirm(f"Delete cluster {name} and all its VMs?", yes)
+            from provisioner.cluster import delete_cluster
+
+            return delete_cluster(name, progress, cluster_id=cluster_id)
 
     result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":
@@ -580,12 +596,12 @@ def resize_cmd(
       vkp resize demo --workers 5
       vkp resize demo --workers 2 --yes -o json
     """
-    from provisioner.cluster import resize_cluster
-    from provisioner.output import Progress
-
     def body() -> dict[str, Any]:
-        _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
-        return resize_cluster(name, workers, Progress(), concurrency=concurrency)
+        with _locked(name) as progress:
+            _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
+            from provisioner.cluster import resize_cluster
+
+            return resize_cluster(name, workers, progress, concurrency=concurrency)
 
     result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":

@@ -176,6 +176,11 @@ def connect(
     ctx = _ssl_context(where, thumbprint, ca_file, insecure)
     stop.check(f"vCenter {where} to answer")
     timeout = stop.remaining(timeout) or timeout
+    # pyVmomi's version discovery (the first request SmartConnect makes) opens its connection
+    # without a timeout, so a server that accepts and never answers would hang it forever; the
+    # process default covers that one. Nothing else opens sockets while a session is made.
+    previous_default = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
         si = SmartConnect(
             host=host,
@@ -193,6 +198,8 @@ def connect(
         ) from exc
     except Exception as exc:  # noqa: BLE001 - pyvmomi wraps socket and TLS errors in many ways
         raise _connect_error(exc, where, ctx, password, timeout) from None
+    finally:
+        socket.setdefaulttimeout(previous_default)
     _set_read_timeout(si, SOAP_TIMEOUT)
     return Session(si, where, user, password)
 
