@@ -177,6 +177,8 @@ def install_signal_handlers() -> None:
 
 
 def _format_seconds(seconds: float) -> str:
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
     s = int(seconds)
     if s % 3600 == 0 and s:
         return f"{s // 3600}h"
