@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 from collections.abc import Iterator
 
 from provisioner.errors import SpecError
@@ -25,6 +26,7 @@ from provisioner.spec.schema import (
     K8S_MINORS,
     K8S_SUPPORTED_FROM,
     KEY_TYPES,
+    LIMITS,
     ROLE_MINIMUMS,
     ROLES,
     RSA_SIZES,
@@ -46,12 +48,12 @@ from provisioner.spec.schema import (
 _DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_SEMVER = re.compile(r"\d+\.\d+\.\d+")
+_SEMVER = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 # A registry host (with optional port) and optional path, as kubeadm's imageRepository takes it.
-_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)?")
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)?")
 # registry/path/name:tag or @sha256:digest (lower-case repository, as the distribution spec says).
 _IMAGE_REF = re.compile(
-    r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)+"
+    r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._/-]*[a-z0-9])?)+"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})"
 )
 # kubeadm's check names: Port-6443, DirAvailable--etc-kubernetes-manifests, FileExisting-crictl.
@@ -59,6 +61,110 @@ _PREFLIGHT_CHECK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _THUMB = re.compile(r"([0-9A-F]{2}:){31}[0-9A-F]{2}")
 _ROLE_PLURAL = {"etcd": "etcd members", "master": "masters", "worker": "workers"}
 _REQUIRED_VSPHERE = ("server", "datacenter", "cluster", "datastore", "network", "template")
+# Settings that name a vSphere inventory object; each is a name or an inventory path.
+_INVENTORY_FIELDS = ("datacenter", "cluster", "datastore", "network", "template", "resource_pool", "folder")
+# vCenter's address once vsphere.server's scheme, port and path are taken off (or an IP address).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values from the user, shown and parsed safely
+
+SHOW_MAX = 80
+# Bounded at every level, so showing a value costs little however large or deep it is.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOW_MAX
+
+
+def show(value: object) -> str:
+    """A value from the user as a message quotes it: its repr, cut to SHOW_MAX characters.
+
+    Every message that quotes user input goes through this: a value may be a megabyte string,
+    a list behind YAML aliases or a number too long to print (str() refuses past 4300 digits).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * 0.30103)} digits"
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOW_MAX else text[: SHOW_MAX - 3] + "..."
+
+
+def key_text(key: object) -> str:
+    """A mapping key as a field path names it: itself when it is short plain text, else shown."""
+    if isinstance(key, str) and len(key) <= SHOW_MAX and _BAD_CHARACTER.search(key) is None:
+        return key
+    if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() < 64:
+        return str(key)
+    return show(key)
+
+
+# ASCII digits only: str.isdigit() is also true of '²', which int() refuses, and int() takes
+# other scripts' digits, which a spec must not. As many digits as a YAML int may have.
+_DIGITS = re.compile(r"[0-9]{1,100}")
+
+
+def parse_int(value: object) -> int | None:
+    """The one parser of whole numbers in a spec (YAML ints, or digits in a string as the
+    environment gives them); None for anything else, booleans included."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+# Characters no setting may hold: control characters (Unicode's Cc), line and paragraph
+# separators, lone surrogates. They break output, logs and vCenter's names, and a lone
+# surrogate cannot even be written to a UTF-8 terminal.
+_BAD_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _bad_character(text: str) -> str | None:
+    """What is wrong with the first character no setting may hold, or None."""
+    m = _BAD_CHARACTER.search(text)
+    return f"holds the control character U+{ord(m.group()):04X} at position {m.start() + 1}" if m else None
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why name cannot be an ESXi host's name in vCenter (placement.hosts, --hosts), or None."""
+    if not name:
+        return "is empty; give the ESXi host's name as vCenter shows it"
+    return inventory_name_problem(name, path=False)
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be a setting's value (with what to do), or None."""
+    bad = _bad_character(text)
+    return f"{bad}; remove it (a setting is one line of text)" if bad else None
+
+
+def inventory_name_problem(value: str, *, path: bool) -> str | None:
+    """Why value cannot name a vSphere object, or None. path: a name or an inventory path
+    ("templates/debian-12", "/DC0/host/C0"), where '/' separates levels and each level must be
+    a valid name (a '/' inside a name is written %2f, as vSphere does); otherwise one name."""
+    limit = LIMITS["inventory_name"]
+    bad = _bad_character(value)
+    if bad:
+        return f"{bad}; use the name exactly as vCenter shows it"
+    if path:
+        levels = value.strip("/").split("/")
+        if any(not level for level in levels):
+            return f"has an empty level ('//') in {show(value)}; separate levels with one '/'"
+    else:
+        if "/" in value:
+            return f"{show(value)} holds '/', which no name may; write a '/' inside a name as %2f"
+        levels = [value]
+    for level in levels:
+        if len(level) > limit.maximum:
+            what = "a level of the path" if path else "the name"
+            return (
+                f"{what} {show(level)} has {len(level)} characters; {limit.why}, so shorten it to "
+                f"the name vCenter shows"
+            )
+    return None
 
 
 def _check(spec: ClusterSpec) -> list[tuple[str, str]]:
@@ -87,7 +193,7 @@ def _check_name(spec: ClusterSpec) -> list[tuple[str, str]]:
             (
                 "name",
                 f"must be a DNS label (lowercase letters, digits and '-', starting with a letter, not "
-                f"ending with '-'), since it becomes VM and host names; got {name!r}, try {fixed!r}",
+                f"ending with '-'), since it becomes VM and host names; got {show(name)}, try {show(fixed)}",
             )
         ]
     longest = max(
@@ -104,7 +210,7 @@ def _check_name(spec: ClusterSpec) -> list[tuple[str, str]]:
         return [
             (
                 "name",
-                f"too long: node name {longest!r} has {len(longest)} characters, over the {HOSTNAME_MAX} "
+                f"too long: node name {show(longest)} has {len(longest)} characters, over the {HOSTNAME_MAX} "
                 f"a host name allows; shorten the name to at most {room} characters",
             )
         ]
@@ -117,13 +223,6 @@ def _check_topology(topo: Topology, path_prefix: str = "topology.") -> list[tupl
     if etcd.count < 1 or etcd.count % 2 == 0:
         p.append(
             (f"{path_prefix}etcd.count", f"must be odd (1, 3, 5) so etcd keeps quorum; got {etcd.count}")
-        )
-    elif etcd.count > 7:
-        p.append(
-            (
-                f"{path_prefix}etcd.count",
-                f"must be at most 7: every write goes to all members; got {etcd.count}",
-            )
         )
     if master.count < 1:
         p.append(
@@ -143,6 +242,12 @@ def _check_topology(topo: Topology, path_prefix: str = "topology.") -> list[tupl
     for role in ROLES:
         rs, mins, rp = topo.role(role), ROLE_MINIMUMS[role], f"{path_prefix}{role}"
         what = "an etcd member" if role == "etcd" else f"a {role}"
+        over = set()
+        for k in ("count", "cpus", "memory_mb", "disk_gb"):
+            limit, value = LIMITS[f"{role}.count" if k == "count" else k], getattr(rs, k)
+            if value > limit.maximum:
+                p.append((f"{rp}.{k}", f"must be at most {limit.maximum} ({limit.why}); got {show(value)}"))
+                over.add(k)
         if rs.cpus < mins.cpus:
             p.append((f"{rp}.cpus", f"{what} needs at least {mins.cpus} vCPU(s); got {rs.cpus}"))
         if rs.memory_mb < mins.memory_mb:
@@ -153,7 +258,7 @@ def _check_topology(topo: Topology, path_prefix: str = "topology.") -> list[tupl
                     f"raise it or pick a larger plan",
                 )
             )
-        elif rs.memory_mb % 4:
+        elif rs.memory_mb % 4 and "memory_mb" not in over:
             p.append(
                 (
                     f"{rp}.memory_mb",
@@ -181,7 +286,19 @@ def _check_vsphere(vs: VSphereSpec) -> list[tuple[str, str]]:
                 (f"vsphere.{k}", f"required: set vsphere.{k} in the spec or export {ENV_FOR[f'vsphere.{k}']}")
             )
     if not 1 <= vs.port <= 65535:
-        p.append(("vsphere.port", f"must be a TCP port (1-65535); got {vs.port}"))
+        p.append(("vsphere.port", f"must be a TCP port (1-65535); got {show(vs.port)}"))
+    if vs.server and not (_HOST_NAME.fullmatch(vs.server) or _ip(vs.server) is not None):
+        p.append(
+            (
+                "vsphere.server",
+                f"must be vCenter's host name or IP address (host:port and https://host/sdk work too); "
+                f"got {show(vs.server)}",
+            )
+        )
+    for k in _INVENTORY_FIELDS:
+        value = getattr(vs, k)
+        if value and (why := inventory_name_problem(value, path=True)) is not None:
+            p.append((f"vsphere.{k}", why))
     tls = vs.tls
     if tls.insecure and (tls.thumbprint or tls.ca_file):
         p.append(
@@ -208,15 +325,25 @@ def _check_vsphere(vs: VSphereSpec) -> list[tuple[str, str]]:
                 f"{vs.server or 'VCENTER'}:{vs.port} </dev/null | openssl x509 -noout -fingerprint -sha256`",
             )
         )
+    cred = vs.credentials
     for k in ("user_env", "password_env"):
-        v = getattr(vs.credentials, k)
+        v = getattr(cred, k)
         if not _ENV_NAME.fullmatch(v):
             p.append(
                 (
                     f"vsphere.credentials.{k}",
-                    f"must name an environment variable (e.g. VKP_VSPHERE_USER); got {v!r}",
+                    f"must name an environment variable (e.g. VKP_VSPHERE_USER); got {show(v)}",
                 )
             )
+    if cred.user_env == cred.password_env:
+        # One variable for both would print the password wherever the user name is shown.
+        p.append(
+            (
+                "vsphere.credentials.password_env",
+                f"is the same variable as user_env ({show(cred.user_env)}), so the password would be "
+                "shown as the user name; name two different variables",
+            )
+        )
     return p
 
 
@@ -336,9 +463,9 @@ def _check_network(spec: ClusterSpec) -> list[tuple[str, str]]:
     ap = "network.api_endpoint"
     masters = topo.master.count
     if api.virtual not in VIRTUAL_MODES:
-        p.append((f"{ap}.virtual", f"unknown {api.virtual!r}; use one of {', '.join(VIRTUAL_MODES)}"))
+        p.append((f"{ap}.virtual", f"unknown {show(api.virtual)}; use one of {', '.join(VIRTUAL_MODES)}"))
     if api.mode not in API_MODES:
-        p.append((f"{ap}.mode", f"unknown mode {api.mode!r}; use one of {', '.join(API_MODES)}"))
+        p.append((f"{ap}.mode", f"unknown mode {show(api.mode)}; use one of {', '.join(API_MODES)}"))
     elif api.mode == "direct" and masters > 1:
         p.append(
             (
@@ -423,13 +550,15 @@ def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
     try:
         ArtifactSource.parse(a.source)
     except ValueError as exc:
-        p.append((f"{ap}.source", str(exc)))
+        p.append((f"{ap}.source", _quoting(str(exc), a.source)))
+    except RuntimeError:
+        p.append((f"{ap}.source", _no_home(a.source)))
     if a.image_repository is not None and not _REGISTRY.fullmatch(a.image_repository):
         p.append(
             (
                 f"{ap}.image_repository",
                 f"must be a registry and path without a scheme, like {DEFAULT_IMAGE_REPOSITORY} or "
-                f"mirror.example.com:5000/k8s; got {a.image_repository!r}",
+                f"mirror.example.com:5000/k8s; got {show(a.image_repository)}",
             )
         )
     if a.sandbox_image is not None and not _IMAGE_REF.fullmatch(a.sandbox_image):
@@ -437,10 +566,20 @@ def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
             (
                 f"{ap}.sandbox_image",
                 f"must be an image with a tag or digest, like {DEFAULT_IMAGE_REPOSITORY}/pause:3.9; "
-                f"got {a.sandbox_image!r}",
+                f"got {show(a.sandbox_image)}",
             )
         )
     return p
+
+
+def _quoting(message: str, value: str) -> str:
+    # The artifact parser quotes the whole value; cut it like every other quoted value.
+    return message.replace(repr(value.strip()), show(value.strip()))
+
+
+def _no_home(value: str) -> str:
+    # Path.expanduser() raises RuntimeError for ~name when there is no such user.
+    return f"{show(value)} starts with ~ but names no user's home directory; give the full path"
 
 
 def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
@@ -451,13 +590,15 @@ def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
         try:
             ArtifactSource.parse(e.artifact, layout=ETCD)
         except ValueError as exc:
-            msg = str(exc)
+            msg = _quoting(str(exc), e.artifact)
             if msg.startswith("must be "):
                 msg = f"must be {ETCD_PACKAGE} (the distribution's etcd-server), {msg[len('must be ') :]}"
             p.append(("etcd.artifact", msg))
+        except RuntimeError:
+            p.append(("etcd.artifact", _no_home(e.artifact)))
     if not _SEMVER.fullmatch(e.version):
         p.append(
-            ("etcd.version", f"must be a release like {DEFAULT_ETCD_VERSION} (X.Y.Z); got {e.version!r}")
+            ("etcd.version", f"must be a release like {DEFAULT_ETCD_VERSION} (X.Y.Z); got {show(e.version)}")
         )
     elif not e.from_package and not e.version.startswith("3."):
         p.append(("etcd.version", f"vkp's etcd configuration is for etcd 3.x; got {e.version}"))
@@ -471,10 +612,11 @@ def _check_node_settings(n: NodeSettingsSpec) -> list[tuple[str, str]]:
         p.append(
             (
                 f"{np}.cgroup_driver",
-                f"unknown cgroup driver {n.cgroup_driver!r}; use systemd (where systemd manages the "
+                f"unknown cgroup driver {show(n.cgroup_driver)}; use systemd (where systemd manages the "
                 "node's cgroups) or cgroupfs",
             )
         )
+    limit = LIMITS["conntrack_max_per_core"]
     if n.conntrack_max_per_core is not None and n.conntrack_max_per_core < 0:
         p.append(
             (
@@ -483,13 +625,20 @@ def _check_node_settings(n: NodeSettingsSpec) -> list[tuple[str, str]]:
                 f"kube-proxy's default; got {n.conntrack_max_per_core}",
             )
         )
+    elif n.conntrack_max_per_core is not None and n.conntrack_max_per_core > limit.maximum:
+        p.append(
+            (
+                f"{np}.conntrack_max_per_core",
+                f"must be at most {limit.maximum} ({limit.why}); got {show(n.conntrack_max_per_core)}",
+            )
+        )
     for i, name in enumerate(n.ignore_preflight_errors):
         if not _PREFLIGHT_CHECK.fullmatch(name):
             p.append(
                 (
                     f"{np}.ignore_preflight_errors[{i}]",
                     f"must be a kubeadm preflight check name like Swap or FileExisting-crictl (or all); "
-                    f"got {name!r}",
+                    f"got {show(name)}",
                 )
             )
     return p
@@ -498,12 +647,17 @@ def _check_node_settings(n: NodeSettingsSpec) -> list[tuple[str, str]]:
 def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     p: list[tuple[str, str]] = []
     # placement
-    dup = sorted({h for h in spec.placement.hosts if spec.placement.hosts.count(h) > 1})
+    hosts = spec.placement.hosts
+    for i, h in enumerate(hosts):
+        if (why := host_name_problem(h)) is not None:
+            p.append((f"placement.hosts[{i}]", why))
+    dup = sorted({h for h in hosts if hosts.count(h) > 1})
     for h in dup:
-        p.append(("placement.hosts", f"{h} is listed more than once; list each ESXi host once"))
+        shown = h if len(h) <= SHOW_MAX else show(h)
+        p.append(("placement.hosts", f"{shown} is listed more than once; list each ESXi host once"))
     # ssh
     if not _USER_NAME.fullmatch(spec.ssh.user):
-        p.append(("ssh.user", f"must be a Linux user name (lowercase, e.g. vkp); got {spec.ssh.user!r}"))
+        p.append(("ssh.user", f"must be a Linux user name (lowercase, e.g. vkp); got {show(spec.ssh.user)}"))
     if not 1 <= spec.ssh.port <= 65535:
         p.append(("ssh.port", f"must be a TCP port (1-65535); got {spec.ssh.port}"))
     # kubernetes
@@ -511,7 +665,10 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     lo, hi = K8S_MINORS
     if not _K8S_VERSION.fullmatch(k.version):
         p.append(
-            ("kubernetes.version", f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {k.version!r}")
+            (
+                "kubernetes.version",
+                f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {show(k.version)}",
+            )
         )
     elif not lo <= k.minor <= hi:
         p.append(
@@ -523,12 +680,12 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
             )
         )
     if k.cni not in CNIS:
-        p.append(("kubernetes.cni", f"unknown CNI {k.cni!r}; use one of {', '.join(CNIS)}"))
+        p.append(("kubernetes.cni", f"unknown CNI {show(k.cni)}; use one of {', '.join(CNIS)}"))
     if k.dns not in DNS_ADDONS:
         p.append(
             (
                 "kubernetes.dns",
-                f"unknown cluster DNS {k.dns!r}; use coredns, or none to install no cluster DNS",
+                f"unknown cluster DNS {show(k.dns)}; use coredns, or none to install no cluster DNS",
             )
         )
     nets: dict[str, IPNetwork] = {}
@@ -541,7 +698,7 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
                 fixed = ipaddress.ip_network(value, strict=False)
                 p.append((f"kubernetes.{key}", f"{value} has host bits set; use {fixed}"))
             except ValueError:
-                p.append((f"kubernetes.{key}", f"{value!r} is not a CIDR like {default}"))
+                p.append((f"kubernetes.{key}", f"{show(value)} is not a CIDR like {default}"))
     node_subnet = spec.network.subnet()
     for key, n in nets.items():
         if node_subnet is not None and _overlap(n, node_subnet):
@@ -575,7 +732,7 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
                 )
             )
     if k.cni_version is not None and not _SEMVER.fullmatch(k.cni_version):
-        p.append(("kubernetes.cni_version", f"must be a release like 3.28.1; got {k.cni_version!r}"))
+        p.append(("kubernetes.cni_version", f"must be a release like 3.28.1; got {show(k.cni_version)}"))
     elif k.cni_version is not None and k.cni == "bridge":
         p.append(
             (
@@ -588,7 +745,7 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
             (
                 "kubernetes.cni_plugins_version",
                 f"must be a release of the CNI plugins like {DEFAULT_CNI_PLUGINS_VERSION} (X.Y.Z); "
-                f"got {k.cni_plugins_version!r}",
+                f"got {show(k.cni_plugins_version)}",
             )
         )
     p += _check_node_settings(k.node)
@@ -615,7 +772,7 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
     p += _check_etcd_artifact(e)
     # pki
     if spec.pki.key_type not in KEY_TYPES:
-        p.append(("pki.key_type", f"unknown key type {spec.pki.key_type!r}; use rsa or ecdsa"))
+        p.append(("pki.key_type", f"unknown key type {show(spec.pki.key_type)}; use rsa or ecdsa"))
     if spec.pki.rsa_bits not in RSA_SIZES:
         p.append(
             ("pki.rsa_bits", f"must be one of {', '.join(map(str, RSA_SIZES))}; got {spec.pki.rsa_bits}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,18 @@ from provisioner.spec.checks import (
     _check_topology,
     _dedupe,
     _ip,
+    key_text,
     normalize_thumbprint,
+    parse_int,
+    show,
+    text_problem,
 )
 from provisioner.spec.schema import (
     DEFAULT_ETCD_VERSION,
     DEFAULT_PLANS_FILE,
     ENV_SETTINGS,
     ETCD_PACKAGE,
+    LIMITS,
     PLANS_FILE_ENV,
     ROLES,
     SITE_DEFAULTS_ENV,
@@ -59,7 +66,7 @@ def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
         raise SpecError([(f"{p}: plans", "must map plan names to their sizes (see inventory/plans.yaml)")])
     out: dict[str, PlanPreset] = {}
     for pname, body in plans_raw.items():
-        ppath = f"plans.{pname}"
+        ppath = f"plans.{key_text(pname)}"
         if not isinstance(body, dict):
             r.add(ppath, "must be a mapping with description, etcd, master and worker")
             continue
@@ -80,7 +87,7 @@ def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
             )
         topo = Topology(**roles)
         r.problems += _check_topology(topo, path_prefix=f"{ppath}.")
-        out[str(pname)] = PlanPreset(str(pname), str(body.get("description") or ""), topo)
+        out[key_text(pname)] = PlanPreset(key_text(pname), str(body.get("description") or ""), topo)
     if r.problems:
         raise SpecError([(f"{p}: {fp}", m) for fp, m in r.problems])
     return out
@@ -152,8 +159,107 @@ def spec_from_dict(data: Mapping[str, Any]) -> ClusterSpec:
     return dataclasses.replace(spec, plan=str(plan) if plan else None)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML silently keeps the last of two equal keys; in a spec that hides a mistake."""
+class _SpecLoader(yaml.SafeLoader):
+    """A SafeLoader for input vkp does not trust. Besides what SafeLoader refuses, it refuses
+    what would exhaust memory or the stack, each with the line it is on:
+
+    - nesting deeper than a spec ever is (composing recurses once per level);
+    - aliases (*name) standing for more than a few sections' worth in all, which is how a
+      300-byte "billion laughs" document becomes gigabytes once anything walks or prints it;
+    - an alias inside the node it names, which makes an endless (recursive) value;
+    - a value a constructor cannot build (a 5000-digit number, a 13th month): a clear error,
+      not a Python exception;
+    - two equal keys in a mapping: YAML silently keeps the last, which hides a mistake.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._open: set[str] = set()  # anchors of collections still being composed
+        self._sizes: dict[yaml.Node, int] = {}
+        self._expanded = 0  # what the aliases so far stand for (values and characters)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()
+        mark: Any = event.start_mark  # the stubs mix in the C parser's Mark type
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"alias *{event.anchor} is inside the node &{event.anchor} names, which makes an "
+                    "endless value; write the value out instead",
+                    mark,
+                )
+            node = super().compose_node(parent, index)
+            self._expanded += self._size(node) if node is not None else 0
+            limit = LIMITS["yaml_alias_expansion"]
+            if self._expanded > limit.maximum:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"YAML aliases (*name) here stand for more than {limit.maximum} values and "
+                    "characters in all; write the values out instead of repeating aliases",
+                    mark,
+                )
+            return node
+        limit = LIMITS["yaml_depth"]
+        if self._depth >= limit.maximum:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested more than {limit.maximum} levels deep ({limit.why}); "
+                "check the brackets and indentation here",
+                mark,
+            )
+        anchor = getattr(event, "anchor", None)
+        self._depth += 1
+        if anchor is not None:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open.discard(anchor)
+
+    def _size(self, node: yaml.Node) -> int:
+        # Memoised per node, so a chain of aliases costs its length, not what it stands for; the
+        # depth limit bounds the recursion.
+        size = self._sizes.get(node)
+        if size is None:
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._size(n) for n in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            else:
+                size = 1 + len(str(node.value))
+            self._sizes[node] = size
+        return size
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({exc}); quote it if it is text", node.start_mark
+            ) from None
+
+
+# A YAML int past this many characters is no size, count or port; int() would refuse it past
+# 4300 digits anyway, and str() a hex one as long. Shorter absurd numbers (10^30) reach the
+# field's own limit, whose message names the field.
+_YAML_INT_CHARS = 100
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    if len(node.value) > _YAML_INT_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"a number of {len(node.value)} characters; no setting is anywhere near that large",
+            node.start_mark,
+        )
+    return loader.construct_yaml_int(node)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -162,25 +268,59 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, str) and key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                None, None, f"duplicate key {show(key)} (first on line {seen[key] + 1})", key_node.start_mark
             )
         if isinstance(key, str):
             seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _read_text(path: Path, missing: str) -> str:
+    """The file's text, refusing what is not a spec file: a device or pipe (/dev/zero never
+    ends, a FIFO blocks), a file over the size limit, bytes that are not UTF-8."""
+    limit = LIMITS["file_bytes"]
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SpecError([(str(path), missing)]) from None
+    except OSError as exc:
+        raise SpecError([(str(path), f"cannot be read: {exc.strerror or exc}; check the path")]) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "is a directory" if stat.S_ISDIR(mode) else "is not a regular file (a device, pipe or socket)"
+        raise SpecError([(str(path), f"{what}; give the path of a YAML file")])
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit.maximum + 1)  # + 1: the size is checked on what was read, not stat
+        except OSError as exc:
+            raise SpecError([(str(path), f"cannot be read: {exc.strerror or exc}")]) from None
+    if len(data) > limit.maximum:
+        raise SpecError([(str(path), f"is larger than {limit.maximum} bytes ({limit.why}); check the path")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(
+            [
+                (
+                    f"{path}:{line}",
+                    f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def _read_yaml(path: Path, *, missing: str = "no such file; check the path given to -f") -> dict[str, Any]:
+    text = _read_text(path, missing)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([(str(path), missing)]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([(str(path), f"cannot be read: {exc}")]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -188,9 +328,27 @@ def _read_yaml(path: Path, *, missing: str = "no such file; check the path given
         if exc.context and exc.context_mark and exc.context_mark.line != (mark.line if mark else -1):
             # The parser notices a missing ']' or quote lines later; point at where it began too.
             what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
-        raise SpecError([(where, f"YAML syntax error: {what}; fix the file at that line")]) from None
+        # The composer's and constructor's refusals (limits, duplicate keys) are not syntax.
+        kind = (
+            "YAML syntax error"
+            if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError)
+            else "YAML error"
+        )
+        raise SpecError([(where, f"{kind}: {what}; fix the file at that line")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise SpecError(
+            [
+                (
+                    f"{path}:{line}",
+                    f"holds the character U+{exc.character:04X}, which YAML does not allow; remove it"
+                    if isinstance(exc.character, int)
+                    else f"YAML error: {exc}",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
-        raise SpecError([(str(path), f"YAML error: {exc}")]) from None
+        raise SpecError([(str(path), f"YAML error: {show(str(exc))}")]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -212,7 +370,12 @@ def _site_defaults(env: Mapping[str, str], r: _Reader) -> tuple[Path, dict[str, 
     value = (env.get(SITE_DEFAULTS_ENV) or "").strip()
     if not value:
         return None
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        raise SpecError(
+            [(SITE_DEFAULTS_ENV, f"{show(value)} names no home directory; give the full path")]
+        ) from None
     raw = _read_yaml(path, missing=f"no such file; check {SITE_DEFAULTS_ENV}, which names it")
     if "name" in raw:
         r.add(
@@ -235,7 +398,7 @@ def _merge_under(
     return {field path: origin} for every value taken from defaults."""
     origins: dict[str, str] = {}
     for k, dv in defaults.items():
-        kp = f"{prefix}{k}"
+        kp = f"{prefix}{key_text(k)}"
         cur = raw.get(k)
         if cur is None:
             if dv is not None:
@@ -250,7 +413,7 @@ def _paths(value: Any, path: str, origin: str) -> dict[str, str]:
     out = {path: origin}
     if isinstance(value, dict):
         for k, v in value.items():
-            out.update(_paths(v, f"{path}.{k}", origin))
+            out.update(_paths(v, f"{path}.{key_text(k)}", origin))
     return out
 
 
@@ -289,8 +452,8 @@ def _fill_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str
 
 
 def _env_value(key: str, value: str) -> Any:
-    if key == "prefix" and value.isdigit():
-        return int(value)
+    if key == "prefix" and (n := parse_int(value)) is not None:
+        return n
     if key == "insecure":
         low = value.lower()
         if low in ("1", "true", "yes", "on"):
@@ -329,8 +492,8 @@ class _Reader:
         for k in d:
             if k in allowed:
                 continue
-            kp = self.join(path, str(k))
-            if str(k).lower() in _CREDENTIAL_KEYS:
+            kp = self.join(path, key_text(k))
+            if isinstance(k, str) and k.lower() in _CREDENTIAL_KEYS:
                 self.add(
                     kp,
                     "credentials never go in the spec: export VKP_VSPHERE_USER and VKP_VSPHERE_PASSWORD "
@@ -338,9 +501,11 @@ class _Reader:
                     "vsphere.credentials.user_env / password_env",
                 )
                 continue
-            close = difflib.get_close_matches(str(k), sorted(allowed), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key_text(k), sorted(allowed), n=1, cutoff=0.6)
             hint = (
-                f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(sorted(allowed))}"
+                f"did you mean {show(close[0])}?"
+                if close
+                else f"known keys here: {', '.join(sorted(allowed))}"
             )
             self.add(kp, f"unknown key; {hint}")
 
@@ -350,7 +515,7 @@ class _Reader:
             return {}
         kp = self.join(path, key)
         if not isinstance(value, dict):
-            self.add(kp, f"must be a mapping with keys {', '.join(sorted(allowed))}; got {value!r}")
+            self.add(kp, f"must be a mapping with keys {', '.join(sorted(allowed))}; got {show(value)}")
             return {}
         self.check_keys(value, kp, allowed)
         return value
@@ -359,11 +524,26 @@ class _Reader:
         value = d.get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.add(self.join(path, key), f"must be a string; got {value!r}")
+        s = self.text(value, self.join(path, key))
+        if s is None:
             return default
-        s = str(value).strip()
+        s = s.strip()
         return s if s else default
+
+    def text(self, value: Any, path: str) -> str | None:
+        """value as a setting's text (numbers are taken as written), or None with a problem."""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.add(path, f"must be a string; got {show(value)}")
+            return None
+        if isinstance(value, int) and value.bit_length() > 128:
+            self.add(path, f"must be a string; got {show(value)}")
+            return None
+        s = str(value)
+        why = text_problem(s)
+        if why is not None:
+            self.add(path, why)
+            return None
+        return s
 
     def get_int(
         self, d: dict[str, Any], key: str, path: str, default: int | None, *, required: bool = False
@@ -374,20 +554,19 @@ class _Reader:
             if required and default is None:
                 self.add(kp, "required")
             return default
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value.strip())
-        if isinstance(value, bool) or not isinstance(value, int):
+        n = parse_int(value)
+        if n is None:
             unit = {"memory_mb": " of MiB, e.g. 4096", "disk_gb": " of GiB, e.g. 40"}.get(key, "")
-            self.add(kp, f"must be a whole number{unit}; got {value!r}")
+            self.add(kp, f"must be a whole number{unit}; got {show(value)}")
             return default
-        return value
+        return n
 
     def get_bool(self, d: dict[str, Any], key: str, path: str, default: bool) -> bool:
         value = d.get(key)
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.add(self.join(path, key), f"must be true or false; got {value!r}")
+            self.add(self.join(path, key), f"must be true or false; got {show(value)}")
             return default
         return value
 
@@ -398,16 +577,19 @@ class _Reader:
         if value is None:
             return [], False
         if isinstance(value, str):
-            return [s.strip() for s in value.split(",") if s.strip()], False
+            text = self.text(value, kp)
+            return ([s.strip() for s in text.split(",") if s.strip()] if text else []), False
         if isinstance(value, list):
             out = []
             for i, item in enumerate(value):
                 if isinstance(item, str | int) and not isinstance(item, bool):
-                    out.append(str(item).strip())
+                    text = self.text(item, f"{kp}[{i}]")
+                    if text is not None:
+                        out.append(text.strip())
                 else:
-                    self.add(f"{kp}[{i}]", f"must be a string; got {item!r}")
+                    self.add(f"{kp}[{i}]", f"must be a string; got {show(item)}")
             return out, True
-        self.add(kp, f"must be a list (or a comma-separated string); got {value!r}")
+        self.add(kp, f"must be a list (or a comma-separated string); got {show(value)}")
         return [], False
 
 
@@ -452,9 +634,10 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
         preset = plans.get(plan_name)
         if preset is None:
             close = difflib.get_close_matches(plan_name, list(plans), n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = f"did you mean {show(close[0])}? " if close else ""
             r.add(
-                "plan", f"unknown plan {plan_name!r}; {hint}known plans: {', '.join(plans)} (see `vkp plans`)"
+                "plan",
+                f"unknown plan {show(plan_name)}; {hint}known plans: {', '.join(plans)} (see `vkp plans`)",
             )
 
     # vsphere
@@ -513,7 +696,7 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
         for i, a in enumerate(addrs):
             ap = f"{rpath}.addresses[{i}]" if is_list else f"{rpath}.addresses"
             if _ip(a) is None:
-                r.add(ap, f"{a!r} is not an IP address")
+                r.add(ap, f"{show(a)} is not an IP address")
         roles[role] = RoleSpec(
             count=vals["count"],
             cpus=vals["cpus"],
@@ -532,17 +715,17 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
         for part in [p.strip() for p in entry.split(",") if p.strip()]:
             rng = _parse_range(part)
             if rng is None:
-                r.add(pp, f"{part!r} is neither an address nor a range like 198.18.0.10-198.18.0.50")
+                r.add(pp, f"{show(part)} is neither an address nor a range like 198.18.0.10-198.18.0.50")
             else:
                 pool.append(rng)
     gateway = r.get_str(net, "gateway", "network")
     if gateway is not None and _ip(gateway) is None:
-        r.add("network.gateway", f"{gateway!r} is not an IP address")
+        r.add("network.gateway", f"{show(gateway)} is not an IP address")
         gateway = None
     dns, dns_is_list = r.get_str_list(net, "dns", "network")
     for i, a in enumerate(dns):
         if _ip(a) is None:
-            r.add(f"network.dns[{i}]" if dns_is_list else "network.dns", f"{a!r} is not an IP address")
+            r.add(f"network.dns[{i}]" if dns_is_list else "network.dns", f"{show(a)} is not an IP address")
     api_raw = net.get("api_endpoint")
     if isinstance(api_raw, str):
         api_raw = {"address": api_raw}  # the short form: api_endpoint: 10.0.0.5
@@ -551,7 +734,7 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
     )
     api_addr = r.get_str(api, "address", "network.api_endpoint")
     if api_addr is not None and _ip(api_addr) is None:
-        r.add("network.api_endpoint.address", f"{api_addr!r} is not an IP address")
+        r.add("network.api_endpoint.address", f"{show(api_addr)} is not an IP address")
         api_addr = None
     network = NetworkSpec(
         pool=tuple(pool),
@@ -642,10 +825,22 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
 def _resolve_ca_file(raw: dict[str, Any], base: Path) -> None:
     # Relative to the spec, so an inventory directory can carry its CA and still be moved.
     tls = raw.get("vsphere", {}).get("tls") if isinstance(raw.get("vsphere"), dict) else None
-    if isinstance(tls, dict) and isinstance(tls.get("ca_file"), str) and tls["ca_file"].strip():
-        ca = Path(tls["ca_file"].strip()).expanduser()
-        if not ca.is_absolute():
-            tls["ca_file"] = str((base / ca).resolve())
+    ca = tls.get("ca_file") if isinstance(tls, dict) else None
+    if isinstance(tls, dict) and isinstance(ca, str) and (resolved := _against(base, ca.strip())):
+        tls["ca_file"] = resolved
+
+
+def _against(base: Path, text: str) -> str | None:
+    """text made absolute against base when it is a relative path; None to leave it as written:
+    absolute already, or no usable path (~nosuchuser/x, a control character), which is
+    reported when the value is read or checked."""
+    if not text or text_problem(text) is not None:
+        return None
+    try:
+        p = Path(text).expanduser()
+        return None if p.is_absolute() else str((base / p).resolve())
+    except (RuntimeError, ValueError, OSError):
+        return None
 
 
 def _migrate_artifact_source(raw: dict[str, Any], r: _Reader) -> dict[str, str]:
@@ -681,13 +876,11 @@ def _resolve_artifact_paths(raw: dict[str, Any], base: Path) -> None:
     src = ad.get("source")
     if isinstance(src, str) and src.strip().startswith("local:"):
         rest = src.strip()[len("local:") :].strip()
-        if rest and not Path(rest).expanduser().is_absolute():
-            ad["source"] = f"local:{(base / rest).resolve()}"
+        if rest and (resolved := _against(base, rest)) is not None:
+            ad["source"] = f"local:{resolved}"
     tarballs = ad.get("image_tarballs")
-    if isinstance(tarballs, str) and tarballs.strip():
-        t = Path(tarballs.strip()).expanduser()
-        if not t.is_absolute():
-            ad["image_tarballs"] = str((base / t).resolve())
+    if isinstance(tarballs, str) and (resolved := _against(base, tarballs.strip())):
+        ad["image_tarballs"] = resolved
 
 
 def _resolve_etcd_artifact(raw: dict[str, Any], base: Path) -> None:
@@ -698,20 +891,24 @@ def _resolve_etcd_artifact(raw: dict[str, Any], base: Path) -> None:
     src = ed.get("artifact")
     if isinstance(src, str) and src.strip().startswith("local:"):
         rest = src.strip()[len("local:") :].strip()
-        if rest and not Path(rest).expanduser().is_absolute():
-            ed["artifact"] = f"local:{(base / rest).resolve()}"
+        if rest and (resolved := _against(base, rest)) is not None:
+            ed["artifact"] = f"local:{resolved}"
 
 
 def _split_server(server: str, port: int, port_given: bool, r: _Reader) -> tuple[str, int]:
     """Accept "host", "host:port", "[v6]:port" or a URL such as https://vc.example.com/sdk."""
     s = re.sub(r"^[a-z]+://", "", server.strip(), flags=re.I).split("/", 1)[0]
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", s) or re.fullmatch(r"([^:]+):(\d+)", s)
+    m = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", s) or re.fullmatch(r"([^:]+):([0-9]+)", s)
     if not m:
         return s, port
     host, p = m.group(1), m.group(2)
-    if p is not None and port_given and int(p) != port:
+    server_port = parse_int(p) if p is not None else port
+    if server_port is None:
+        r.add("vsphere.server", f"the port in it is far too long ({show(p)}); vCenter listens on 443")
+        return host, port
+    if p is not None and port_given and server_port != port:
         r.add("vsphere.port", f"is {port} but vsphere.server says port {p}; keep one of them")
-    return host, int(p) if p is not None else port
+    return host, server_port
 
 
 def _parse_range(s: str) -> AddressRange | None:

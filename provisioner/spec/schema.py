@@ -60,8 +60,9 @@ DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[2] / "inventory" / "plans.
 PLANS_FILE_ENV = "VKP_PLANS_FILE"
 # A spec-shaped YAML file of site-wide settings, merged under every spec (provisioner.spec).
 SITE_DEFAULTS_ENV = "VKP_SITE_DEFAULTS"
-# kubernetes.version: 1.<minor>.<patch>; the one parser of it.
-_K8S_VERSION = re.compile(r"1\.(\d+)\.(\d+)")
+# kubernetes.version: 1.<minor>.<patch>; the one parser of it. ASCII digits only (\d also
+# matches other scripts' digits, which no release uses), and few, so int() of a group is cheap.
+_K8S_VERSION = re.compile(r"1\.([0-9]{1,4})\.([0-9]{1,6})")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,6 +81,37 @@ ROLE_MINIMUMS: dict[str, Size] = {
     "master": Size(cpus=2, memory_mb=2048, disk_gb=20),
     "worker": Size(cpus=1, memory_mb=1024, disk_gb=20),
 }
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The largest value vkp accepts for a setting, and why (the message says both)."""
+
+    maximum: int
+    why: str
+
+
+# Every upper bound in one table. Per-VM sizes are vSphere 8.0's configuration maximums
+# ("Virtual Machine Maximums", configmax.broadcom.com); the counts per role are vkp's own. A
+# value past these is a typo or an attack, and is refused before anything is asked of vCenter.
+LIMITS: dict[str, Limit] = {
+    "cpus": Limit(768, "vSphere 8 gives a VM at most 768 vCPUs"),
+    "memory_mb": Limit(24 * 1024 * 1024, "vSphere 8 gives a VM at most 24 TB of memory"),
+    "disk_gb": Limit(62 * 1024, "a VMDK is at most 62 TB"),
+    "etcd.count": Limit(7, "every write goes to all members, so more members only slow etcd down"),
+    "master.count": Limit(7, "more API servers add load on etcd, not availability; 3 or 5 is usual"),
+    "worker.count": Limit(1000, "vkp builds every worker in one run from one address pool"),
+    # vSphere's limit for the name of an inventory object (VM, folder, datastore, host, ...).
+    "inventory_name": Limit(80, "vSphere allows at most 80 characters in an inventory name"),
+    "conntrack_max_per_core": Limit(2**31 - 1, "kube-proxy reads it as a 32-bit integer"),
+    # Reading spec, site defaults and plans files: a spec is a few KB.
+    "file_bytes": Limit(1024 * 1024, "a spec is a few KB; this is not one"),
+    "yaml_depth": Limit(32, "a spec nests at most 4 levels deep"),
+    # Values YAML aliases (*name) may stand for in all, each scalar counting its length: enough
+    # to reuse a section a few times, far too little for a "billion laughs" document.
+    "yaml_alias_expansion": Limit(10_000, "YAML aliases may stand for that much at most"),
+}
+
 _ROLE_NEEDS = {
     "etcd": "etcd",
     "master": "kube-apiserver, controller-manager and scheduler",
