@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from provisioner.errors import NotFound
+from provisioner.errors import NotFound, SpecError
 from provisioner.spec import ROLES, ClusterSpec, node_name, validate
+from provisioner.spec.checks import host_name_problem
 
 # create-cluster's phases in order; --up-to stops after one. "vms" is the vSphere half, the
 # others are playbook phases (playbooks/cluster.yaml).
@@ -148,6 +149,8 @@ def make_plan(spec: ClusterSpec, hosts: list[str] | None = None) -> Plan:
     found in vCenter are otherwise taken in natural name order so placement is stable.
     """
     validate(spec)
+    if hosts is not None:
+        _check_hosts(hosts)
     candidates = _candidates(spec, hosts)
     nodes = place(_nodes(spec), candidates)
     return Plan(
@@ -170,9 +173,22 @@ def make_plan(spec: ClusterSpec, hosts: list[str] | None = None) -> Plan:
     )
 
 
+def _check_hosts(hosts: Sequence[str]) -> None:
+    """Refuse a host list nothing can be placed on: empty, or with names vCenter cannot have."""
+    if not hosts:
+        raise SpecError(
+            [("--hosts", "lists no ESXi host; give host names (esx-1,esx-2) or leave --hosts out")]
+        )
+    problems = [(f"--hosts[{i}]", why) for i, h in enumerate(hosts) if (why := host_name_problem(h))]
+    if problems:
+        raise SpecError(problems)
+
+
 def _natural(s: str) -> list[Any]:
     # esx-2 before esx-10: vCenter lists hosts in no promised order, names are what users see.
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+    # A run of digits sorts by its length, then its text: numeric order without int(), which
+    # refuses '²'-like digits and runs past 4300 digits.
+    return [(len(t.lstrip("0")), t) if i % 2 else t for i, t in enumerate(re.split(r"([0-9]+)", s))]
 
 
 def _candidates(spec: ClusterSpec, hosts: list[str] | None) -> list[str] | None:
