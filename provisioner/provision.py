@@ -203,8 +203,6 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
         problems.append(
             f"a VM named {name} already exists in {inv.folder_path} and is not part of this cluster"
         )
-    if not inv.hosts:
-        problems.append(f"cluster {inv.cluster.name} has no connected host outside maintenance mode")
     if problems:
         raise PreflightError(problems)
 
@@ -516,6 +514,8 @@ def provision_vms(
     content = session.content
     folder_path = spec.vsphere.folder or f"vkp/{spec.name}"
     inv = resolve(content, spec, folder_path)
+    if not inv.hosts:
+        raise PreflightError([f"cluster {inv.cluster.name} has no connected host outside maintenance mode"])
     plan = make_plan(spec, hosts=[h.name for h in inv.hosts])
     owned = marked_vms(inv.folder, spec.name)
     preflight(content, inv, plan, state, owned)
