@@ -46,6 +46,9 @@ def test_short_soak_leaves_nothing_behind(lab: LabHandle, tmp_path: Path) -> Non
     assert report.inconsistencies == [], "\n".join(report.inconsistencies)
     assert report.hung == [], "\n".join(report.hung)
     assert report.converged == 2, "\n".join(report.problems)
+    # The promises kept under fire: a second run refused at once (exit 15), SIGINT obeyed
+    # within 5 s with the phase recorded as interrupted.
+    assert report.problems == [], "\n".join(report.problems)
     # Every cycle had its three kinds of trouble.
     assert sum(report.faults_armed.values()) == 2
     assert report.net_drops == 2
