@@ -13,11 +13,33 @@ passwords, tokens) go to the remote process on standard input (`Connection.run(s
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 MASK = "********"
+
+# What a remote command may take unless it says otherwise. Five minutes covers the slowest
+# ordinary command vkp runs (a `systemctl restart` whose unit uses systemd's default stop and
+# start timeouts, 90 s each, or a dpkg lock held by unattended-upgrades for a while), yet a
+# command that hangs (a wedged containerd under `ctr`, an NFS stat) is reported within minutes
+# instead of holding the run forever. Commands that legitimately take longer (kubeadm init and
+# join, package installs, downloads, image imports, cloud-init --wait, drains) declare their own.
+COMMAND_TIMEOUT = 300.0
+
+
+def bounded(timeout: float | None) -> float:
+    """timeout itself if it is a positive, finite number of seconds; ValueError otherwise.
+
+    Every remote command has a deadline: None ("wait forever") is refused rather than allowed,
+    so a forgotten timeout is the default one, never an unbounded wait.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or (
+        timeout <= 0
+    ):
+        raise ValueError(f"a command timeout is a positive number of seconds, got {timeout!r}")
+    return float(timeout)
 
 
 class Secret:
