@@ -38,8 +38,9 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from provisioner import stop
 from provisioner.errors import ArtifactError, CommandFailed, ProvisionerError
-from provisioner.ssh.commands import MASK, Cmd, Result, sudo
+from provisioner.ssh.commands import COMMAND_TIMEOUT, MASK, Cmd, Result, bounded, sudo
 
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
@@ -58,6 +59,8 @@ class Run:
     changes: False for a command that only looks (a verification); it never marks a change.
     stdin: sent to the command and never shown (it is how secrets reach a remote process).
     root: run it as root (through sudo when the login user is not root).
+    timeout: seconds the command may take (commands.COMMAND_TIMEOUT unless it says otherwise);
+    a step whose command legitimately runs longer (kubeadm, a download, an install) sets it.
     """
 
     cmd: Cmd
@@ -66,7 +69,11 @@ class Run:
     check: bool = True
     changes: bool = True
     stdin: bytes | None = None
-    timeout: float | None = None
+    timeout: float = COMMAND_TIMEOUT
+
+    def __post_init__(self) -> None:
+        # Refused when the step is written, not when a node would wait forever on it.
+        bounded(self.timeout)
 
 
 @dataclass(frozen=True)
@@ -340,7 +347,7 @@ class Remote(Protocol):
         cmd: Cmd,
         *,
         check: bool = ...,
-        timeout: float | None = ...,
+        timeout: float = ...,
         stdin: bytes | None = ...,
         retry_safe: bool = ...,
     ) -> Result: ...
@@ -522,6 +529,8 @@ class Executor:
         try:
             action = next(gen)
             while True:
+                # No new work once the run is stopping; the error names where it stopped.
+                stop.check(f"step {sdef.name} on {host}")
                 outcome, did_change = self._perform(action, result, changed)
                 changed = changed or did_change
                 action = gen.send(outcome)

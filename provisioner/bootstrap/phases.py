@@ -2,8 +2,9 @@
 
 create-cluster calls run_bootstrap after the VMs phase. It makes sure the PKI exists, opens one
 SSH connection per node for the whole run, and runs the playbook's plays of every phase up to
-the one asked for. Each phase is recorded in the cluster state (running, done, failed) as its
-plays run; step-level progress for resuming is the runner's (see runner.py).
+the one asked for. Each phase is recorded in the cluster state (running, done, failed, or
+interrupted by a signal) as its plays run; step-level progress for resuming is the runner's (see
+runner.py).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from provisioner import stop
 from provisioner.bootstrap.engine import Cluster
-from provisioner.bootstrap.runner import PHASES, load_playbook, run_playbook
-from provisioner.errors import ProvisionerError
+from provisioner.bootstrap.runner import PHASES, is_stop_error, load_playbook, run_playbook
+from provisioner.errors import Interrupted, ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
 from provisioner.ssh.connector import Connection
-from provisioner.state import ClusterState
+from provisioner.state import ClusterState, PhaseStatus
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
 CONNECT_DEADLINE = 180.0
@@ -62,18 +64,26 @@ def connect_all(spec: ClusterSpec, state: ClusterState, nodes: list[NodePlan]) -
         )
         for n in nodes
     }
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(conns)))) as pool:
-        futures = {name: pool.submit(c.open) for name, c in conns.items()}
-        errors = []
-        for _name, fut in futures.items():
-            try:
-                fut.result()
-            except ProvisionerError as exc:
-                errors.append(exc)
+    errors: list[ProvisionerError] = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(conns)))) as pool:
+            futures = {name: pool.submit(c.open) for name, c in conns.items()}
+            for _name, fut in futures.items():
+                try:
+                    fut.result()
+                except ProvisionerError as exc:
+                    errors.append(exc)
+    except BaseException:
+        # The main thread interrupted while it waited (a signal): the opened ones are closed too.
+        for c in conns.values():
+            c.close()
+        raise
     if errors:
         for c in conns.values():
             c.close()
-        raise errors[0]
+        # Once the run is stopping, the other nodes' errors are consequences of the stop.
+        stopped = [e for e in errors if is_stop_error(e)] if stop.stopping() else []
+        raise stopped[0] if stopped else errors[0]
     return conns
 
 
@@ -144,7 +154,8 @@ def _probe_artifacts(spec: ClusterSpec, state: ClusterState, log: Log) -> None:
     try:
         probe_source(spec.kubernetes, log)
     except ProvisionerError as exc:
-        state.record_phase("kubernetes", "failed", 0.0, exc.message.splitlines()[0])
+        status: PhaseStatus = "interrupted" if isinstance(exc, Interrupted) else "failed"
+        state.record_phase("kubernetes", status, 0.0, exc.message.splitlines()[0])
         raise
 
 

@@ -16,6 +16,12 @@ Within a play each host runs the play's steps in order in a thread of its own; a
 ends that host's play. The play then lets the hosts already running finish (it never stops a
 host half way), starts no more, and raises PlayFailed naming host, step, command and output.
 
+Stopping (SIGINT, SIGTERM, the run's --timeout; see provisioner/stop.py): no step, host batch or
+play starts once the run is stopping, and the waits of the steps running end within a second or
+so. The play then raises the stop itself (Interrupted, exit 130/143; or the run's Timeout, exit
+13), never "N hosts failed", and the phase is recorded as interrupted (failed, with the message,
+for the run's deadline). Where it stopped is recorded like a failure, so the next run resumes.
+
 Resume: progress is recorded in <state>/bootstrap.json after every step. When a run fails,
 the file keeps what that run completed (plays, and steps per host of the failed play); the
 next run skips exactly that and starts the failed host at its failed step. A finished play
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from provisioner import stop
 from provisioner.bootstrap.engine import (
     ArtifactNeed,
     Cluster,
@@ -55,7 +62,7 @@ from provisioner.bootstrap.engine import (
     gather_facts,
     registry,
 )
-from provisioner.errors import ExitCode, ProvisionerError
+from provisioner.errors import ExitCode, Interrupted, ProvisionerError, Timeout
 from provisioner.plan import PHASES as ALL_PHASES
 from provisioner.spec import ROLES
 
@@ -473,6 +480,10 @@ def _run_host(
             progress.step_done(play.name, node.name, sdef.name)
             log(f"  {node.name:<24} {sdef.name:<22} skipped (done by the interrupted run)")
             continue
+        if stop.stopping():
+            # Not started: the next run resumes here.
+            progress.failed(play.name, node.name, sdef.name, "not started: the run was stopping")
+            break
         if facts is None:
             if dry_run or conn is None:
                 facts = Facts.unknown()
@@ -522,6 +533,9 @@ def _run_local(
 ) -> StepResult:
     if sdef.name in progress.steps_done_before(play.name, "local"):
         progress.step_done(play.name, "local", sdef.name)
+        return StepResult(sdef.name, "local", status="skipped")
+    if stop.stopping():
+        progress.failed(play.name, "local", sdef.name, "not started: the run was stopping")
         return StepResult(sdef.name, "local", status="skipped")
     res = Executor(None, Facts.unknown(), dry_run=dry_run).run_step(sdef, sdef.fn(nodes, cluster), "local")
     _log_result(log, res, dry_run)
@@ -602,7 +616,8 @@ def run_playbook(
     resume: skip what a failed previous run completed (see the module docstring); progress is
     kept in <state>/bootstrap.json unless dry_run or the cluster has no state.
     on_phase(phase, status, seconds, detail) is called as each phase starts (running) and ends
-    (done or failed), so the caller can record phases where it records the others.
+    (done, failed, or interrupted: a signal stopped the run), so the caller can record phases
+    where it records the others. A stop raises Interrupted or the run's Timeout, not PlayFailed.
     """
     steps = registry()
     selected = playbook.for_phases(phases)
@@ -621,8 +636,12 @@ def run_playbook(
     phase_now: str | None = None
     phase_started = started
 
+    phase_ended = False
+
     def phase_event(phase: str, status: str, detail: str | None = None) -> None:
+        nonlocal phase_ended
         seconds = None if status == "running" else time.monotonic() - phase_started
+        phase_ended = status != "running"
         if status != "running":
             report.phase_seconds[phase] = round(seconds or 0.0, 3)
         if on_phase is not None:
@@ -630,6 +649,12 @@ def run_playbook(
 
     try:
         for play in selected:
+            if stop.stopping():
+                # Between plays: nothing of this one has started; the next run resumes at it.
+                first = next(iter(play.hosts.select(cluster.plan)), None)
+                where = first.name if first is not None else "-"
+                progress.failed(play.name, where, play.steps[0], "not started: the run was stopping")
+                raise stop.error(f"play {play.name} to start")
             if play.phase != phase_now:
                 if phase_now is not None:
                     phase_event(phase_now, "done")
@@ -655,6 +680,10 @@ def run_playbook(
                 if missing:
                     raise ProvisionerError(f"play {play.name}: no connection to {', '.join(missing)}")
             failures = _run_play(play, nodes, cluster, connections, progress, log, dry_run, preport, steps)
+            if stop.stopping():
+                # Whatever failed on the hosts failed because the run stopped (a closed socket, a
+                # wait cut short): report the stop, which is what the user asked for or set.
+                raise _stopped(play, failures)
             preport.seconds = time.monotonic() - t
             for host, facts_res in [(r.host, r) for r in preport.results if r.step == "facts"]:
                 entry = preport.facts.setdefault(host, {"round_trips": 0, "seconds": 0.0})
@@ -674,9 +703,37 @@ def run_playbook(
         if phase_now is not None:
             phase_event(phase_now, "done")
         progress.finished()
+    except (Exception, KeyboardInterrupt) as exc:
+        # A phase left "running" would look like a run still going; one that failed on a host
+        # was recorded above already.
+        if phase_now is not None and not phase_ended:
+            interrupted = isinstance(exc, Interrupted | KeyboardInterrupt)
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            phase_event(phase_now, "interrupted" if interrupted else "failed", detail)
+        raise
     finally:
         report.seconds = time.monotonic() - started
     return report
+
+
+def is_stop_error(exc: BaseException | None) -> bool:
+    """Raised by stop.check: a signal (Interrupted), or the run's own --timeout passing."""
+    if isinstance(exc, Interrupted):
+        return True
+    # stop.error words the run's deadline so; a command's own deadline says "did not finish".
+    return isinstance(exc, Timeout) and "the run's --timeout" in exc.message
+
+
+def _stopped(play: Play, failures: list[StepResult]) -> ProvisionerError:
+    """The error to raise when the run stopped during play: the stop error a host's wait raised
+    (it names the command and node), else a new one for the play."""
+    for f in failures:
+        exc = f.exception
+        if is_stop_error(exc):
+            assert isinstance(exc, ProvisionerError)
+            exc.message = f"play {play.name}, {f.host}, step {f.step}: {exc.message}"
+            return exc
+    return stop.error(f"play {play.name}")
 
 
 def _run_play(
@@ -697,12 +754,16 @@ def _run_play(
         for s in play.steps:
             res = _run_local(play, steps[s], nodes, cluster, progress, log, dry_run)
             preport.results.append(res)
-            if res.status == "failed":
-                failures.append(res)
+            if res.status == "failed" or stop.stopping():
+                if res.status == "failed":
+                    failures.append(res)
                 break
         return failures
     # A dry run prints each host's steps in full; one host at a time keeps them readable.
     for batch in _batches(nodes, 1 if dry_run else play.serial):
+        if stop.stopping():
+            progress.failed(play.name, batch[0].name, play.steps[0], "not started: the run was stopping")
+            break
         with ThreadPoolExecutor(
             max_workers=max(1, len(batch)), thread_name_prefix=f"play-{play.name}"
         ) as pool:
