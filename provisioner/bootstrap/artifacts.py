@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from provisioner import stop
 from provisioner.errors import ArtifactError
 from provisioner.ssh.commands import Cmd, Result
 
@@ -729,9 +730,13 @@ def _probe_remote(source: ArtifactSource, version: str, log: Log, timeout: float
     last: tuple[str, BaseException] | None = None
     for arch in ("amd64", "arm64"):
         url = source.url(version, arch, "kubeadm.sha256")
+        # Each request is short (timeout, cut to what is left of the run); a stop is seen
+        # between them, and a request's failure after a stop is reported as the stop.
+        stop.check(f"the artifact source ({url})")
         try:
-            _fetch_status(url, timeout)
+            _fetch_status(url, max(0.5, stop.remaining(timeout) or timeout))
         except (urllib.error.URLError, OSError, ValueError) as exc:
+            stop.check(f"the artifact source ({url})")
             last = (url, exc)
             if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
                 continue

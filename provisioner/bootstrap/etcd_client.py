@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from provisioner.bootstrap import interruptible
 from provisioner.bootstrap.pki import PKI
 from provisioner.errors import ProvisionerError
 
@@ -114,13 +115,13 @@ class EtcdClient:
         self._ctx = ctx
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ctx)
+        conn = interruptible.HTTPSConnection(
+            self.host, self.port, timeout=self.timeout, context=self._ctx, what=f"etcd {self.endpoint}{path}"
+        )
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
+            resp, raw = interruptible.exchange(conn, method, path, payload, headers)
         except ssl.SSLCertVerificationError as exc:
             raise EtcdError(
                 f"{self.endpoint}: server certificate refused ({exc.verify_message})",

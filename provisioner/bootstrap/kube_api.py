@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioner.bootstrap import interruptible
 from provisioner.errors import ProvisionerError
 
 CLIENT_CN = "vkp"
@@ -104,15 +105,16 @@ class KubeAPI:
         self._ctx = ctx
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self._ctx, timeout=self.timeout)
+        what = f"{method} {self.server}{path}"
+        conn = interruptible.HTTPSConnection(
+            self.host, self.port, context=self._ctx, timeout=self.timeout, what=what
+        )
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Accept": "application/json"}
             if payload is not None:
                 headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
+            resp, raw = interruptible.exchange(conn, method, path, payload, headers)
         except (OSError, http.client.HTTPException) as exc:
             # ssl errors are OSErrors; their text names the certificate problem, never key material.
             raise KubeAPIError(f"{self.server}{path}: {type(exc).__name__}: {exc}") from None

@@ -51,6 +51,13 @@ from provisioner.ssh.commands import Cmd
 
 UNAME = Cmd("uname", "-m")
 IMAGES_DIR = "/var/lib/vkp/images"
+# Importing an image tarball unpacks every layer into containerd's store: a few GB of control
+# plane and add-on images on a slow datastore take many minutes, not seconds.
+IMPORT_TIMEOUT = 1800.0
+# A pinned add-on manifest is at most a few hundred KB: one attempt gets a minute, and the SSH
+# command's deadline covers curl's retries (4 attempts and their delays fit in it).
+MANIFEST_MAX_TIME = 60
+MANIFEST_TIMEOUT = 300.0
 CTR_IMAGES = Cmd("ctr", "-n", "k8s.io", "images", "list", "-q")
 DRY_RUN_ARCH = "amd64"  # a dry run has no node to ask; what it shows is for this architecture
 
@@ -164,7 +171,7 @@ def _from_local(
         for n in art.BINARIES:
             yield Local(f"push {n} to {node.name}:{art.STAGING_DIR}/{n} (0600)", lambda: None, changes=True)
         plan = {n: ("-", f"<sha256 of {n}>") for n in art.BINARIES}
-        yield Run(art.install_command("staged", plan), check=False)
+        yield Run(art.install_command("staged", plan), check=False, timeout=art.INSTALL_TIMEOUT)
         return
     todo = {n: f for n, f in files.items() if not _up_to_date(facts, n, f.sha256)}
     if not todo:
@@ -507,7 +514,7 @@ def images(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         for tar in sorted(directory.glob("*.tar")) if directory.is_dir() else []:
             target = f"{IMAGES_DIR}/{tar.name}"
             yield Local(f"push {tar} to {node.name}:{target} (0600)", lambda: None, changes=True)
-            yield Run(Cmd("ctr", "-n", "k8s.io", "images", "import", target))
+            yield Run(Cmd("ctr", "-n", "k8s.io", "images", "import", target), timeout=IMPORT_TIMEOUT)
         return
     if not checked:
         return
@@ -525,7 +532,9 @@ def images(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         changed = yield Upload(data, target, 0o600, "root:root")
         if not changed and (not refs or set(refs) <= present):
             continue
-        r = yield Run(Cmd("ctr", "-n", "k8s.io", "images", "import", target), check=False, timeout=1800)
+        r = yield Run(
+            Cmd("ctr", "-n", "k8s.io", "images", "import", target), check=False, timeout=IMPORT_TIMEOUT
+        )
         if not r.ok:
             raise CommandFailed(node.name, f"ctr -n k8s.io images import {target}", r.exit_status, r.stdout,
                                 r.stderr)  # fmt: skip
@@ -562,7 +571,7 @@ def pinned_manifest(cluster: Cluster, what: str, upstream: str, mirror_path: str
 _FETCH_SCRIPT = (
     'set -eu; tmp="$2.part"; '
     "curl --fail --silent --show-error --location --proto =https,http --connect-timeout 10 "
-    "--speed-limit 1024 --speed-time 60 "
+    f"--speed-limit 1024 --speed-time 60 --max-time {MANIFEST_MAX_TIME} "
     '--retry 3 --retry-delay 2 -o "$tmp" -- "$1"; chmod 600 -- "$tmp"; mv -f -- "$tmp" "$2"'
 )
 
@@ -590,4 +599,4 @@ def fetch_manifest(f: Fetch) -> StepGen:
     else:
         assert f.url is not None
         yield Need(f.what, f.url)
-        yield Run(Cmd.shell(_FETCH_SCRIPT, f.url, f.dest), retry_safe=True, timeout=300)
+        yield Run(Cmd.shell(_FETCH_SCRIPT, f.url, f.dest), retry_safe=True, timeout=MANIFEST_TIMEOUT)

@@ -187,6 +187,7 @@ def pod_cidrs(
             deadline=deadline,
             initial=1.0,
             maximum=POLL,
+            what="a pod CIDR for every node",
         )
     except _NoCIDR:
         missing = [n for n in wait_for if n not in last]

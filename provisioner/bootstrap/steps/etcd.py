@@ -193,6 +193,7 @@ def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
             deadline=HEALTH_DEADLINE,
             initial=0.5,
             maximum=3.0,
+            what=f"etcd health at {', '.join(endpoints)}",
         )
 
     yield Local(

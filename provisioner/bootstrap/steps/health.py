@@ -105,6 +105,7 @@ def wait_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) -> dict[st
             deadline=deadline,
             initial=1.0,
             maximum=POLL * 3,
+            what="the cluster to be healthy",
         ).to_dict() | {"dns": dns_report(cluster)}
     except _NotYet:
         raise ClusterNotReady(last[0], time.monotonic() - started) from None

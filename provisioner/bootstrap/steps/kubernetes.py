@@ -531,7 +531,12 @@ def wait_ready(url: str, cluster: Cluster, what: str, deadline: float = READY_DE
 
     try:
         return retry_call(
-            attempt, retry_on=lambda e: isinstance(e, _NotYet), deadline=deadline, initial=1.0, maximum=POLL
+            attempt,
+            retry_on=lambda e: isinstance(e, _NotYet),
+            deadline=deadline,
+            initial=1.0,
+            maximum=POLL,
+            what=f"{url}/readyz ({what})",
         )
     except _NotYet:
         raise Timeout(
