@@ -79,14 +79,28 @@ def stopping() -> bool:
 
 
 def error(what: str) -> Interrupted | Timeout:
-    """The error a wait raises when the run stops while it waits for `what`."""
+    """The error a wait raises when the run stops while it waits for `what` (is_stop tells
+    it from a wait's own deadline)."""
+    exc: Interrupted | Timeout
     if "signal" in _reason:
-        return Interrupted(_reason["signal"], what)
-    limit = _format_seconds(_reason.get("timeout", 0))
-    return Timeout(
-        f"the run's --timeout of {limit} passed while waiting for {what}",
-        hint="run the same command again to resume, with a longer --timeout if the work needs it",
-    )
+        exc = Interrupted(_reason["signal"], what)
+    else:
+        limit = _format_seconds(_reason.get("timeout", 0))
+        exc = Timeout(
+            f"the run's --timeout of {limit} passed while waiting for {what}",
+            hint="run the same command again to resume, with a longer --timeout if the work needs it",
+        )
+    exc.from_stop = True  # type: ignore[union-attr]
+    return exc
+
+
+def is_stop(exc: BaseException | None) -> bool:
+    """Whether exc is the run stopping (a signal, or its --timeout), not a failure of its own."""
+    return isinstance(exc, Interrupted) or bool(getattr(exc, "from_stop", False))
+
+
+def is_shielded() -> bool:
+    return bool(getattr(_shield, "on", False))
 
 
 def check(what: str) -> None:

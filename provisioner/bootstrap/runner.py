@@ -62,7 +62,7 @@ from provisioner.bootstrap.engine import (
     gather_facts,
     registry,
 )
-from provisioner.errors import ExitCode, Interrupted, ProvisionerError, Timeout
+from provisioner.errors import ExitCode, Interrupted, ProvisionerError
 from provisioner.plan import PHASES as ALL_PHASES
 from provisioner.spec import ROLES
 
@@ -718,10 +718,7 @@ def run_playbook(
 
 def is_stop_error(exc: BaseException | None) -> bool:
     """Raised by stop.check: a signal (Interrupted), or the run's own --timeout passing."""
-    if isinstance(exc, Interrupted):
-        return True
-    # stop.error words the run's deadline so; a command's own deadline says "did not finish".
-    return isinstance(exc, Timeout) and "the run's --timeout" in exc.message
+    return stop.is_stop(exc)
 
 
 def _stopped(play: Play, failures: list[StepResult]) -> ProvisionerError:
