@@ -154,13 +154,13 @@ class Busy(ProvisionerError):
 class Interrupted(ProvisionerError):
     """The run was stopped by a signal; exits 128 + the signal number, as a shell would."""
 
-    def __init__(self, signum: int, what: str) -> None:
+    def __init__(self, signum: int, what: str | None = None) -> None:
         import signal
 
         self.signum = signum
         name = signal.Signals(signum).name
         super().__init__(
-            f"interrupted by {name} while waiting for {what}",
+            f"interrupted by {name}" + (f" while waiting for {what}" if what else ""),
             hint="run the same command again: it resumes where this one stopped",
         )
         self.exit_code = 128 + signum

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -338,8 +339,10 @@ class VMPhase:
         extra = {o.key: o.value for o in facts.get("config.extraConfig") or []}
         has_userdata = bool(extra.get(specs.GUESTINFO_USERDATA))
         powered_on = facts.get("runtime.powerState") == "poweredOn"
+        rebooted = False
         if powered_on and not has_userdata and extra.get(specs.NODE_VERIFIED) != "TRUE":
             powered_on = self._probe_unverified(node, vm)
+            rebooted = not powered_on
         if not powered_on:
             t = time.monotonic()
             mac = next(
@@ -347,7 +350,7 @@ class VMPhase:
                 for d in facts.get("config.hardware.device") or []
                 if isinstance(d, vim.vm.device.VirtualEthernetCard)
             )
-            metadata, userdata = self._cloud_init(node, str(mac))
+            metadata, userdata = self._cloud_init(node, str(mac), new_instance=rebooted)
             has_userdata = True
             try:
                 self._call(
@@ -445,7 +448,10 @@ class VMPhase:
         folder = self.inv.folder
         return self._call(lambda: vms.clone(self.inv.template, folder, node.name, spec))
 
-    def _cloud_init(self, node: NodePlan, mac: str) -> tuple[str, str]:
+    def _cloud_init(self, node: NodePlan, mac: str, *, new_instance: bool = False) -> tuple[str, str]:
+        """The node's cloud-init documents. new_instance: its first boot ran without user data
+        (erased by an interrupted run), and cloud-init does a first boot's work only for an
+        instance id it has not seen."""
         net = self.spec.network
         _priv_path, public = self.state.ssh_keypair()
         host_private, host_public = self.state.host_key(node.name)
@@ -461,7 +467,8 @@ class VMPhase:
             ssh_public_key=public,
             host_key_private=host_private,
             host_key_public=host_public,
-            instance_id=f"{self.state.cluster_id}-{node.name}",
+            instance_id=f"{self.state.cluster_id}-{node.name}"
+            + (f"-{uuid.uuid4().hex[:8]}" if new_instance else ""),
         )
 
     def _record(self, node: NodePlan, vm: Any, esxi_host: str | None, instance_uuid: str | None) -> None:

@@ -184,7 +184,7 @@ def install_signal_handlers() -> None:
             return
         os.write(2, f"\n{signal.Signals(signum).name}: stopping (a second Ctrl-C exits at once)\n".encode())
         request({"signal": signum})
-        raise Interrupted(signum, "the main thread")
+        raise Interrupted(signum)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -41,6 +41,7 @@ PROPS = [
     "config.hardware.device",
     "guest.ipAddress",
     "guest.hostName",
+    "runtime.bootTime",
 ]
 
 
@@ -54,6 +55,7 @@ class VMView:
     macs: list[str] = field(default_factory=list)
     guest_ip: str | None = None
     guest_hostname: str | None = None
+    boot_time: str | None = None  # changes at every power-on: a power cycle is a new boot
 
     def apply(self, prop: str, value: Any) -> None:
         if prop == "name":
@@ -74,6 +76,8 @@ class VMView:
             self.guest_ip = value or None
         elif prop == "guest.hostName":
             self.guest_hostname = value or None
+        elif prop == "runtime.bootTime":
+            self.boot_time = str(value) if value else None
 
 
 def log(message: str) -> None:
@@ -89,6 +93,7 @@ class Hypervisor:
         self._lock = threading.Lock()
         self._dirty: set[str] = set()
         self._busy: set[str] = set()
+        self._booted: dict[str, str | None] = {}  # moid -> the bootTime its guest runs for
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="guest")
 
     # -- watching --------------------------------------------------------------------------
@@ -170,7 +175,15 @@ class Hypervisor:
             return
         if vm.template:
             return
+        if vm.power == "poweredOn" and running:
+            booted_for = self._booted.setdefault(moid, vm.boot_time)
+            if booted_for != vm.boot_time:
+                # Powered off and on again between two looks: a real VM would have rebooted.
+                log(f"{moid} ({vm.name}): power-cycled -> rebooting its guest")
+                guests.stop_guest(moid, guests_dir=self.guests_dir)
+                running = False
         if vm.power == "poweredOn" and not running:
+            self._booted[moid] = vm.boot_time
             self._boot(vm)
         elif vm.power != "poweredOn" and running:
             log(f"{moid} ({vm.name}): powered off -> stopping its guest")

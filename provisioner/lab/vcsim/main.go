@@ -575,6 +575,8 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.forward(w, r, body, func(task *simulator.Task) { repairClone(req, task) })
 	case *types.ReconfigVM_Task:
 		f.forward(w, r, body, func(task *simulator.Task) { afterReconfigure(req, task) })
+	case *types.PowerOnVM_Task:
+		f.forward(w, r, body, func(*simulator.Task) { afterPowerOn(req.This) })
 	case *types.PowerOffVM_Task:
 		f.forward(w, r, body, func(task *simulator.Task) { afterPowerOff(req.This, task) })
 	case *types.ShutdownGuest:
@@ -934,6 +936,21 @@ func dedupeExtraConfig(in []types.BaseOptionValue) []types.BaseOptionValue {
 		out = append(out, o)
 	}
 	return out
+}
+
+// afterPowerOn stamps runtime.bootTime, as vSphere does at every power-on: a VM powered off and
+// on again between two looks of a watcher is still seen to have booted anew.
+func afterPowerOn(ref types.ManagedObjectReference) {
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+			now := time.Now()
+			simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.bootTime", Val: &now}})
+		}
+	})
 }
 
 func afterPowerOff(ref types.ManagedObjectReference, _ *simulator.Task) {
