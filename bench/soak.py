@@ -156,13 +156,7 @@ def vcenter_holdings(name: str, cluster_id: str | None) -> dict[str, Any]:
     """What vCenter holds of the cluster: VMs by ownership mark or name, DRS rules, folders."""
     from pyVmomi import vim
 
-    from provisioner.vsphere.session import connect
-
-    state = lab_mod.require_up()
-    password = (paths.RUN / "password").read_text().strip()
-    with connect(
-        f"127.0.0.1:{state['port']}", state["username"], password, thumbprint=state["thumbprint"]
-    ) as s:
+    with lab_mod.session() as s:
         content = s.content
 
         def objects(kind: Any) -> list[Any]:

@@ -127,13 +127,8 @@ def _resolve_vm(vm_name: str) -> tuple[str, str]:
     from pyVmomi import vim
 
     from provisioner.lab import lab as lab_mod
-    from provisioner.vsphere.session import connect
 
-    state = lab_mod.require_up()
-    password = (paths.RUN / "password").read_text().strip()
-    with connect(
-        f"127.0.0.1:{state['port']}", state["username"], password, thumbprint=state["thumbprint"]
-    ) as s:
+    with lab_mod.session() as s:
         content = s.content
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         try:

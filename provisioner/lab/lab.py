@@ -19,13 +19,16 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from provisioner.errors import LabError
 from provisioner.lab import faults, host, image, kubebuild, network, paths, prereqs, simulator
 from provisioner.lab import guest as guests
+
+if TYPE_CHECKING:
+    from provisioner.vsphere.session import Session
 
 Log = Callable[[str], None]
 USERNAME = "vkp-admin@vsphere.local"
@@ -84,6 +87,15 @@ def require_up() -> dict[str, Any]:
     if state is None or not is_up(state):
         raise LabError("the lab is not up", hint="start it with `vkp lab up`")
     return state
+
+
+def session(state: dict[str, Any] | None = None) -> Session:
+    """A vCenter session on the running lab (its own TLS pin and credentials)."""
+    from provisioner.vsphere.session import connect
+
+    state = state or require_up()
+    password = (paths.RUN / "password").read_text().strip()
+    return connect(f"127.0.0.1:{state['port']}", state["username"], password, thumbprint=state["thumbprint"])
 
 
 def read_state() -> dict[str, Any] | None:
@@ -385,12 +397,7 @@ def status() -> dict[str, Any]:
 def _inventory(state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from pyVmomi import vim
 
-    from provisioner.vsphere.session import connect
-
-    password = (paths.RUN / "password").read_text().strip()
-    with connect(
-        f"127.0.0.1:{state['port']}", state["username"], password, thumbprint=state["thumbprint"]
-    ) as s:
+    with session(state) as s:
         content = s.content
 
         def objects(kind: Any) -> list[Any]:
