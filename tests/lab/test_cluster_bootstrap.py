@@ -258,7 +258,7 @@ def test_6_interrupted_during_kubeadm_init_then_converges(env: dict[str, str]) -
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
     try:
-        rest, _ = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
     finally:
         proc.kill()
     took = time.monotonic() - sent

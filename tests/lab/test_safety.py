@@ -194,7 +194,7 @@ def interrupt_when(
     proc.send_signal(sig)
     sent = time.monotonic()
     try:
-        rest, _ = proc.communicate(timeout=60)
+        _, rest = proc.communicate(timeout=60)
     finally:
         proc.kill()
     return proc.returncode, time.monotonic() - sent, "".join(seen) + rest
