@@ -196,9 +196,13 @@ def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
     if saved:
         from provisioner.spec import spec_from_dict
 
-        with contextlib.suppress(ProvisionerError):
+        try:
+            spec = spec_from_dict(saved)
+        except ProvisionerError:
+            spec = None  # a spec saved by an older vkp: its vsphere section is read below
+        if spec is not None:
             # The one way from settings to a session, prompt and TLS checks included.
-            return provision.session_for(spec_from_dict(saved), env)
+            return provision.session_for(spec, env)
     vs = (saved or {}).get("vsphere", {})
     tls = vs.get("tls", {})
     creds = vs.get("credentials", {})
@@ -244,8 +248,14 @@ def delete_cluster(
             # Made by a run that never got a vCenter session: nothing of it exists there.
             local.remove()
             log(f"cluster {name} never reached vCenter; removed its local state")
-            return {"cluster": name, "cluster_id": local.cluster_id, "deleted": ownership.Owned().counts(),
-                    "kept_folders": [], "leftovers": []}  # fmt: skip
+            nothing = ownership.Owned().counts()
+            return {
+                "cluster": name,
+                "cluster_id": local.cluster_id,
+                "deleted": nothing,
+                "kept_folders": [],
+                "leftovers": [],
+            }
         with _session_from_env_or_state(name, env) as session:
             content = session.content
             cid = local.cluster_id if local is not None else ownership.resolve_id(content, name, cluster_id)
@@ -253,8 +263,10 @@ def delete_cluster(
             if owned.empty():
                 log(f"nothing of cluster {name} found in vCenter")
             else:
-                log(f"cluster {name} (id {cid}): {len(owned.vms)} VM(s), {len(owned.rules)} rule(s), "
-                    f"{len(owned.folders)} folder(s)")  # fmt: skip
+                log(
+                    f"cluster {name} (id {cid}): {len(owned.vms)} VM(s), {len(owned.rules)} rule(s), "
+                    f"{len(owned.folders)} folder(s)"
+                )
             kept = _destroy(session, owned, log)
             left = ownership.find_owned(content, name, cid) if cid else ownership.Owned()
             leftovers = [f"VM {vm.name}" for vm in left.vms] + [f"rule {r.name}" for _, r in left.rules]
@@ -266,8 +278,13 @@ def delete_cluster(
             f"cluster {name}: {len(leftovers)} object(s) left behind: {', '.join(leftovers)}",
             hint="run delete-cluster again; if they persist, remove them in vCenter",
         )
-    return {"cluster": name, "cluster_id": cid, "deleted": owned.counts(), "kept_folders": kept,
-            "leftovers": leftovers}  # fmt: skip
+    return {
+        "cluster": name,
+        "cluster_id": cid,
+        "deleted": owned.counts(),
+        "kept_folders": kept,
+        "leftovers": leftovers,
+    }
 
 
 def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
