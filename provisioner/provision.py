@@ -413,16 +413,15 @@ class VMPhase:
         stopped during its first boot and erased the data. True if it answers now; otherwise it
         is powered off, so the caller boots it again with fresh data."""
         try:
-            waits.wait_for_guest_ip(
-                self.session.content, vm, expected=node.address,
-                deadline=time.monotonic() + UNVERIFIED_PROBE_SECONDS,
-            )  # fmt: skip
+            probe_deadline = time.monotonic() + UNVERIFIED_PROBE_SECONDS
+            waits.wait_for_guest_ip(self.session.content, vm, expected=node.address, deadline=probe_deadline)
             self._check_ssh(node, deadline=UNVERIFIED_PROBE_SECONDS)
             return True
         except ProvisionerError as exc:
             if isinstance(exc, Interrupted) or stop.stopping():
                 raise
-            self.log(f"{node.name}: did not finish its first boot ({exc.message}); booting it again")
+            why = exc.message.splitlines()[0].split(". ")[0]
+            self.log(f"{node.name}: did not finish its first boot ({why}); booting it again")
         self._call(lambda: vms.power_off(vm))
         return False
 
