@@ -7,7 +7,6 @@ finished phase changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -22,7 +21,7 @@ from provisioner.plan import PHASES
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState, PhaseStatus
 from provisioner.vsphere import ownership, placement, vms, waits
-from provisioner.vsphere.session import Session, connect
+from provisioner.vsphere.session import Session
 
 Log = Callable[[str], None]
 ROLE_ORDER = {"etcd": 0, "master": 1, "worker": 2}
@@ -187,46 +186,6 @@ def _bootstrap_phases(report: dict[str, Any], phases: list[dict[str, Any]]) -> N
 # -- delete ------------------------------------------------------------------------------------
 
 
-def _session_from_env_or_state(name: str, env: Mapping[str, str]) -> Session:
-    saved = None
-    if ClusterState.exists(name):
-        # A state dir from a run killed before it saved the spec has none: use the environment.
-        with contextlib.suppress(NotFound):
-            saved = ClusterState.load(name).load_spec_dict()
-    if saved:
-        from provisioner.spec import spec_from_dict
-
-        try:
-            spec = spec_from_dict(saved)
-        except ProvisionerError:
-            spec = None  # a spec saved by an older vkp: its vsphere section is read below
-        if spec is not None:
-            # The one way from settings to a session, prompt and TLS checks included.
-            return provision.session_for(spec, env)
-    vs = (saved or {}).get("vsphere", {})
-    tls = vs.get("tls", {})
-    creds = vs.get("credentials", {})
-    server = vs.get("server") or env.get("VKP_VSPHERE_SERVER")
-    if vs.get("server") and vs.get("port"):
-        server = f"{vs['server']}:{vs['port']}"
-    user = env.get(creds.get("user_env", "VKP_VSPHERE_USER"))
-    password = env.get(creds.get("password_env", "VKP_VSPHERE_PASSWORD"))
-    if not server or not user or not password:
-        raise ProvisionerError(
-            "cannot reach vCenter: no server or credentials (the local state is gone or has none)",
-            hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
-        )
-    return connect(
-        server,
-        user,
-        password,
-        thumbprint=tls.get("thumbprint") or env.get("VKP_VSPHERE_THUMBPRINT"),
-        ca_file=tls.get("ca_file") or env.get("VKP_VSPHERE_CA_FILE"),
-        insecure=bool(tls.get("insecure"))
-        or env.get("VKP_VSPHERE_INSECURE", "").lower() in ("1", "true", "yes"),
-    )
-
-
 def delete_cluster(
     name: str, log: Log, *, env: Mapping[str, str] | None = None, cluster_id: str | None = None
 ) -> dict[str, Any]:
@@ -256,7 +215,7 @@ def delete_cluster(
                 "kept_folders": [],
                 "leftovers": [],
             }
-        with _session_from_env_or_state(name, env) as session:
+        with provision.session_for_cluster(name, env) as session:
             content = session.content
             cid = local.cluster_id if local is not None else ownership.resolve_id(content, name, cluster_id)
             owned = ownership.find_owned(content, name, cid) if cid else ownership.Owned()

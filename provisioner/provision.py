@@ -25,12 +25,14 @@ from provisioner import stop
 from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.errors import AuthError, Interrupted, PreflightError, ProvisionerError, SSHError
 from provisioner.plan import NodePlan, Plan, make_plan
-from provisioner.spec import ClusterSpec
+from provisioner.plan import folder_path as plan_folder
+from provisioner.spec import TLS, ClusterSpec, VSphereSpec
 from provisioner.ssh.commands import Cmd
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, NodeRecord
 from provisioner.vsphere import find, ownership, placement, specs, vms, waits
-from provisioner.vsphere.session import Session, connect
+from provisioner.vsphere.endpoint import join_server
+from provisioner.vsphere.session import Session, connect, split_server
 
 Log = Callable[[str], None]
 
@@ -54,8 +56,55 @@ UNVERIFIED_PROBE_SECONDS = 90.0
 
 def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
     """Log in to the spec's vCenter; credentials come from the environment or a prompt, never the file."""
+    if spec.vsphere.tls.insecure:
+        print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
+    return login(spec.vsphere, env)
+
+
+def session_for_cluster(name: str, env: Mapping[str, str] | None = None) -> Session:
+    """The vCenter of an existing cluster: its saved spec's, or, when the local state is gone
+    (or holds no spec it can read), the one VKP_VSPHERE_* name."""
+    from provisioner.spec import spec_from_dict
+
     env = os.environ if env is None else env
-    vs = spec.vsphere
+    if ClusterState.exists(name):
+        state = ClusterState.load(name)
+        if state.has_spec():
+            try:
+                spec = spec_from_dict(state.load_spec_dict())
+            except ProvisionerError:
+                spec = None  # saved by an older vkp: the environment says where vCenter is
+            if spec is not None:
+                return session_for(spec, env)
+    return login(vsphere_from_env(env), env)
+
+
+def vsphere_from_env(env: Mapping[str, str]) -> VSphereSpec:
+    """vCenter's address and how to verify it, from VKP_VSPHERE_* alone (no spec at hand)."""
+    server = env.get("VKP_VSPHERE_SERVER")
+    if not server:
+        raise ProvisionerError(
+            "cannot reach vCenter: no server (the local state is gone or has none)",
+            hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
+        )
+    host, port = split_server(server)
+    return VSphereSpec(
+        server=host,
+        port=port,
+        tls=TLS(
+            thumbprint=env.get("VKP_VSPHERE_THUMBPRINT") or None,
+            ca_file=env.get("VKP_VSPHERE_CA_FILE") or None,
+            insecure=env.get("VKP_VSPHERE_INSECURE", "").lower() in ("1", "true", "yes"),
+        ),
+    )
+
+
+def login(vs: VSphereSpec, env: Mapping[str, str] | None = None) -> Session:
+    """The one way from vCenter settings to a session: credentials from the environment
+    variables the settings name (or a prompt on a terminal, asked once per run), TLS verified
+    as the settings say."""
+    env = os.environ if env is None else env
+    assert vs.server is not None  # validate() and vsphere_from_env() require it
     user = env.get(vs.credentials.user_env)
     password = env.get(vs.credentials.password_env)
     if (not user or not password) and vs.server in _prompted:
@@ -72,11 +121,9 @@ def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Sess
             sys.stderr.flush()
             user = sys.stdin.readline().strip()
         password = password or getpass.getpass(f"password for {user}@{vs.server}: ", stream=sys.stderr)
-        _prompted[str(vs.server)] = (user, password)
-    if vs.tls.insecure:
-        print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
+        _prompted[vs.server] = (user, password)
     return connect(
-        f"{vs.server}:{vs.port}",
+        join_server(vs.server, vs.port),
         user,
         password,
         thumbprint=vs.tls.thumbprint,
@@ -177,14 +224,15 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
                 f"VM {name} belongs to another cluster named {plan.cluster!r} (id {other_id}), "
                 "not the one in the local state; run `vkp delete-cluster` for it first"
             )
-    if inv.folder is not None and inv.folder_path == f"vkp/{plan.cluster}":
-        # Only vkp's own layout: a folder the user named may be shared by several clusters.
+    if inv.folder is not None:
+        # The cluster's own folder (named after it): a same-named cluster's in the same place
+        # is not ours to share.
         folder_id = ownership.folder_owner(content, inv.folder)
         if folder_id not in (None, state.cluster_id):
             problems.append(
                 f"folder {inv.folder_path} was created for another cluster named {plan.cluster!r} "
                 f"(id {folder_id}); delete that one first (vkp delete-cluster {plan.cluster} "
-                f"--cluster-id {folder_id}), or set vsphere.folder to another folder"
+                f"--cluster-id {folder_id}), or set vsphere.folder to another parent folder"
             )
     names = {n.name for n in plan.nodes}
     ips = find.all_vm_guest_ips(content)
@@ -296,8 +344,6 @@ class VMPhase:
         content = self.session.content
         if ownership.folder_owner(content, self.inv.folder) is not None:
             return False
-        if self.spec.vsphere.folder:
-            return False  # a folder the user named is theirs, whoever made it
         inside = find.vms_in_folder(self.inv.folder)
         subfolders = find.props_of(content, self.inv.folder, ["childEntity"]).get("childEntity") or []
         return len(subfolders) == len(inside) and {v._moId for v in inside} <= {
@@ -518,7 +564,7 @@ def provision_vms(
     spec: ClusterSpec, state: ClusterState, session: Session, log: Log, *, concurrency: int = 8
 ) -> tuple[Plan, list[NodeOutcome]]:
     content = session.content
-    folder_path = spec.vsphere.folder or f"vkp/{spec.name}"
+    folder_path = plan_folder(spec)
     inv = resolve(content, spec, folder_path)
     if not inv.hosts:
         raise PreflightError([f"cluster {inv.cluster.name} has no connected host outside maintenance mode"])

@@ -41,6 +41,7 @@ from provisioner.spec.schema import (
     Topology,
     VSphereSpec,
 )
+from provisioner.vsphere import endpoint
 
 # ---------------------------------------------------------------------------------------------
 # Validation (pure: no files, no network)
@@ -798,13 +799,7 @@ def _ip(s: str) -> IPAddress | None:
         return None
 
 
-_THUMB_HEX = re.compile(r"[0-9A-Fa-f]+")
-
-
 def normalize_thumbprint(s: str) -> str | None:
     """'ab:cd..' / 'ABCD..' / 'ab cd ..' -> 'AB:CD:..' for a SHA-256 thumbprint, else None."""
-    h = re.sub(r"[\s:]", "", s)
-    if len(h) != 64 or not _THUMB_HEX.fullmatch(h):
-        return None
-    h = h.upper()
-    return ":".join(h[i : i + 2] for i in range(0, 64, 2))
+    digits = endpoint.thumbprint_hex(s)
+    return endpoint.format_thumbprint(digits) if digits else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +52,7 @@ from provisioner.spec.schema import (
     Topology,
     VSphereSpec,
 )
+from provisioner.vsphere import endpoint
 
 
 def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
@@ -896,18 +896,17 @@ def _resolve_etcd_artifact(raw: dict[str, Any], base: Path) -> None:
 
 
 def _split_server(server: str, port: int, port_given: bool, r: _Reader) -> tuple[str, int]:
-    """Accept "host", "host:port", "[v6]:port" or a URL such as https://vc.example.com/sdk."""
-    s = re.sub(r"^[a-z]+://", "", server.strip(), flags=re.I).split("/", 1)[0]
-    m = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", s) or re.fullmatch(r"([^:]+):([0-9]+)", s)
-    if not m:
-        return s, port
-    host, p = m.group(1), m.group(2)
-    server_port = parse_int(p) if p is not None else port
-    if server_port is None:
-        r.add("vsphere.server", f"the port in it is far too long ({show(p)}); vCenter listens on 443")
+    """Accept "host", "host:port", "[v6]:port", a bare IPv6 address or a URL such as
+    https://vc.example.com/sdk (endpoint.split_server, the one parser of a vCenter address)."""
+    try:
+        host, server_port = endpoint.split_server(server, default_port=0)
+    except ValueError as exc:
+        r.add("vsphere.server", f"{exc}; e.g. vc.example.com, vc.example.com:8443 or [fd00::10]:8443")
+        return server, port
+    if server_port == 0:
         return host, port
-    if p is not None and port_given and server_port != port:
-        r.add("vsphere.port", f"is {port} but vsphere.server says port {p}; keep one of them")
+    if port_given and server_port != port:
+        r.add("vsphere.port", f"is {port} but vsphere.server says port {server_port}; keep one of them")
     return host, server_port
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -23,12 +22,13 @@ from pyVmomi import vim, vmodl
 
 from provisioner import stop
 from provisioner.errors import AuthError, Timeout, TLSVerifyError, VSphereError
+from provisioner.vsphere import endpoint
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_PORT = 443
+DEFAULT_PORT = endpoint.DEFAULT_PORT
 # Seconds the TCP connect, TLS handshake and login may take together per socket operation: an
 # address that swallows packets (a firewall, a wrong route) is reported in this time instead
 # of hanging a pipeline until it is killed.
@@ -51,8 +51,8 @@ THUMBPRINT_HINT = (
 
 def normalize_thumbprint(text: str) -> str:
     """'ab:CD:...' or 'abcd...' -> 64 lowercase hex digits; TLSVerifyError if not SHA-256."""
-    digits = re.sub(r"[\s:]", "", text).lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+    digits = endpoint.thumbprint_hex(text)
+    if digits is None:
         raise TLSVerifyError(
             f"the pinned thumbprint {text!r} is not a SHA-256 thumbprint (64 hex digits, colons optional)",
             hint=THUMBPRINT_HINT,
@@ -60,28 +60,15 @@ def normalize_thumbprint(text: str) -> str:
     return digits
 
 
-def format_thumbprint(hexdigits: str) -> str:
-    """64 hex digits -> 'AB:CD:...' as vCenter shows it."""
-    h = hexdigits.upper()
-    return ":".join(h[i : i + 2] for i in range(0, len(h), 2))
+format_thumbprint = endpoint.format_thumbprint
 
 
 def split_server(server: str) -> tuple[str, int]:
-    """'host', 'host:port', '[v6]:port' -> (host, port)."""
-    server = server.strip()
-    if server.startswith("https://"):
-        server = server[len("https://") :].split("/", 1)[0]
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", server)
-    if m:
-        return m.group(1), int(m.group(2) or DEFAULT_PORT)
-    if server.count(":") == 1:
-        host, port = server.split(":")
-        if not port.isdigit():
-            raise VSphereError(f"invalid vCenter address {server!r}: the port must be a number")
-        return host, int(port)
-    if not server:
-        raise VSphereError("no vCenter address given")
-    return server, DEFAULT_PORT
+    """'host', 'host:port', '[v6]:port' -> (host, port); VSphereError when it is not an address."""
+    try:
+        return endpoint.split_server(server)
+    except ValueError as exc:
+        raise VSphereError(str(exc)) from None
 
 
 class _PinMismatch(ssl.SSLError):
@@ -172,7 +159,7 @@ def connect(
     --timeout); once logged in, each call's socket reads are bounded by SOAP_TIMEOUT.
     """
     host, port = split_server(server)
-    where = f"{host}:{port}"
+    where = endpoint.join_server(host, port)
     ctx = _ssl_context(where, thumbprint, ca_file, insecure)
     stop.check(f"vCenter {where} to answer")
     timeout = stop.remaining(timeout) or timeout

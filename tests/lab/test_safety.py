@@ -88,7 +88,8 @@ def test_two_clusters_of_one_name_and_a_foreign_vm(
     cleanup.append("twin")
     env_a, env_b = lab_env(lab, tmp_path / "a"), lab_env(lab, tmp_path / "b")
     spec_a = write_spec(tmp_path / "a.yaml", "twin", "198.18.0.100-198.18.0.119")
-    spec_b = write_spec(tmp_path / "b.yaml", "twin", "198.18.0.120-198.18.0.139", folder="team-b/twin")
+    # vsphere.folder names the parent of the cluster's own folder, as the plan shows it.
+    spec_b = write_spec(tmp_path / "b.yaml", "twin", "198.18.0.120-198.18.0.139", folder="team-b")
 
     # While A's create runs, a second create of A is refused at once, naming the first.
     first = subprocess.Popen(

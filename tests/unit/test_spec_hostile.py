@@ -139,7 +139,7 @@ def test_values_yaml_cannot_build_are_spec_errors(tmp_path: Path, text: str, say
 
 def test_a_port_in_the_server_is_ascii_digits(tmp_path: Path) -> None:
     f = write(tmp_path, 'name: x\nplan: dev\nvsphere: {server: "vc:٤٤٣"}\n')
-    assert "host name or IP address" in problems(f)["vsphere.server"]
+    assert "the port must be a number" in problems(f)["vsphere.server"]
 
 
 # --- 4. --hosts -----------------------------------------------------------------------------------
