@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import provision, runlock, stop
-from provisioner.errors import Interrupted, NotFound, PreflightError, ProvisionerError, SpecError
+from provisioner.errors import NotFound, PreflightError, ProvisionerError, SpecError
 from provisioner.plan import PHASES
 from provisioner.spec import ClusterSpec
-from provisioner.state import ClusterState, PhaseStatus
+from provisioner.state import ClusterState, ended_status
 from provisioner.vsphere import ownership, placement, vms, waits
 from provisioner.vsphere.session import Session
 
@@ -37,7 +37,7 @@ def _phase(
         result = fn()
     except ProvisionerError as exc:
         seconds = time.monotonic() - t
-        status: PhaseStatus = "interrupted" if isinstance(exc, Interrupted) else "failed"
+        status = ended_status(exc)
         state.record_phase(name, status, seconds, str(exc).splitlines()[0])
         phases.append({"name": name, "seconds": round(seconds, 2), "status": status})
         exc.phase = exc.phase or name
@@ -252,8 +252,6 @@ def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
     Returns the folders kept because they hold something the cluster does not own; they lose
     the cluster's mark, so nothing later takes them for the cluster's.
     """
-    from provisioner.vsphere import find
-
     content = session.content
     deadline = time.monotonic() + 600
     on = [vm for vm in owned.vms if vm.runtime.powerState == "poweredOn"]
@@ -271,19 +269,18 @@ def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
     for cl, rules in by_cluster.items():
         waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
         log(f"removed rules {', '.join(r.name for r in rules)}")
-    empty = ownership.removable_folders(content, owned, log)
-    kept = [f for f in owned.folders if f not in empty]
-    for folder in kept:
+    empty, kept = ownership.split_folders(content, owned)
+    for folder, path in kept.items():
+        log(f"kept folder {path}: it holds objects this cluster does not own")
         ownership.unmark_folder(content, folder)
-    for folder in empty:
+    for folder, path in empty.items():
         parent = folder.parent
-        path = find.inventory_path(folder)
         waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
         log(f"removed folder {path}")
         # vkp's own parent folder goes with its last cluster; a folder it did not make stays.
         if parent.name == "vkp" and not parent.childEntity:
             waits.wait_for_tasks(content, [session.call(vms.destroy_folder, parent)], deadline=deadline)
-    return [find.inventory_path(f) for f in kept]
+    return list(kept.values())
 
 
 # -- read-only views ---------------------------------------------------------------------------

@@ -44,12 +44,18 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisioner.errors import NotFound, ProvisionerError, SpecError
+from provisioner.errors import Interrupted, NotFound, ProvisionerError, SpecError
 
 STATE_DIR_ENV = "VKP_STATE_DIR"
 STATE_VERSION = 1
 PhaseStatus = Literal["running", "done", "failed", "interrupted"]
 PHASE_STATUSES = ("running", "done", "failed", "interrupted")
+
+
+def ended_status(exc: BaseException) -> PhaseStatus:
+    """What a phase that ended with exc is recorded as: interrupted by a signal, else failed."""
+    return "interrupted" if isinstance(exc, Interrupted | KeyboardInterrupt) else "failed"
+
 
 # Names become directory and file names here: one DNS label, so nothing can escape the tree.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

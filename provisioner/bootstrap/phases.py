@@ -17,12 +17,12 @@ from typing import Any
 
 from provisioner import stop
 from provisioner.bootstrap.engine import Cluster
-from provisioner.bootstrap.runner import PHASES, is_stop_error, load_playbook, run_playbook
-from provisioner.errors import Interrupted, ProvisionerError
+from provisioner.bootstrap.runner import PHASES, load_playbook, run_playbook
+from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
 from provisioner.ssh.connector import Connection
-from provisioner.state import ClusterState, PhaseStatus
+from provisioner.state import ClusterState, ended_status
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
 CONNECT_DEADLINE = 180.0
@@ -82,7 +82,7 @@ def connect_all(spec: ClusterSpec, state: ClusterState, nodes: list[NodePlan]) -
         for c in conns.values():
             c.close()
         # Once the run is stopping, the other nodes' errors are consequences of the stop.
-        stopped = [e for e in errors if is_stop_error(e)] if stop.stopping() else []
+        stopped = [e for e in errors if stop.is_stop(e)] if stop.stopping() else []
         raise stopped[0] if stopped else errors[0]
     return conns
 
@@ -154,8 +154,7 @@ def _probe_artifacts(spec: ClusterSpec, state: ClusterState, log: Log) -> None:
     try:
         probe_source(spec.kubernetes, log)
     except ProvisionerError as exc:
-        status: PhaseStatus = "interrupted" if isinstance(exc, Interrupted) else "failed"
-        state.record_phase("kubernetes", status, 0.0, exc.message.splitlines()[0])
+        state.record_phase("kubernetes", ended_status(exc), 0.0, exc.message.splitlines()[0])
         raise
 
 

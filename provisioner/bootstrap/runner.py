@@ -62,9 +62,10 @@ from provisioner.bootstrap.engine import (
     gather_facts,
     registry,
 )
-from provisioner.errors import ExitCode, Interrupted, ProvisionerError
+from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.plan import PHASES as ALL_PHASES
 from provisioner.spec import ROLES
+from provisioner.state import ended_status
 
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
@@ -707,18 +708,12 @@ def run_playbook(
         # A phase left "running" would look like a run still going; one that failed on a host
         # was recorded above already.
         if phase_now is not None and not phase_ended:
-            interrupted = isinstance(exc, Interrupted | KeyboardInterrupt)
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            phase_event(phase_now, "interrupted" if interrupted else "failed", detail)
+            phase_event(phase_now, ended_status(exc), detail)
         raise
     finally:
         report.seconds = time.monotonic() - started
     return report
-
-
-def is_stop_error(exc: BaseException | None) -> bool:
-    """Raised by stop.check: a signal (Interrupted), or the run's own --timeout passing."""
-    return stop.is_stop(exc)
 
 
 def _stopped(play: Play, failures: list[StepResult]) -> ProvisionerError:
@@ -726,7 +721,7 @@ def _stopped(play: Play, failures: list[StepResult]) -> ProvisionerError:
     (it names the command and node), else a new one for the play."""
     for f in failures:
         exc = f.exception
-        if is_stop_error(exc):
+        if stop.is_stop(exc):
             assert isinstance(exc, ProvisionerError)
             exc.message = f"play {play.name}, {f.host}, step {f.step}: {exc.message}"
             return exc

@@ -156,6 +156,12 @@ def _located(content: Any, container: Any, types: Sequence[Any]) -> tuple[list[L
     return sorted(out, key=lambda loc: loc.path), container_path
 
 
+def paths(content: Any, types: Sequence[Any]) -> dict[Any, str]:
+    """The inventory path of every object of types, from one snapshot (not a read per parent)."""
+    located, _root = _located(content, content.rootFolder, types)
+    return {loc.obj: loc.path for loc in located}
+
+
 def _unique(types: list[Any]) -> list[Any]:
     seen: list[Any] = []
     for t in types:

@@ -13,7 +13,6 @@ destroyed when it is empty, so nothing vkp does not own is destroyed with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,9 +151,10 @@ def candidates(content: Any, cluster_name: str) -> list[Candidate]:
         if marks.get(specs.OWNER_CLUSTER_NAME) == cluster_name:
             folders_by_id.setdefault(marks[specs.OWNER_CLUSTER_ID], []).append(folder)
     out = []
+    where = find.paths(content, [vim.VirtualMachine, vim.Folder]) if vms_by_id or folders_by_id else {}
     for cid in sorted(set(vms_by_id) | set(folders_by_id)):
-        vm_paths = [find.inventory_path(vm) for vm in vms_by_id.get(cid, [])]
-        folder_paths = [find.inventory_path(f) for f in folders_by_id.get(cid, [])]
+        vm_paths = [where[vm] for vm in vms_by_id.get(cid, []) if vm in where]
+        folder_paths = [where[f] for f in folders_by_id.get(cid, []) if f in where]
         if not folder_paths:
             folder_paths = sorted({p.rsplit("/", 1)[0] for p in vm_paths})
         datacenters = sorted({p.split("/")[1] for p in vm_paths + folder_paths if p.count("/") >= 1})
@@ -180,17 +180,16 @@ def resolve_id(content: Any, cluster_name: str, wanted: str | None) -> str | Non
     return ids[0] if ids else None
 
 
-def removable_folders(content: Any, owned: Owned, log: Callable[[str], None]) -> list[Any]:
-    """The owned folders that are empty now (deepest first); the others are reported and kept."""
-    out = []
+def split_folders(content: Any, owned: Owned) -> tuple[dict[Any, str], dict[Any, str]]:
+    """The owned folders by path: (empty now, deepest first; holding what the cluster does not
+    own, by then the cluster's VMs being gone)."""
+    if not owned.folders:
+        return {}, {}
+    where = find.paths(content, [vim.Folder])
+    empty: dict[Any, str] = {}
+    kept: dict[Any, str] = {}
     for folder in owned.folders:
-        props = find.props_of(content, folder, ["childEntity", "name"])
-        children = props.get("childEntity") or []
-        if children:
-            log(
-                f"kept folder {find.inventory_path(folder)}: it holds {len(children)} object(s) "
-                "this cluster does not own"
-            )
-            continue
-        out.append(folder)
-    return sorted(out, key=lambda f: -find.inventory_path(f).count("/"))
+        children = find.props_of(content, folder, ["childEntity"]).get("childEntity") or []
+        (kept if children else empty)[folder] = where.get(folder, folder._moId)
+    deepest_first = dict(sorted(empty.items(), key=lambda kv: -kv[1].count("/")))
+    return deepest_first, kept
