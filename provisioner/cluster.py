@@ -273,13 +273,11 @@ def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
     for folder, path in kept.items():
         log(f"kept folder {path}: it holds objects this cluster does not own")
         ownership.unmark_folder(content, folder)
+    # Only folders that carry the id: the parent they sit in (vkp/ by default) is shared by
+    # every cluster and marked by none, so it stays, empty or not.
     for folder, path in empty.items():
-        parent = folder.parent
         waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
         log(f"removed folder {path}")
-        # vkp's own parent folder goes with its last cluster; a folder it did not make stays.
-        if parent.name == "vkp" and not parent.childEntity:
-            waits.wait_for_tasks(content, [session.call(vms.destroy_folder, parent)], deadline=deadline)
     return list(kept.values())
 
 

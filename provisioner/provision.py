@@ -145,6 +145,7 @@ class Inventory:
     hosts: list[Any]
     folder_path: str
     folder: Any | None  # None until created
+    folder_owner: str | None = None  # the cluster id the folder is marked with, if any
 
     @property
     def template_nic(self) -> Any:
@@ -185,7 +186,8 @@ def resolve(content: Any, spec: ClusterSpec, folder_path: str) -> Inventory:
                 [f"placement.hosts: {', '.join(sorted(missing))} not in cluster {cluster.name}"]
             )
     folder = find.folder(content, dc, folder_path)
-    return Inventory(dc, cluster, datastore, network, pool, template, hosts, folder_path, folder)
+    owner = ownership.folder_owner(content, folder) if folder is not None else None
+    return Inventory(dc, cluster, datastore, network, pool, template, hosts, folder_path, folder, owner)
 
 
 def _required(value: str | None) -> str:
@@ -224,16 +226,14 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
                 f"VM {name} belongs to another cluster named {plan.cluster!r} (id {other_id}), "
                 "not the one in the local state; run `vkp delete-cluster` for it first"
             )
-    if inv.folder is not None:
-        # The cluster's own folder (named after it): a same-named cluster's in the same place
-        # is not ours to share.
-        folder_id = ownership.folder_owner(content, inv.folder)
-        if folder_id not in (None, state.cluster_id):
-            problems.append(
-                f"folder {inv.folder_path} was created for another cluster named {plan.cluster!r} "
-                f"(id {folder_id}); delete that one first (vkp delete-cluster {plan.cluster} "
-                f"--cluster-id {folder_id}), or set vsphere.folder to another parent folder"
-            )
+    # The cluster's own folder (named after it): a same-named cluster's in the same place is
+    # not ours to share.
+    if inv.folder_owner not in (None, state.cluster_id):
+        problems.append(
+            f"folder {inv.folder_path} was created for another cluster named {plan.cluster!r} "
+            f"(id {inv.folder_owner}); delete that one first (vkp delete-cluster {plan.cluster} "
+            f"--cluster-id {inv.folder_owner}), or set vsphere.folder to another parent folder"
+        )
     names = {n.name for n in plan.nodes}
     ips = find.all_vm_guest_ips(content)
     owned_ids = {vm._moId for vm in owned.values()}
@@ -342,7 +342,7 @@ class VMPhase:
 
     def _adoptable_folder(self, owned: dict[str, Any]) -> bool:
         content = self.session.content
-        if ownership.folder_owner(content, self.inv.folder) is not None:
+        if self.inv.folder_owner is not None:
             return False
         inside = find.vms_in_folder(self.inv.folder)
         subfolders = find.props_of(content, self.inv.folder, ["childEntity"]).get("childEntity") or []
