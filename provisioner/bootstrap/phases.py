@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from provisioner import stop
+from provisioner import resources, stop
 from provisioner.bootstrap.engine import Cluster
 from provisioner.bootstrap.runner import PHASES, load_playbook, run_playbook
 from provisioner.errors import ProvisionerError
@@ -24,7 +24,7 @@ from provisioner.spec import ClusterSpec
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, ended_status
 
-PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "cluster.yaml"
+PLAYBOOK = resources.playbook("cluster")
 CONNECT_DEADLINE = 180.0
 
 Log = Callable[[str], None]

@@ -21,10 +21,11 @@ from typing import Any
 
 import jinja2
 
+from provisioner import resources
 from provisioner.errors import ProvisionerError
 
 TEMPLATES_ENV = "VKP_TEMPLATES"
-DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+DEFAULT_TEMPLATES = resources.TEMPLATES
 
 # Output types (the name without .j2) whose syntax has #-comments.
 _HASH_SUFFIXES = {
@@ -53,7 +54,7 @@ class TemplateError(ProvisionerError):
 
 
 def templates_dir() -> Path:
-    """The templates directory: $VKP_TEMPLATES, else the repository's top-level templates/."""
+    """The templates directory: $VKP_TEMPLATES, else the package's own."""
     env = os.environ.get(TEMPLATES_ENV)
     return Path(env) if env else DEFAULT_TEMPLATES
 

@@ -8,8 +8,9 @@ import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from provisioner import resources
 
 ROLES = ("etcd", "master", "worker")
 CNIS = ("calico", "flannel", "bridge")
@@ -56,7 +57,7 @@ KUBEADM_IMAGES: dict[int, KubeadmImages] = {
 CGROUP_DRIVERS = ("systemd", "cgroupfs")
 DNS_ADDONS = ("coredns", "none")
 
-DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[2] / "inventory" / "plans.yaml"
+DEFAULT_PLANS_FILE = resources.PLANS
 PLANS_FILE_ENV = "VKP_PLANS_FILE"
 # A spec-shaped YAML file of site-wide settings, merged under every spec (provisioner.spec).
 SITE_DEFAULTS_ENV = "VKP_SITE_DEFAULTS"
