@@ -128,6 +128,26 @@ def plans_cmd(output: str) -> None:
     run(body, output)
 
 
+@main.group("spec")
+def spec_group() -> None:
+    """Spec files that ship with vkp, to copy and edit."""
+
+
+@spec_group.command("sample")
+@click.option("--lab", is_flag=True, help="The embedded lab's spec (what `vkp lab up` is made for) instead.")
+def spec_sample_cmd(lab: bool) -> None:
+    """Print the commented sample spec for a real vCenter: every option, each at its default.
+
+    \b
+    Example:
+      vkp spec sample > cluster.yaml      # edit, then:
+      vkp plan -f cluster.yaml
+    """
+    from provisioner import resources
+
+    click.echo((resources.LAB_SPEC if lab else resources.SAMPLE_SPEC).read_text(), nl=False)
+
+
 @main.command("plan")
 @spec_options
 @click.option(
