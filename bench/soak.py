@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pyVmomi import vim
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is not a package
@@ -154,17 +155,10 @@ def lab_env() -> dict[str, str]:
 
 def vcenter_holdings(name: str, cluster_id: str | None) -> dict[str, Any]:
     """What vCenter holds of the cluster: VMs by ownership mark or name, DRS rules, folders."""
-    from pyVmomi import vim
-
     with lab_mod.session() as s:
-        content = s.content
 
         def objects(kind: Any) -> list[Any]:
-            view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
-            try:
-                return list(view.view)
-            finally:
-                view.Destroy()
+            return lab_mod.objects(s.content, kind)
 
         vms = []
         for vm in objects(vim.VirtualMachine):

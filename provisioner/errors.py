@@ -5,6 +5,7 @@ Every error carries a message a user can act on: what is wrong, where, and what 
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 
@@ -155,8 +156,6 @@ class Interrupted(ProvisionerError):
     """The run was stopped by a signal; exits 128 + the signal number, as a shell would."""
 
     def __init__(self, signum: int, what: str | None = None) -> None:
-        import signal
-
         self.signum = signum
         name = signal.Signals(signum).name
         super().__init__(

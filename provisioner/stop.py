@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -203,8 +204,6 @@ def _format_seconds(seconds: float) -> str:
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '15m', '1h30m' -> seconds; ValueError naming what is wrong."""
-    import re
-
     t = text.strip().lower()
     if re.fullmatch(r"\d+", t):
         value = float(t)

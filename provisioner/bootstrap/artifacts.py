@@ -56,14 +56,38 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from provisioner import stop
 from provisioner.errors import ArtifactError
 from provisioner.ssh.commands import Cmd, Result
 
-if TYPE_CHECKING:
-    from provisioner.spec import EtcdSpec, KubernetesSpec
+
+# What this module reads of the spec's kubernetes and etcd sections (provisioner.spec's
+# KubernetesSpec and EtcdSpec fit): the spec's checks parse artifact sources with this module,
+# so it names no spec type and the import goes one way.
+class _ArtifactSettings(Protocol):
+    @property
+    def source(self) -> str: ...
+    @property
+    def image_tarballs(self) -> str | None: ...
+
+
+class KubernetesSettings(Protocol):
+    @property
+    def version(self) -> str: ...
+    @property
+    def cni(self) -> str: ...
+    @property
+    def cni_plugins_version(self) -> str: ...
+    @property
+    def artifacts(self) -> _ArtifactSettings: ...
+
+
+class EtcdSettings(Protocol):
+    @property
+    def artifact(self) -> str: ...
+
 
 UPSTREAM_BASE = "https://dl.k8s.io/release"
 BINARIES = ("kubeadm", "kubelet", "kubectl")
@@ -281,14 +305,14 @@ class ArtifactSource:
         return nested if nested.is_dir() else root
 
 
-def source_of(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+def source_of(k8s: KubernetesSettings, *, base_dir: Path | None = None) -> ArtifactSource:
     try:
         return ArtifactSource.parse(k8s.artifacts.source, base_dir=base_dir)
     except ValueError as exc:
         raise ArtifactError(f"kubernetes.artifacts.source: {exc}") from None
 
 
-def cni_plugins_source(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+def cni_plugins_source(k8s: KubernetesSettings, *, base_dir: Path | None = None) -> ArtifactSource:
     """The CNI plugins come from where the Kubernetes binaries do: upstream means their own
     project's releases; a mirror or local directory holds them under cni-plugins/."""
     k = source_of(k8s, base_dir=base_dir)
@@ -297,7 +321,7 @@ def cni_plugins_source(k8s: KubernetesSpec, *, base_dir: Path | None = None) -> 
     return ArtifactSource(k.kind, k.location, CNI)
 
 
-def etcd_source(etcd: EtcdSpec, *, base_dir: Path | None = None) -> ArtifactSource:
+def etcd_source(etcd: EtcdSettings, *, base_dir: Path | None = None) -> ArtifactSource:
     """Where etcd comes from when etcd.artifact is not the distribution's package."""
     try:
         return ArtifactSource.parse(etcd.artifact, base_dir=base_dir, layout=ETCD)
@@ -701,7 +725,7 @@ def _url_reason(exc: BaseException) -> str:
     return str(inner)
 
 
-def probe_source(spec: KubernetesSpec, log: Log, *, timeout: float = PROBE_TIMEOUT) -> None:
+def probe_source(spec: KubernetesSettings, log: Log, *, timeout: float = PROBE_TIMEOUT) -> None:
     """Fail fast, from this machine, when the artifact source cannot serve the set.
 
     Remote: one request (HEAD) for kubeadm's .sha256 of the pinned version (amd64, then arm64

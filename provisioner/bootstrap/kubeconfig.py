@@ -23,7 +23,10 @@ from typing import Any
 
 import yaml
 
+from provisioner.bootstrap.pki import PKIError, ensure_admin
 from provisioner.errors import ProvisionerError
+from provisioner.plan import make_plan
+from provisioner.spec import PKISpec, spec_from_dict
 from provisioner.state import ClusterState, atomic_write
 
 ADMIN_CONF = "admin.conf"
@@ -145,10 +148,6 @@ def merge_kubeconfig(config: Mapping[str, Any], path: Path) -> bool:
 
 def admin_kubeconfig(state: ClusterState) -> tuple[dict[str, Any], str]:
     """(the admin kubeconfig, the API server URL) from the cluster's saved spec and PKI."""
-    from provisioner.bootstrap.pki import PKIError, ensure_admin
-    from provisioner.plan import make_plan
-    from provisioner.spec import PKISpec, spec_from_dict
-
     spec = spec_from_dict(state.load_spec_dict())
     server = make_plan(spec).api_endpoint.url
     pki_spec = spec.pki if spec.pki else PKISpec()

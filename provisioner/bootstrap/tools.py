@@ -15,12 +15,15 @@ import select
 import shutil
 import signal
 import sys
+import termios
 import threading
+import tty
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import paramiko
 
+from provisioner.bootstrap.pki import load_pki
 from provisioner.bootstrap.steps.etcd import url
 from provisioner.errors import NotFound, ProvisionerError, SSHError
 from provisioner.ssh.commands import Cmd
@@ -127,9 +130,6 @@ def _stream(chan: paramiko.Channel, *, stdin: bytes | None, forward_stdin: bool)
 
 @contextlib.contextmanager
 def _raw_terminal() -> Iterator[None]:
-    import termios
-    import tty
-
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:
@@ -233,8 +233,6 @@ def etcdctl(name: str, args: Sequence[str]) -> int:
 
 def etcdctl_in(state: ClusterState, args: Sequence[str]) -> int:
     """etcdctl() for a cluster state already loaded."""
-    from provisioner.bootstrap.pki import load_pki
-
     members = etcd_members(state)
     pki = load_pki(state)
     try:

@@ -301,7 +301,7 @@ def fault_network(vm: str, seconds: float, wait: bool, output: str) -> None:
       vkp lab fault network lab-worker-1 --seconds 10
       vkp lab fault network vm-57 --seconds 3 --wait
     """
-    result = run(lambda: faults.drop_network(vm, seconds, wait=wait), output)
+    result = run(lambda: faults.drop_network(*lab_mod.find_vm(vm), seconds, wait=wait), output)
     if output == "json":
         emit_json({"ok": True, **result})
     elif wait:

@@ -122,29 +122,6 @@ def _netfault_dir(run_dir: Path) -> Path:
     return Path(run_dir) / NETFAULTS
 
 
-def _resolve_vm(vm_name: str) -> tuple[str, str]:
-    """(VM name, moid) of the lab VM called vm_name (or with that moid); exactly one must match."""
-    from pyVmomi import vim
-
-    from provisioner.lab import lab as lab_mod
-
-    with lab_mod.session() as s:
-        content = s.content
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-        try:
-            hits = [(vm.name, vm._moId) for vm in view.view if vm_name in (vm.name, vm._moId)]
-        finally:
-            view.Destroy()
-    if not hits:
-        raise LabError(f"no VM called {vm_name!r} in the lab", hint="`vkp lab status` lists the VMs")
-    if len(hits) > 1:
-        raise LabError(
-            f"{len(hits)} VMs are called {vm_name!r} ({', '.join(m for _, m in hits)})",
-            hint="name one by its moid",
-        )
-    return hits[0]
-
-
 def _set_link(ifname: str, up: bool) -> None:
     res = subprocess.run(
         ["ip", "link", "set", ifname, "up" if up else "down"],
@@ -157,15 +134,16 @@ def _set_link(ifname: str, up: bool) -> None:
         raise LabError(f"`ip link set {ifname} {'up' if up else 'down'}` failed: {res.stderr.strip()}")
 
 
-def drop_network(vm_name: str, seconds: float, *, wait: bool, run_dir: Path = paths.RUN) -> dict[str, Any]:
-    """Take the network of vm_name's guest away for seconds, then give it back.
+def drop_network(
+    name: str, moid: str, seconds: float, *, wait: bool, run_dir: Path = paths.RUN
+) -> dict[str, Any]:
+    """Take the network of the guest of VM name (moid) away for seconds, then give it back.
 
     With wait, returns once the link is up again; otherwise at once, and a detached helper
-    sets the link up when the time is over.
+    sets the link up when the time is over. lab.find_vm gives (name, moid) from either.
     """
     if not 0 < seconds <= MAX_NETWORK_SECONDS:
         raise ValueError(f"--seconds must be in (0, {MAX_NETWORK_SECONDS}]")
-    name, moid = _resolve_vm(vm_name)
     g = guests.find_guest(moid, guests_dir=Path(run_dir) / "guests")
     if g is None or g.state != "running":
         why = "has no guest (powered off, or not booted yet)" if g is None else f"guest is {g.state}"

@@ -390,26 +390,48 @@ def status() -> dict[str, Any]:
             }
         )
     if result["simulator"] == "running":
-        result["hosts"], result["vms"] = _inventory(state)
+        result["hosts"], result["vms"] = _hosts_and_vms(state)
     return result
 
 
-def _inventory(state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def objects(content: Any, kind: Any) -> list[Any]:
+    """Every managed object of kind (vim.VirtualMachine, ...) in the inventory of content."""
+    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
+    try:
+        return list(view.view)
+    finally:
+        view.Destroy()
+
+
+def find_vm(name_or_moid: str) -> tuple[str, str]:
+    """(VM name, moid) of the lab VM called name_or_moid (or with that moid); exactly one must match."""
+    # pyVmomi is imported on use: `vkp --help` imports this module and must stay quick.
+    from pyVmomi import vim
+
+    with session() as s:
+        hits = [
+            (vm.name, vm._moId)
+            for vm in objects(s.content, vim.VirtualMachine)
+            if name_or_moid in (vm.name, vm._moId)
+        ]
+    if not hits:
+        raise LabError(f"no VM called {name_or_moid!r} in the lab", hint="`vkp lab status` lists the VMs")
+    if len(hits) > 1:
+        raise LabError(
+            f"{len(hits)} VMs are called {name_or_moid!r} ({', '.join(m for _, m in hits)})",
+            hint="name one by its moid",
+        )
+    return hits[0]
+
+
+def _hosts_and_vms(state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from pyVmomi import vim
 
     with session(state) as s:
         content = s.content
-
-        def objects(kind: Any) -> list[Any]:
-            view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
-            try:
-                return list(view.view)
-            finally:
-                view.Destroy()
-
-        hosts = [{"name": h.name, "vms": len(h.vm)} for h in objects(vim.HostSystem)]
+        hosts = [{"name": h.name, "vms": len(h.vm)} for h in objects(content, vim.HostSystem)]
         vms = []
-        for vm in objects(vim.VirtualMachine):
+        for vm in objects(content, vim.VirtualMachine):
             vms.append(
                 {
                     "name": vm.name,

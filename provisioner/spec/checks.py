@@ -8,6 +8,7 @@ import re
 import reprlib
 from collections.abc import Iterator
 
+from provisioner.bootstrap.artifacts import ETCD, ArtifactSource
 from provisioner.errors import SpecError
 from provisioner.spec.schema import (
     _K8S_VERSION,
@@ -544,8 +545,6 @@ def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
 
 
 def _check_artifacts(a: ArtifactsSpec) -> list[tuple[str, str]]:
-    from provisioner.bootstrap.artifacts import ArtifactSource
-
     p: list[tuple[str, str]] = []
     ap = "kubernetes.artifacts"
     try:
@@ -584,8 +583,6 @@ def _no_home(value: str) -> str:
 
 
 def _check_etcd_artifact(e: EtcdSpec) -> list[tuple[str, str]]:
-    from provisioner.bootstrap.artifacts import ETCD, ArtifactSource
-
     p: list[tuple[str, str]] = []
     if not e.from_package:
         try:
