@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from provisioner.bootstrap.phases import create_phases
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
 from provisioner.output import emit_json
-from provisioner.plan import PHASES
 
 if TYPE_CHECKING:
     from provisioner.output import Progress
@@ -219,8 +219,8 @@ def _confirm(question: str, yes: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(
     "--up-to",
-    type=click.Choice(PHASES),
-    default="kubernetes",
+    type=click.Choice(create_phases()),
+    default=create_phases()[-1],
     show_default=True,
     help="Stop after this phase: vms (VMs up, SSH pinned), etcd, runtime (containerd), kubernetes.",
 )

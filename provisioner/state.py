@@ -10,6 +10,7 @@ Layout of STATE_HOME/<name>/ (the directory and its sub-directories are created 
     ssh/known_hosts         the pinned host keys of all nodes                 0644
     hostkeys/<node>         a node's pre-generated SSH host key (private)     0600
     hostkeys/<node>.pub                                                        0644
+    playbooks/<playbook>.json  what a playbook's last failed run completed    0644
 
 STATE_HOME, the cluster's directory, ssh/ and hostkeys/ must be owned by the running user and
 not group- or world-writable, or they are refused (UnsafeStateDir), as ssh refuses such a
@@ -50,6 +51,9 @@ STATE_DIR_ENV = "VKP_STATE_DIR"
 STATE_VERSION = 1
 PhaseStatus = Literal["running", "done", "failed", "interrupted"]
 PHASE_STATUSES = ("running", "done", "failed", "interrupted")
+PROGRESS_DIR = "playbooks"
+# Where vkp kept the cluster playbook's resume record before each playbook had its own.
+LEGACY_PROGRESS = {"cluster": "bootstrap.json"}
 
 
 def ended_status(exc: BaseException) -> PhaseStatus:
@@ -366,6 +370,18 @@ class ClusterState:
         """One phase's record, or None if it never ran (a resuming run skips the done ones)."""
         d = self._read()["phases"].get(name)
         return PhaseRecord(name=name, **d) if d else None
+
+    # -- playbook progress (the runner's resume records) ---------------------------------------
+
+    def progress_path(self, playbook: str) -> Path:
+        """playbooks/<playbook>.json: where a playbook's runs keep what they completed."""
+        check_name("playbook name", playbook)
+        return self.path / PROGRESS_DIR / f"{playbook}.json"
+
+    def legacy_progress_path(self, playbook: str) -> Path | None:
+        """Where an older vkp kept this playbook's record, if it kept one (see LEGACY_PROGRESS)."""
+        old = LEGACY_PROGRESS.get(playbook)
+        return self.path / old if old else None
 
     # -- spec -------------------------------------------------------------------------------
 

@@ -1,30 +1,46 @@
-"""The bootstrap phases of create-cluster (etcd, runtime, kubernetes) over the cluster's nodes.
+"""Running playbooks over a cluster's nodes: create-cluster's bootstrap and day-2 operations.
 
-create-cluster calls run_bootstrap after the VMs phase. It makes sure the PKI exists, opens one
-SSH connection per node for the whole run, and runs the playbook's plays of every phase up to
-the one asked for. Each phase is recorded in the cluster state (running, done, failed, or
-interrupted by a signal) as its plays run; step-level progress for resuming is the runner's (see
-runner.py).
+create-cluster calls run_bootstrap after the VMs phase. It makes sure the PKI exists and runs
+playbooks/cluster.yaml's plays of every phase up to the one asked for. Each phase is recorded in
+the cluster state (running, done, failed, or interrupted by a signal) as its plays run.
+
+A day-2 operation (remove-workers: the drain before a resize destroys workers) is a playbook
+of its own, run by run_day2 with the parameters its steps read. It records no phase in the
+cluster state: those are create-cluster's (list-clusters and describe show them).
+
+Both go through _execute: one SSH connection per node the selected plays name (and to no
+other node) for the whole run, the runner's per-playbook resume record (runner.py), and one
+report.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from provisioner import resources, stop
-from provisioner.bootstrap.engine import Cluster
-from provisioner.bootstrap.runner import PHASES, load_playbook, run_playbook
+from provisioner.bootstrap.engine import Cluster, PKISource
+from provisioner.bootstrap.runner import (
+    Playbook,
+    PlaybookError,
+    RunCluster,
+    load_playbook,
+    read_phases,
+    run_playbook,
+)
 from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, ended_status
 
-PLAYBOOK = resources.playbook("cluster")
+CLUSTER_PLAYBOOK = "cluster"  # create-cluster's
+PLAYBOOK = resources.playbook(CLUSTER_PLAYBOOK)
+VMS_PHASE = "vms"  # create-cluster's first phase, the vSphere half; no playbook runs it
 CONNECT_DEADLINE = 180.0
 
 Log = Callable[[str], None]
@@ -40,13 +56,31 @@ class _PlaceholderPKI:
         return f"-----BEGIN PRIVATE KEY-----\n(key {name})\n".encode()
 
 
+@functools.cache
+def create_phases() -> tuple[str, ...]:
+    """create-cluster's phases in order: "vms", then playbooks/cluster.yaml's. The one definition
+    of them: --up-to offers these, and resize reads how far a cluster was taken with them."""
+    phases = read_phases(PLAYBOOK)
+    if VMS_PHASE in phases:
+        raise PlaybookError(f"{PLAYBOOK}: phase {VMS_PHASE!r} is create-cluster's own (the VMs)")
+    return (VMS_PHASE, *phases)
+
+
 def phases_up_to(up_to: str) -> list[str]:
     """The playbook phases create-cluster --up-to runs ("vms" runs none of them)."""
-    if up_to == "vms":
-        return []
-    if up_to not in PHASES:
-        raise ProvisionerError(f"unknown phase {up_to!r}; phases: vms, {', '.join(PHASES)}")
-    return list(PHASES[: PHASES.index(up_to) + 1])
+    phases = create_phases()
+    if up_to not in phases:
+        raise ProvisionerError(f"unknown phase {up_to!r}; phases: {', '.join(phases)}")
+    return list(phases[1 : phases.index(up_to) + 1])
+
+
+def day2_playbook(name: str) -> Path:
+    """playbooks/<name>.yaml of a day-2 operation; NotFound-like PlaybookError when there is none."""
+    path = resources.playbook(name)
+    if name == CLUSTER_PLAYBOOK or not path.is_file():
+        known = sorted(p.stem for p in resources.PLAYBOOKS.glob("*.yaml") if p.stem != CLUSTER_PLAYBOOK)
+        raise PlaybookError(f"no day-2 playbook {name!r}; there are: {', '.join(known) or 'none'}")
+    return path
 
 
 def connect_all(spec: ClusterSpec, state: ClusterState, nodes: list[NodePlan]) -> dict[str, Connection]:
@@ -97,43 +131,98 @@ def run_bootstrap(
     dry_run: bool = False,
     playbook_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the bootstrap phases up to up_to; the playbook report as a dict.
-
-    Every playbook phase is implemented now; PhaseNotImplemented stays for a playbook that
-    reserves a phase before its steps exist (in a dry run, the report says so instead).
-    """
+    """Run the bootstrap phases up to up_to; the playbook report as a dict."""
     wanted = phases_up_to(up_to)
     playbook = load_playbook(playbook_path or PLAYBOOK)
     if dry_run:
-        pki: Any = _PlaceholderPKI()
+        pki: PKISource = _PlaceholderPKI()
     else:
         from provisioner.bootstrap.pki import ensure_pki
 
         pki = ensure_pki(state, plan, spec.pki)
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=pki)
 
-    hosts: list[NodePlan] = []
-    for play in playbook.for_phases(set(wanted)):
-        hosts += [n for n in play.hosts.select(plan) if n not in hosts]
-    started = time.monotonic()
-    conns: dict[str, Connection] = {}
-    if not dry_run and hosts:
-        log(f"connecting to {len(hosts)} node(s)")
-        conns = connect_all(spec, state, hosts)
-
     def on_phase(phase: str, status: str, seconds: float | None, detail: str | None) -> None:
         if not dry_run:
             state.record_phase(phase, status, seconds, detail)  # type: ignore[arg-type]
+
+    def before(batch: list[str]) -> None:
+        if "kubernetes" in batch and not dry_run:
+            _probe_artifacts(spec, state, log)
 
     # The Kubernetes phase runs on its own, after the artifact source has answered from here:
     # a source that is not there (the embedded lab has none) then stops it before any node is
     # touched, with what to do, and the etcd and runtime phases stay done.
     batches = [[p for p in wanted if p != "kubernetes"], [p for p in wanted if p == "kubernetes"]]
+    return _execute(
+        playbook, cluster, batches, log=log, dry_run=dry_run, on_phase=on_phase, before_batch=before
+    )
+
+
+def run_day2(
+    playbook_name: str,
+    spec: ClusterSpec,
+    plan: Plan,
+    state: ClusterState,
+    *,
+    params: Mapping[str, Any],
+    log: Log,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster, all its phases.
+
+    params are what its steps act on (remove-workers: {"nodes": [names]}); they must be exactly
+    the ones the playbook's header declares. Connections are opened only to the nodes its plays
+    select in plan, so plan is the cluster as it is now (with the nodes to remove still in it).
+    Progress goes to the playbook's own resume record: a failed run is resumed by the next run
+    with the same parameters, at the failed step; a dry run contacts nothing and writes nothing.
+
+    Returns the report (as run_bootstrap's: ok/changed/failed/skipped counts, plays with their
+    results and, in a dry run, each step's actions). Raises PlaybookError (exit 3) for an unknown
+    playbook or wrong parameters, before anything is contacted; PlayFailed when a step failed (its
+    exit code is the step's: 7 for a refused command, such as a drain kubectl refuses; its
+    message names host, step, command and output); Interrupted or Timeout when the run stopped.
+    """
+    playbook = load_playbook(day2_playbook(playbook_name))
+    given, declared = set(params), set(playbook.params)
+    if given != declared:
+        raise PlaybookError(
+            f"playbook {playbook.name} takes the parameters {', '.join(sorted(declared)) or '(none)'}; "
+            f"the run gave {', '.join(sorted(given)) or '(none)'}"
+        )
+    from provisioner.bootstrap.pki import load_pki
+
+    # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
+    cluster = RunCluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
+    return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
+
+
+def _execute(
+    playbook: Playbook,
+    cluster: Cluster,
+    batches: list[list[str]],
+    *,
+    log: Log,
+    dry_run: bool,
+    on_phase: Callable[[str, str, float | None, str | None], None] | None = None,
+    before_batch: Callable[[list[str]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the playbook's phases, batch after batch, over connections to the nodes they select."""
+    assert cluster.state is not None
+    wanted = [p for batch in batches for p in batch]
+    hosts: list[NodePlan] = []
+    for play in playbook.for_phases(set(wanted)):
+        hosts += [n for n in play.hosts.select(cluster.plan) if n not in hosts]
+    started = time.monotonic()
+    conns: dict[str, Connection] = {}
+    if not dry_run and hosts:
+        log(f"connecting to {len(hosts)} node(s)")
+        conns = connect_all(cluster.spec, cluster.state, hosts)
     reports = []
     try:
         for batch in filter(None, batches):
-            if "kubernetes" in batch and not dry_run:
-                _probe_artifacts(spec, state, log)
+            if before_batch is not None:
+                before_batch(batch)
             reports.append(
                 run_playbook(
                     playbook, cluster, conns, phases=set(batch), log=log, dry_run=dry_run, on_phase=on_phase

@@ -3,14 +3,28 @@
 A playbook is a YAML list of plays:
 
     - play: etcd                      # a name, unique in the file
-      phase: etcd                     # etcd | runtime | kubernetes (create-cluster --up-to)
+      phase: etcd                     # the playbook's phase the play belongs to
       hosts: etcd                     # all, etcd, master, worker, master[0], master[1:], master+worker
       serial: 1                       # optional: hosts at a time (default: all at once)
       steps: [etcd.configure, etcd.start]
 
-Everything is checked when the file loads (unknown keys, phases, host selectors, step names)
-so a typo fails before any host is touched. Order is data: plays run in file order, and a
-play's phase may not come before an earlier play's.
+or a mapping with a header over that list:
+
+    phases: [drain]                   # optional: the phases, in order (else: as the plays name them)
+    params: [nodes]                   # optional: what a run must pass its steps (run_param)
+    plays: [...]
+
+A playbook's phases are its own: declared in the header, or else the phases its plays name, in
+the order they first appear. A run selects phases of its playbook (create-cluster's --up-to is
+"vms" and then playbooks/cluster.yaml's phases; see phases.create_phases). Everything is
+checked when the file loads (unknown keys, phases, host selectors, step names) so a typo fails
+before any host is touched. Order is data: plays run in file order, and a play's phase may not
+come before an earlier play's.
+
+Parameters: a day-2 run carries what its steps act on (the workers to drain) as a RunCluster,
+the step context plus `params`; a step reads them with run_param, which names the playbook
+parameter a run forgot. The playbook's header lists the parameters it takes, and a run that
+passes another set is refused before any host is touched.
 
 Within a play each host runs the play's steps in order in a thread of its own; a failed step
 ends that host's play. The play then lets the hosts already running finish (it never stops a
@@ -22,7 +36,11 @@ so. The play then raises the stop itself (Interrupted, exit 130/143; or the run'
 13), never "N hosts failed", and the phase is recorded as interrupted (failed, with the message,
 for the run's deadline). Where it stopped is recorded like a failure, so the next run resumes.
 
-Resume: progress is recorded in <state>/bootstrap.json after every step. When a run fails,
+Resume: progress is recorded after every step in a file of the playbook's own,
+<state>/playbooks/<playbook>.json (a cluster made before playbooks had their own kept the cluster
+playbook's in <state>/bootstrap.json: it is read as such, and replaced at the first save). A
+run of one playbook never resumes from, or clears, another's record; a run with other parameters
+than the failed one is not a resume of it either. When a run fails,
 the file keeps what that run completed (plays, and steps per host of the failed play); the
 next run skips exactly that and starts the failed host at its failed step. A finished play
 whose hosts have grown since (a resize added a worker) is not skipped: it runs again in full. A run that
@@ -45,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -63,19 +81,19 @@ from provisioner.bootstrap.engine import (
     registry,
 )
 from provisioner.errors import ExitCode, ProvisionerError
-from provisioner.plan import PHASES as ALL_PHASES
 from provisioner.spec import ROLES
-from provisioner.state import ended_status
+from provisioner.state import atomic_write, ended_status, private_dir
 
 if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
 
-PHASES = ALL_PHASES[1:]  # every phase after "vms", which is not a playbook phase
 PLAY_KEYS = {"play", "phase", "hosts", "steps", "serial"}
-PROGRESS_FILE = "bootstrap.json"
+HEADER_KEYS = {"phases", "params", "plays"}
+_NAME = re.compile(r"[a-z][a-z0-9-]*")  # a phase or parameter name
 _TERM = re.compile(r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?")
 
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 class PlaybookError(ProvisionerError):
@@ -163,9 +181,51 @@ class Playbook:
     path: str
     plays: tuple[Play, ...]
     digest: str  # of the file's content: a resume record is only valid for the same playbook
+    phases: tuple[str, ...] = ()  # in order; declared by the header or as the plays name them
+    params: tuple[str, ...] = ()  # what a run must pass (run_param)
+
+    @property
+    def name(self) -> str:
+        """The playbook's name (its file's, without .yaml): what its resume record is kept under."""
+        return Path(self.path).stem
 
     def for_phases(self, phases: set[str] | frozenset[str]) -> list[Play]:
         return [p for p in self.plays if p.phase in phases]
+
+    def phases_up_to(self, phase: str) -> list[str]:
+        """This playbook's phases up to and including phase."""
+        if phase not in self.phases:
+            raise ProvisionerError(
+                f"playbook {self.name} has no phase {phase!r}; its phases: {', '.join(self.phases)}"
+            )
+        return list(self.phases[: self.phases.index(phase) + 1])
+
+
+@dataclass
+class RunCluster(Cluster):
+    """The step context of a run that carries parameters (a day-2 playbook's: what to drain).
+
+    Steps read them with run_param, never from this class directly, so a step run without them
+    (check_steps, a playbook that does not declare them) fails naming the parameter.
+    """
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_param(cluster: Cluster, name: str, kind: type[T]) -> T:
+    """The run's parameter name, which must be a kind; ProvisionerError when the run has none."""
+    params = cluster.params if isinstance(cluster, RunCluster) else {}
+    if name not in params:
+        raise ProvisionerError(
+            f"this step needs the run parameter {name!r}: run it through a playbook that declares "
+            f"params: [{name}], with the parameter given (phases.run_day2(..., params=...))"
+        )
+    value = params[name]
+    if not isinstance(value, kind):
+        raise ProvisionerError(
+            f"the run parameter {name!r} must be a {kind.__name__}, not {type(value).__name__}"
+        )
+    return value
 
 
 def load_playbook(path: str | Path) -> Playbook:
@@ -182,15 +242,88 @@ def load_playbook(path: str | Path) -> Playbook:
     return parse_playbook(raw, source=str(p), digest=hashlib.sha256(text.encode()).hexdigest())
 
 
+def read_phases(path: str | Path) -> tuple[str, ...]:
+    """A playbook file's phases in order, by the same rules as load_playbook but without
+    checking its steps (so it needs no step module: the CLI reads it to offer --up-to)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlaybookError(f"{p}: cannot be read: {exc}") from None
+    problems: list[str] = []
+    header, items = _split_header(raw, str(p), problems)
+    phases, _ = _phase_order(header.get("phases"), items, str(p), problems)
+    if problems:
+        raise PlaybookError(f"{p}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return phases
+
+
+def _split_header(raw: Any, source: str, problems: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    """(header, plays) of a playbook: a list of plays, or a mapping with plays: and a header."""
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - HEADER_KEYS)
+        if unknown:
+            problems.append(
+                f"{source}: unknown key(s) {', '.join(map(str, unknown))} "
+                f"(known: {', '.join(sorted(HEADER_KEYS))})"
+            )
+        header, items = raw, raw.get("plays")
+    else:
+        header, items = {}, raw
+    if not isinstance(items, list) or not items:
+        raise PlaybookError(
+            f"{source}: a playbook is a non-empty list of plays (or a mapping with phases:, params: "
+            "and plays:)"
+        )
+    return header, items
+
+
+def _names(value: Any, what: str, source: str, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _NAME.fullmatch(v) for v in value):
+        problems.append(f"{source}: {what} must be a list of names (lower case, digits, -); got {value!r}")
+        return ()
+    if len(set(value)) != len(value):
+        problems.append(f"{source}: {what} names one twice: {value!r}")
+    return tuple(value)
+
+
+def _phase_order(
+    declared: Any, items: list[Any], source: str, problems: list[str]
+) -> tuple[tuple[str, ...], dict[int, str]]:
+    """The playbook's phases, and a problem per play index whose phase is unknown or out of order.
+
+    Declared phases are the order; without them, the plays' phases in the order they first
+    appear are. Either way a play may not come back to a phase after a later one's play.
+    """
+    bad: dict[int, str] = {}
+    named = [item.get("phase") if isinstance(item, dict) else None for item in items]
+    if declared is not None:
+        phases = _names(declared, "phases", source, problems)
+    else:
+        phases = tuple(dict.fromkeys(p for p in named if isinstance(p, str) and _NAME.fullmatch(p)))
+    last = 0
+    for i, phase in enumerate(named):
+        if not isinstance(phase, str) or phase not in phases:
+            known = (
+                f"one of {', '.join(phases)}" if declared is not None else "a name (lower case, digits, -)"
+            )
+            bad[i] = f"phase must be {known}; got {phase!r}"
+        elif phases.index(phase) < last:
+            bad[i] = f"phase {phase} comes after a later phase's play; plays run in file order"
+        else:
+            last = phases.index(phase)
+    return phases, bad
+
+
 def parse_playbook(raw: Any, *, source: str, digest: str = "") -> Playbook:
     steps = registry()
-    if not isinstance(raw, list) or not raw:
-        raise PlaybookError(f"{source}: a playbook is a non-empty list of plays")
     problems: list[str] = []
+    header, items = _split_header(raw, source, problems)
+    phases, phase_problems = _phase_order(header.get("phases"), items, source, problems)
+    params = _names(header.get("params", []), "params", source, problems)
     plays: list[Play] = []
     names: set[str] = set()
-    last_phase = 0
-    for i, item in enumerate(raw):
+    for i, item in enumerate(items):
         where = f"{source}: play {i + 1}"
         if not isinstance(item, dict):
             problems.append(f"{where}: must be a mapping with play, phase, hosts and steps")
@@ -210,14 +343,8 @@ def parse_playbook(raw: Any, *, source: str, digest: str = "") -> Playbook:
                 f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(PLAY_KEYS))})"
             )
         phase = item.get("phase")
-        if phase not in PHASES:
-            problems.append(f"{where}: phase must be one of {', '.join(PHASES)}; got {phase!r}")
-        elif PHASES.index(phase) < last_phase:
-            problems.append(
-                f"{where}: phase {phase} comes after a later phase's play; plays run in file order"
-            )
-        else:
-            last_phase = PHASES.index(phase)
+        if i in phase_problems:
+            problems.append(f"{where}: {phase_problems[i]}")
         try:
             hosts = HostSelector.parse(item.get("hosts", ""))
         except ValueError as exc:
@@ -242,7 +369,7 @@ def parse_playbook(raw: Any, *, source: str, digest: str = "") -> Playbook:
             f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
             hint="known steps: " + ", ".join(sorted(steps)),
         )
-    return Playbook(source, tuple(plays), digest)
+    return Playbook(source, tuple(plays), digest, phases, params)
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -367,25 +494,32 @@ def merge_artifacts(items: Iterable[ArtifactNeed]) -> list[ArtifactNeed]:
 
 
 class Progress:
-    """<state>/bootstrap.json: what the current (or last failed) run completed.
+    """<state>/playbooks/<playbook>.json: what the current (or last failed) run completed.
 
     {"digest": ..., "plays": {play: {"done": bool, "ran_on": [hosts],
                                      "hosts": {host: [completed steps]}}},
      "failed": {"play", "host", "step", "error"} | null}
+
+    legacy: where an older vkp kept this playbook's record (bootstrap.json, the cluster
+    playbook's); read when the file is missing, and removed at the first save.
     """
 
-    def __init__(self, path: Path | None, digest: str) -> None:
+    def __init__(self, path: Path | None, digest: str, *, legacy: Path | None = None) -> None:
         self.path = path
         self.digest = digest
+        self.legacy = legacy if path is not None else None
         self._lock = threading.Lock()
         self.previous = self._load()
         self.data: dict[str, Any] = {"digest": digest, "plays": {}, "failed": None}
 
     def _load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
+            return None
+        source = self.path if self.path.is_file() else self.legacy
+        if source is None or not source.is_file():
             return None
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(source.read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("digest") != self.digest or not data.get("failed"):
@@ -418,9 +552,12 @@ class Progress:
     def _save(self) -> None:
         if self.path is None:
             return
-        from provisioner.state import atomic_write
-
+        private_dir(self.path.parent)
         atomic_write(self.path, json.dumps(self.data, indent=2) + "\n", 0o644)
+        if self.legacy is not None:
+            # Read already (it is this run's self.previous): from now on the new file is the record.
+            self.legacy.unlink(missing_ok=True)
+            self.legacy = None
 
     def step_done(self, play: str, host: str, step: str) -> None:
         with self._lock:
@@ -615,20 +752,26 @@ def run_playbook(
 
     connections maps node names to open connections (ignored, and may be empty, in a dry run).
     resume: skip what a failed previous run completed (see the module docstring); progress is
-    kept in <state>/bootstrap.json unless dry_run or the cluster has no state.
+    kept in <state>/playbooks/<playbook>.json unless dry_run or the cluster has no state.
+    phases: some of the playbook's own (ProvisionerError naming them otherwise).
     on_phase(phase, status, seconds, detail) is called as each phase starts (running) and ends
     (done, failed, or interrupted: a signal stopped the run), so the caller can record phases
     where it records the others. A stop raises Interrupted or the run's Timeout, not PlayFailed.
     """
     steps = registry()
+    unknown = sorted(set(phases) - set(playbook.phases))
+    if unknown:
+        raise ProvisionerError(
+            f"playbook {playbook.name} has no phase {', '.join(unknown)}; "
+            f"its phases: {', '.join(playbook.phases)}"
+        )
     selected = playbook.for_phases(phases)
     if not dry_run:
         check_steps(playbook, cluster, phases)
-    state_path = None if dry_run or cluster.state is None else cluster.state.path / PROGRESS_FILE
-    progress = Progress(state_path, playbook.digest)
+    progress = _progress(playbook, cluster, dry_run)
     if not resume:
         progress.previous = None
-    report = PlaybookReport(playbook.path, [p for p in PHASES if p in phases], dry_run=dry_run)
+    report = PlaybookReport(playbook.path, [p for p in playbook.phases if p in phases], dry_run=dry_run)
     report.resumed_from = progress.resume_point
     if report.resumed_from:
         rp = report.resumed_from
@@ -714,6 +857,26 @@ def run_playbook(
     finally:
         report.seconds = time.monotonic() - started
     return report
+
+
+def _progress(playbook: Playbook, cluster: Cluster, dry_run: bool) -> Progress:
+    """The playbook's resume record for this cluster (none in a dry run, or without a state).
+
+    A run with parameters resumes only a failed run with the same ones: what that run completed
+    was done for its parameters (other nodes to drain), so the digest covers them.
+    """
+    digest = playbook.digest
+    params = cluster.params if isinstance(cluster, RunCluster) else {}
+    if params:
+        blob = json.dumps(dict(params), sort_keys=True, default=str)
+        digest = hashlib.sha256(f"{digest}\n{blob}".encode()).hexdigest()
+    if dry_run or cluster.state is None:
+        return Progress(None, digest)
+    return Progress(
+        cluster.state.progress_path(playbook.name),
+        digest,
+        legacy=cluster.state.legacy_progress_path(playbook.name),
+    )
 
 
 def _stopped(play: Play, failures: list[StepResult]) -> ProvisionerError:

@@ -441,6 +441,11 @@ def read_record(artifacts: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def is_built(artifacts: Path) -> bool:
+    record = read_record(artifacts)
+    return record is not None and record.get("recipe") == ArtifactRecipe(GoRecipe().hash()).hash()
+
+
 def build(cache: Path, artifacts: Path, log: Log) -> dict[str, object]:
     """Build (or reuse) the lab's Kubernetes and lay it out in artifacts; return the record."""
     recipe = ArtifactRecipe(GoRecipe().hash())

@@ -402,7 +402,7 @@ def test_a_sigint_ends_a_play_with_interrupted_and_records_the_phase(
     # The workers have ended, and where the run stopped is kept for the next one to resume.
     assert play_threads() == []
     assert cluster.state is not None
-    saved = json.loads((cluster.state.path / runner.PROGRESS_FILE).read_text())
+    saved = json.loads(cluster.state.progress_path("waits").read_text())
     assert saved["failed"]["play"] == "waits"
 
 
@@ -455,7 +455,7 @@ def test_every_command_of_the_playbook_has_a_bounded_deadline(
 
     monkeypatch.setattr(engine.Executor, "_perform", record)
     playbook = load_playbook(PLAYBOOK)
-    run_playbook(playbook, cluster, {}, phases=set(runner.PHASES), log=lambda _: None, dry_run=True)
+    run_playbook(playbook, cluster, {}, phases=set(playbook.phases), log=lambda _: None, dry_run=True)
     assert len(seen) > 20
     for action in seen:
         assert math.isfinite(action.timeout) and 0 < action.timeout <= 3600, action

@@ -421,7 +421,7 @@ def test_dry_run_shows_files_and_commands_with_secrets_masked(tmp_path: Path) ->
     assert "run login --token ******** (as root) <<< ********" in out
     for secret in ("c2VjcmV0", "hunter2"):
         assert secret not in out
-    assert not (cluster.state and (cluster.state.path / runner.PROGRESS_FILE).exists())
+    assert not (cluster.state and cluster.state.progress_path("test").exists())
 
 
 def test_a_failure_names_host_step_masked_command_and_output(tmp_path: Path) -> None:
@@ -482,7 +482,7 @@ def test_resume_skips_what_the_failed_run_completed_and_a_good_run_rechecks_all(
         run_playbook(pb, cluster, hosts, phases={"etcd"}, log=quiet)
     assert "resumes at test.flaky on demo-etcd-3" in str(ei.value)
     assert cluster.state is not None
-    saved = json.loads((cluster.state.path / runner.PROGRESS_FILE).read_text())
+    saved = json.loads(cluster.state.progress_path("test").read_text())
     assert saved["failed"] == {
         "play": "two",
         "host": "demo-etcd-3",
