@@ -33,16 +33,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner import stop
-from provisioner.errors import ArtifactError, CommandFailed, ProvisionerError
+from provisioner.errors import ArtifactError, ProvisionerError
 from provisioner.ssh.commands import COMMAND_TIMEOUT, MASK, Cmd, Result, bounded, sudo
 
 if TYPE_CHECKING:
+    from provisioner.bootstrap.bootstrap_token import BootstrapToken
     from provisioner.plan import NodePlan, Plan
     from provisioner.spec import ClusterSpec
     from provisioner.state import ClusterState
@@ -369,6 +371,9 @@ class Cluster:
     plan: Plan
     state: ClusterState | None
     pki: PKISource
+    # This run's bootstrap token, in memory only: a new Cluster (a new run) makes its own.
+    token: BootstrapToken | None = field(default=None, init=False, repr=False, compare=False)
+    token_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def cluster_id(self) -> str:
@@ -663,10 +668,3 @@ def _look_at(need: Need, host: str) -> ArtifactNeed:
     except ArtifactError as exc:
         return ArtifactNeed(need.what, need.source, "missing", exc.message, exc.hint, [host], exc)
     return ArtifactNeed(need.what, need.source, "present", hosts=[host])
-
-
-def failure_detail(exc: BaseException | None) -> str:
-    """The command and output tail of a failure, for the play's error message."""
-    if isinstance(exc, CommandFailed):
-        return str(exc)
-    return str(exc) if exc is not None else "unknown error"

@@ -18,6 +18,7 @@ from provisioner.bootstrap.engine import Check, Cluster, Facts, ServiceFact
 from provisioner.bootstrap.phases import PLAYBOOK
 from provisioner.bootstrap.runner import parse_playbook, run_playbook
 from provisioner.bootstrap.steps import cni, health
+from provisioner.bootstrap.steps.cni import bridge
 from provisioner.errors import Timeout
 from provisioner.plan import make_plan
 from provisioner.spec import load_spec
@@ -108,7 +109,7 @@ def run(cluster: Cluster, hosts: dict[str, Node], **kw: Any) -> runner.PlaybookR
 
 
 def conflist(host: Node) -> dict[str, Any]:
-    data, mode, owner = host.files[cni.BRIDGE_CONFLIST]
+    data, mode, owner = host.files[bridge.BRIDGE_CONFLIST]
     assert (mode, owner) == ("644", "root:root")
     doc: dict[str, Any] = json.loads(data)
     return doc
@@ -123,8 +124,8 @@ def test_each_node_bridges_its_own_pod_cidr(tmp_path: Path, monkeypatch: pytest.
     for name, h in hosts.items():
         doc = conflist(h)
         assert (doc["cniVersion"], doc["name"]) == ("0.4.0", "vkp")
-        bridge, portmap = doc["plugins"]
-        assert bridge == {
+        bridge_plugin, portmap = doc["plugins"]
+        assert bridge_plugin == {
             "type": "bridge",
             "bridge": "cni0",
             "isGateway": True,
@@ -137,7 +138,7 @@ def test_each_node_bridges_its_own_pod_cidr(tmp_path: Path, monkeypatch: pytest.
             },
         }
         assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-        assert h.dirs[cni.CNI_CONF_DIR] == ("755", "root:root")
+        assert h.dirs[bridge.CNI_CONF_DIR] == ("755", "root:root")
 
 
 def test_routes_go_to_the_other_nodes_only_now_and_at_boot(
@@ -153,7 +154,7 @@ def test_routes_go_to_the_other_nodes_only_now_and_at_boot(
         others = sorted((cidrs[o], address[o]) for o in hosts if o != name)
         routed = sorted((r.split()[0], r.split()[2]) for r in h.routes if r.split()[0] != "default")
         assert routed == others  # never a route to its own pod CIDR
-        unit, mode, _ = h.files[cni.ROUTES_UNIT]
+        unit, mode, _ = h.files[bridge.ROUTES_UNIT]
         text = unit.decode()
         assert mode == "644" and "Type=oneshot" in text and "RemainAfterExit=yes" in text
         assert "After=network-online.target" in text and "WantedBy=multi-user.target" in text
@@ -195,7 +196,7 @@ def test_a_route_to_a_node_that_is_gone_is_removed(tmp_path: Path, monkeypatch: 
         assert f"sudo -n -- ip route del {cidrs[gone.name]} via {gone.address}" in h.commands
         assert not any(r.startswith(cidrs[gone.name]) for r in h.routes)
         assert "203.0.113.0/24 via 198.18.0.1 dev eth0" in h.routes
-        assert gone.address not in h.files[cni.ROUTES_UNIT][0].decode()
+        assert gone.address not in h.files[bridge.ROUTES_UNIT][0].decode()
         assert not any("ip route replace" in c for c in h.commands)  # the others were right
 
 
@@ -226,7 +227,7 @@ def test_waiting_for_a_pod_cidr_has_a_deadline_naming_the_node(
     w2 = cluster.plan.by_role("worker")[1].name
     api(monkeypatch, cidrs_of(cluster) | {w2: ""})
     with pytest.raises(Timeout) as ei:
-        cni.pod_cidrs(cluster, [w2], deadline=0.3)
+        bridge.pod_cidrs(cluster, [w2], deadline=0.3)
     assert f"no pod CIDR (spec.podCIDR) for node {w2}" in ei.value.message
     assert ei.value.exit_code == 13
 

@@ -18,7 +18,9 @@ from provisioner.bootstrap.engine import Cluster
 from provisioner.bootstrap.pki import ensure_pki
 from provisioner.bootstrap.runner import parse_playbook, run_playbook
 from provisioner.bootstrap.steps import containerd
-from provisioner.bootstrap.steps import kubernetes as k8s
+from provisioner.bootstrap.steps.kubernetes import control_plane as cp
+from provisioner.bootstrap.steps.kubernetes import endpoint as ep
+from provisioner.bootstrap.steps.kubernetes import settings as ks
 from provisioner.errors import SpecError
 from provisioner.plan import make_plan
 from provisioner.spec import NodeSettingsSpec, PKISpec, load_spec, spec_from_dict
@@ -176,7 +178,7 @@ def test_the_labs_1_20_validates_with_an_end_of_life_warning(tmp_path: Path) -> 
 def test_1_20_init_and_join_are_kubeadm_v1beta2_with_only_fields_kubeadm_1_20_knows(tmp_path: Path) -> None:
     cluster = cluster_from(tmp_path, LAB_K8S.replace("[FileExisting-crictl, Port-6443]", "[]"), plan="prod")
     m1, m2 = cluster.plan.by_role("master")[:2]
-    init = check_v1beta2(k8s.render_init_config(m1, cluster, TOKEN))
+    init = check_v1beta2(cp.render_init_config(m1, cluster, TOKEN))
     assert set(init) == {
         "InitConfiguration",
         "ClusterConfiguration",
@@ -190,9 +192,9 @@ def test_1_20_init_and_join_are_kubeadm_v1beta2_with_only_fields_kubeadm_1_20_kn
     assert init["InitConfiguration"]["nodeRegistration"]["kubeletExtraArgs"] == {"node-ip": m1.address}
     # kubeadm 1.20 hands criSocket to the kubelet as a flag: the kubelet config has no endpoint.
     assert "containerRuntimeEndpoint" not in init["KubeletConfiguration"]
-    assert init["InitConfiguration"]["nodeRegistration"]["criSocket"] == k8s.CRI_SOCKET
+    assert init["InitConfiguration"]["nodeRegistration"]["criSocket"] == ks.CRI_SOCKET
     for node in (m2, cluster.plan.by_role("worker")[0]):
-        join = check_v1beta2(k8s.render_join_config(node, cluster, TOKEN, "sha256:x"))
+        join = check_v1beta2(cp.render_join_config(node, cluster, TOKEN, "sha256:x"))
         assert set(join) == {"JoinConfiguration"}
 
 
@@ -212,7 +214,7 @@ def test_api_registry_and_pause_follow_the_version(
     tmp_path: Path, version: str, api: str, registry: str, pause: str
 ) -> None:
     cluster = cluster_from(tmp_path, f"kubernetes: {{version: {version}}}\n")
-    d = docs(k8s.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
+    d = docs(cp.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
     assert d["InitConfiguration"]["apiVersion"] == f"kubeadm.k8s.io/{api}"
     assert d["ClusterConfiguration"]["imageRepository"] == registry
     assert cluster.spec.kubernetes.sandbox_image == f"{registry}/pause:{pause}"
@@ -252,7 +254,7 @@ def test_defaults_are_what_a_systemd_vm_needs(tmp_path: Path) -> None:
     k = cluster.spec.kubernetes
     assert k.node == NodeSettingsSpec("systemd", False, None, ())
     assert (k.dns, k.cni_plugins_version) == ("coredns", "1.1.1")
-    d = docs(k8s.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
+    d = docs(cp.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
     assert d["KubeletConfiguration"]["cgroupDriver"] == "systemd"
     assert "conntrack" not in d["KubeProxyConfiguration"]  # kube-proxy's own default
     toml = containerd.render_config(cluster)
@@ -261,7 +263,7 @@ def test_defaults_are_what_a_systemd_vm_needs(tmp_path: Path) -> None:
 
 def test_cgroupfs_oom_and_conntrack_reach_kubelet_containerd_and_kube_proxy(tmp_path: Path) -> None:
     cluster = cluster_from(tmp_path, LAB_K8S)
-    d = docs(k8s.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
+    d = docs(cp.render_init_config(cluster.plan.by_role("master")[0], cluster, TOKEN))
     assert d["KubeletConfiguration"]["cgroupDriver"] == "cgroupfs"
     assert d["KubeProxyConfiguration"]["conntrack"] == {"maxPerCore": 0}
     toml = containerd.render_config(cluster)
@@ -275,16 +277,16 @@ def test_extra_preflight_exceptions_are_merged_once_in_order_for_init_and_join(t
     cluster = cluster_from(tmp_path, text, plan="prod")
     m1, m2 = cluster.plan.by_role("master")[:2]
     worker = cluster.plan.by_role("worker")[0]
-    init = docs(k8s.render_init_config(m1, cluster, TOKEN))["InitConfiguration"]
+    init = docs(cp.render_init_config(m1, cluster, TOKEN))["InitConfiguration"]
     assert init["nodeRegistration"]["ignorePreflightErrors"] == ["FileExisting-crictl", "Port-6443"]
     # vkp's own exception (kube-vip's manifest is placed before a master joins) first, each once.
-    join = docs(k8s.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
+    join = docs(cp.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
     assert join["nodeRegistration"]["ignorePreflightErrors"] == [
         "DirAvailable--etc-kubernetes-manifests",
         "FileExisting-crictl",
         "Port-6443",
     ]
-    wjoin = docs(k8s.render_join_config(worker, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
+    wjoin = docs(cp.render_join_config(worker, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
     assert wjoin["nodeRegistration"]["ignorePreflightErrors"] == ["FileExisting-crictl", "Port-6443"]
 
 
@@ -294,14 +296,14 @@ def test_behind_haproxy_the_api_servers_take_another_port_on_every_master(tmp_pa
     text = LAB_K8S + "network: {api_endpoint: {mode: haproxy-keepalived, address: 198.18.0.250}}\n"
     cluster = cluster_from(tmp_path, text, plan="prod")
     m1, m2 = cluster.plan.by_role("master")[:2]
-    init = docs(k8s.render_init_config(m1, cluster, TOKEN))
+    init = docs(cp.render_init_config(m1, cluster, TOKEN))
     assert init["InitConfiguration"]["localAPIEndpoint"]["bindPort"] == 6444
     assert "bind-address" not in str(init["ClusterConfiguration"])
     assert init["ClusterConfiguration"]["controlPlaneEndpoint"] == "198.18.0.250:6443"
-    join = docs(k8s.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
+    join = docs(cp.render_join_config(m2, cluster, TOKEN, "sha256:x"))["JoinConfiguration"]
     assert join["controlPlane"]["localAPIEndpoint"]["bindPort"] == 6444
     assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "198.18.0.250:6443"
-    haproxy = k8s.render_haproxy(m2, cluster)
+    haproxy = ep.render_haproxy(m2, cluster)
     assert "bind 198.18.0.250:6443" in haproxy
     assert all(f"{m.address}:6444 check" in haproxy for m in cluster.plan.by_role("master"))
 
@@ -329,7 +331,7 @@ def test_dns_none_runs_kubeadm_init_without_coredns(tmp_path: Path, world: World
     joins = [c for h in hosts.values() for c in h.commands if "kubeadm join" in c]
     others = len(cluster.plan.by_role("master")) - 1 + len(cluster.plan.by_role("worker"))
     assert len(joins) == others and not any("skip-phases" in c for c in joins)
-    uploaded = hosts[m1].files[k8s.INIT_CONFIG][0].decode()
+    uploaded = hosts[m1].files[ks.INIT_CONFIG][0].decode()
     assert docs(uploaded)["InitConfiguration"]["apiVersion"] == "kubeadm.k8s.io/v1beta2"
 
 
@@ -381,9 +383,9 @@ def test_bridge_is_a_cni_and_its_plugins_version_is_read(tmp_path: Path) -> None
 
 def test_the_version_is_parsed_once(tmp_path: Path) -> None:
     cluster = cluster_from(tmp_path, "kubernetes: {version: v1.20.2}\n")
-    s = k8s.settings(cluster)
+    s = ks.settings(cluster)
     assert (s.version, s.minor) == ("1.20.2", 20) == (cluster.spec.kubernetes.version, 20)
     k = replace(cluster.spec.kubernetes, version="1.x")
     bad = replace(cluster, spec=replace(cluster.spec, kubernetes=k))
     with pytest.raises(Exception, match="not a release"):
-        k8s.settings(bad)
+        ks.settings(bad)

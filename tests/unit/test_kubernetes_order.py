@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.bootstrap import runner
+from provisioner.bootstrap import kube_api, runner
 from provisioner.bootstrap.engine import Check, Cluster, Facts, ServiceFact
 from provisioner.bootstrap.phases import PLAYBOOK
 from provisioner.bootstrap.pki import ensure_pki
 from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
-from provisioner.bootstrap.steps import kubernetes as k8s
+from provisioner.bootstrap.steps.kubernetes import control_plane as cp
+from provisioner.bootstrap.steps.kubernetes import settings as ks
+from provisioner.bootstrap.steps.kubernetes import token as tok
 from provisioner.plan import make_plan
 from provisioner.spec import PKISpec, load_spec
 from provisioner.ssh.commands import Cmd, Result
@@ -75,13 +77,13 @@ class Node(fakes.FakeHost):
         conf = (b"apiVersion: v1\n", "600", "root:root")
         if " init " in shown:
             self.world.event(self.name, "kubeadm init")
-            for f in (k8s.ADMIN_CONF, k8s.KUBELET_CONF, k8s.APISERVER_MANIFEST):
+            for f in (ks.ADMIN_CONF, ks.KUBELET_CONF, ks.APISERVER_MANIFEST):
                 self.files[f] = conf
         elif " join " in shown:
             self.world.event(self.name, "kubeadm join")
-            self.files[k8s.KUBELET_CONF] = conf
+            self.files[ks.KUBELET_CONF] = conf
             if "master" in self.name:
-                self.files[k8s.APISERVER_MANIFEST] = conf
+                self.files[ks.APISERVER_MANIFEST] = conf
         elif " reset " in shown:
             self.world.event(self.name, "kubeadm reset")
             return
@@ -131,7 +133,7 @@ class FakeAPI:
 def world(monkeypatch: pytest.MonkeyPatch) -> World:
     w = World()
     monkeypatch.setattr(runner, "gather_facts", lambda conn, probes: conn.facts(list(probes)))
-    monkeypatch.setattr(k8s.kube_api, "client", lambda pki, url, **kw: FakeAPI(w, url))
+    monkeypatch.setattr(kube_api, "client", lambda pki, url, **kw: FakeAPI(w, url))
     return w
 
 
@@ -224,8 +226,8 @@ def test_init_once_then_control_plane_joins_one_at_a_time_then_workers(tmp_path:
     assert h1.files["/etc/kubernetes/pki/ca.crt"][1:] == ("644", "root:root")
     assert "/etc/kubernetes/pki/etcd/ca.key" not in h1.files  # the etcd CA's key stays with vkp
     assert all("/etc/kubernetes/pki/sa.key" in hosts[m].files for m in (m1, m2, m3))
-    vip = yaml.safe_load(h1.files[k8s.KUBE_VIP_MANIFEST][0])
-    assert vip["spec"]["volumes"][0]["hostPath"]["path"] == k8s.ADMIN_CONF  # super-admin.conf until init
+    vip = yaml.safe_load(h1.files[ks.KUBE_VIP_MANIFEST][0])
+    assert vip["spec"]["volumes"][0]["hostPath"]["path"] == ks.ADMIN_CONF  # super-admin.conf until init
     assert "sudo -n -- systemctl enable kubelet" in hosts[workers[0]].commands
     # kubeadm reads its configuration from a 0600 file that is removed right after.
     w = hosts[workers[0]].commands
@@ -242,7 +244,7 @@ def test_init_once_then_control_plane_joins_one_at_a_time_then_workers(tmp_path:
     assert report.count("failed") == 0
 
     # The token: in the 0600 files kubeadm read, nowhere else.
-    token = k8s.run_token(cluster).value.reveal()
+    token = tok.run_token(cluster).value.reveal()
     secret_half = token.split(".")[1]
     assert token in hosts[workers[0]].files["/etc/kubernetes/vkp/kubeadm-join.yaml"][0].decode()
     shown = (
@@ -274,7 +276,7 @@ def test_a_rerun_on_a_finished_cluster_runs_no_init_or_join_and_changes_nothing(
 def test_a_failed_join_resumes_at_that_node_with_a_new_token(tmp_path: Path, world: World) -> None:
     cluster = make(tmp_path)
     hosts = hosts_for(cluster, world)
-    token = k8s.run_token(cluster)
+    token = tok.run_token(cluster)
     m1, m2, m3 = (n.name for n in cluster.plan.by_role("master"))
     leaked = f"discovery failed with token {token.value.reveal()} (id {token.value.reveal()[:6]})\n"
     hosts[m3].fail = {"kubeadm join": Result(1, "", leaked)}
@@ -307,7 +309,7 @@ def test_a_failed_join_resumes_at_that_node_with_a_new_token(tmp_path: Path, wor
     assert not any("kubeadm" in c for c in hosts[m1].commands + hosts[m2].commands)
     # The token play was done by the failed run; the join made sure this run's token exists.
     assert len(world.created) == 1 and world.created[0]["type"] == "bootstrap.kubernetes.io/token"
-    new = k8s.run_token(resumed)
+    new = tok.run_token(resumed)
     assert world.created[0]["stringData"]["token-secret"] == new.value.reveal().split(".")[1]
     assert new.value.reveal() in hosts[m3].files["/etc/kubernetes/vkp/kubeadm-join.yaml"][0].decode()
 
@@ -319,14 +321,14 @@ def test_a_half_joined_node_is_reset_and_given_its_certificates_back(
     hosts = hosts_for(cluster, world)
     m3 = cluster.plan.by_role("master")[2].name
     conf = (b"apiVersion: v1\n", "600", "root:root")
-    hosts[m3].files[k8s.BOOTSTRAP_KUBELET_CONF] = conf  # an interrupted kubeadm join
+    hosts[m3].files[ks.BOOTSTRAP_KUBELET_CONF] = conf  # an interrupted kubeadm join
     monkey_nodes: list[str] = []
 
     def not_joined(cluster: Cluster, node: Any) -> bool:
         monkey_nodes.append(node.name)
         return False
 
-    monkeypatch.setattr(k8s, "_node_joined", not_joined)
+    monkeypatch.setattr(cp, "_node_joined", not_joined)
     run(cluster, hosts)
     assert monkey_nodes == [m3]
     cmds = hosts[m3].commands
@@ -356,7 +358,7 @@ def test_one_master_needs_no_endpoint_and_no_control_plane_join(tmp_path: Path, 
     m1 = cluster.plan.by_role("master")[0]
     assert [w for _, w in kubeadm_events(world)] == ["kubeadm init", "kubeadm join", "kubeadm join"]
     assert ("local", f"readyz https://{m1.address}:6443") in world.events
-    assert k8s.KUBE_VIP_MANIFEST not in hosts[m1.name].files
+    assert ks.KUBE_VIP_MANIFEST not in hosts[m1.name].files
 
 
 def test_health_reports_what_is_not_ready() -> None:
@@ -391,7 +393,7 @@ def test_health_reports_what_is_not_ready() -> None:
             ]
         }
     ]
-    h = k8s.kube_api.assess((True, "ok"), nodes, pods, ["a", "b", "c"], ["kube-system", "calico-system"])
+    h = kube_api.assess((True, "ok"), nodes, pods, ["a", "b", "c"], ["kube-system", "calico-system"])
     assert h.problems == [
         "node b: NotReady: cni not initialized",
         "node c: not registered",
@@ -410,5 +412,5 @@ def test_dry_run_shows_the_phase_with_the_token_masked(tmp_path: Path, world: Wo
     out = "\n".join(lines) + json.dumps(report.to_dict())
     assert "upload /etc/kubernetes/vkp/kubeadm-init.yaml (mode 0600, owner root:root): ********" in out
     assert "run /usr/local/bin/kubeadm init --config /etc/kubernetes/vkp/kubeadm-init.yaml" in out
-    assert k8s.run_token(cluster).value.reveal() not in out
+    assert tok.run_token(cluster).value.reveal() not in out
     assert Facts.unknown().known is False

@@ -1,7 +1,16 @@
 """The steps playbooks can name. Importing this package registers every one of them."""
 
-import provisioner.bootstrap.steps.artifacts  # noqa: F401  (kubernetes.binaries, kubernetes.images)
-import provisioner.bootstrap.steps.nodes  # noqa: F401  (kubernetes.drain, a day-2 step)
-from provisioner.bootstrap.steps import cni, common, containerd, etcd, health, kubernetes
+from provisioner.bootstrap.engine import STEPS, StepDef
+from provisioner.bootstrap.steps import artifacts, cni, common, containerd, etcd, health
+from provisioner.bootstrap.steps.cni import bridge
+from provisioner.bootstrap.steps.kubernetes import control_plane, endpoint, token, vsphere
 
-__all__ = ["cni", "common", "containerd", "etcd", "health", "kubernetes"]
+__all__ = [
+    "artifacts", "bridge", "cni", "common", "containerd", "control_plane", "endpoint", "etcd",
+    "health", "registry", "token", "vsphere",
+]  # fmt: skip
+
+
+def registry() -> dict[str, StepDef]:
+    """Every step, by name: complete, since this package imports every step module."""
+    return STEPS

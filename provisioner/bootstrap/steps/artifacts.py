@@ -44,7 +44,6 @@ from provisioner.bootstrap.engine import (
     Upload,
     step,
 )
-from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
 from provisioner.errors import ArtifactError, CommandFailed
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
@@ -71,7 +70,7 @@ def _binary_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
     return probes + [File(_installed(n)) for n in art.BINARIES]
 
 
-def _arch(facts: Facts) -> str:
+def arch_of(facts: Facts) -> str:
     if not facts.known:
         return DRY_RUN_ARCH
     uname = facts.check(UNAME)
@@ -87,7 +86,7 @@ def binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     k8s = cluster.spec.kubernetes
     source = art.source_of(k8s)
     version = k8s.version
-    arch = _arch(facts)
+    arch = arch_of(facts)
     if source.remote:
         yield from _from_remote(node, facts, source, version, arch)
     else:
@@ -186,15 +185,13 @@ def _from_local(
     art.check_install(result, source, version, arch, {n: f.sha256 for n, f in todo.items()}, node.name)
 
 
-# -- release tarballs: etcd's, the CNI plugins' ---------------------------------------------
+# -- release tarballs: etcd's, the CNI plugins' (steps/cni/bridge.py) -------------------------
 
 # What the installed binaries came from: the tarball's name and SHA-256, then each binary's
 # SHA-256. The tarball's checksum says nothing about the binaries in it, so this record is what
 # lets a re-run see that the installed files are that release's, and change nothing.
 ETCD_RELEASE_FILE = "/var/lib/vkp/etcd-release"
 ETCD_RELEASE = Check(Cmd("cat", ETCD_RELEASE_FILE))
-CNI_PLUGINS_RELEASE_FILE = "/var/lib/vkp/cni-plugins-release"
-CNI_PLUGINS_RELEASE = Check(Cmd("cat", CNI_PLUGINS_RELEASE_FILE))
 
 
 @dataclass(frozen=True)
@@ -218,7 +215,7 @@ class Release:
         return str(self.record.cmd.args[-1])
 
 
-def _release_probes(install_dir: str, record: Check, binaries: tuple[str, ...]) -> list[Probe]:
+def release_probes(install_dir: str, record: Check, binaries: tuple[str, ...]) -> list[Probe]:
     probes: list[Probe] = [Check(UNAME), record, File(install_dir)]
     return probes + [File(f"{install_dir}/{n}") for n in binaries]
 
@@ -229,7 +226,7 @@ def _install_dir(rel: Release) -> StepGen:
 
 
 def etcd_probes() -> list[Probe]:
-    return _release_probes(art.INSTALL_DIR, ETCD_RELEASE, art.ETCD_BINARIES)
+    return release_probes(art.INSTALL_DIR, ETCD_RELEASE, art.ETCD_BINARIES)
 
 
 def _release_record(tarball: str, digest: str, binaries: dict[str, str]) -> str:
@@ -315,7 +312,7 @@ def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[A
     tarball, unpacked and installed only after the tarball matched the release's SHA256SUMS."""
     etcd = cluster.spec.etcd
     version = etcd.version
-    arch = _arch(facts)
+    arch = arch_of(facts)
     rel = Release(
         art.etcd_source(etcd),
         version,
@@ -323,38 +320,6 @@ def etcd_binaries(node: NodePlan, cluster: Cluster, facts: Facts) -> Generator[A
         tuple(art.etcd_members(version, arch)),
         art.INSTALL_DIR,
         ETCD_RELEASE,
-    )
-    yield from install_release(node, facts, rel, arch)
-
-
-def _bridge(cluster: Cluster) -> bool:
-    return cluster.spec.kubernetes.cni == "bridge"
-
-
-def _cni_plugins_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
-    if not _bridge(cluster):
-        return []
-    return _release_probes(CNI_BIN_DIR, CNI_PLUGINS_RELEASE, art.CNI_PLUGINS)
-
-
-@step("kubernetes.cni_plugins", probes=_cni_plugins_probes)
-def cni_plugins(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """With kubernetes.cni: bridge, the standard CNI plugins it runs on (bridge, host-local,
-    portmap, loopback) in /opt/cni/bin, from the release tarball verified against its published
-    .sha256; nothing for Calico or Flannel, which bring their own."""
-    if not _bridge(cluster):
-        return
-    k8s = cluster.spec.kubernetes
-    version = k8s.cni_plugins_version
-    arch = _arch(facts)
-    rel = Release(
-        art.cni_plugins_source(k8s),
-        version,
-        art.cni_plugins_tarball(version, arch),
-        tuple(art.cni_plugins_members()),
-        CNI_BIN_DIR,
-        CNI_PLUGINS_RELEASE,
-        make_dir=True,
     )
     yield from install_release(node, facts, rel, arch)
 
@@ -423,8 +388,7 @@ def _verified_tarballs(
 
 def _image_mismatch(path: Path, sums_file: Path, expected: str, actual: str) -> ArtifactError:
     return ArtifactError(
-        f"{path} does not match {sums_file}: expected sha256 {expected}, got {actual}. "
-        "Nothing was imported.",
+        f"{path} does not match {sums_file}: expected sha256 {expected}, got {actual}. Nothing was imported.",
         hint="the tarball is damaged or another build than the one listed; copy or export it again "
         f"(and its {art.SUMS_FILE} line) and re-run",
     )

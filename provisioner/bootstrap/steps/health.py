@@ -14,7 +14,9 @@ from typing import Any
 
 from provisioner.bootstrap import kube_api
 from provisioner.bootstrap.engine import Cluster, Local, StepGen, step
-from provisioner.bootstrap.steps.kubernetes import CSI_NAMESPACE, POLL, settings
+from provisioner.bootstrap.steps import cni
+from provisioner.bootstrap.steps.kubernetes.settings import POLL, kubelet_nodes, settings
+from provisioner.bootstrap.steps.kubernetes.vsphere import CSI_NAMESPACE
 from provisioner.errors import Timeout
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
@@ -30,9 +32,9 @@ NO_DNS = (
 def system_namespaces(cluster: Cluster) -> list[str]:
     s = settings(cluster)
     out = ["kube-system"]
-    # The bridge CNI runs no pods of its own: kube-system holds every system pod there is.
-    if s.cni in ("calico", "flannel"):
-        out.append("calico-system" if s.cni == "calico" else "kube-flannel")
+    namespace = cni.of(cluster).namespace  # none for a network that runs no pods of its own
+    if namespace is not None:
+        out.append(namespace)
     if s.vsphere:
         out.append(CSI_NAMESPACE)
     return out
@@ -42,7 +44,7 @@ def check_health(cluster: Cluster) -> kube_api.Health:
     url = cluster.plan.api_endpoint.url
     api = kube_api.client(cluster.pki, url)
     readyz = api.readyz()
-    expected = [n.name for n in cluster.plan.nodes if n.role in ("master", "worker")]
+    expected = [n.name for n in kubelet_nodes(cluster)]
     namespaces = system_namespaces(cluster)
     if not readyz[0]:
         return kube_api.assess(readyz, None, [], expected, namespaces)

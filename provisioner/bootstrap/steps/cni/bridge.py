@@ -1,24 +1,20 @@
-"""The cluster network, one of three (kubernetes.cni):
-
-- calico: the Tigera operator and an Installation, applied once from the first master at a
-  pinned version, with the spec's pod CIDR;
-- flannel: its manifest, the same way;
-- bridge: no network add-on at all, only the standard CNI plugins (kubernetes.cni_plugins) and
-  routes. Each node puts its pods on a bridge (cni0) with addresses from the pod CIDR Kubernetes
-  gave it (spec.podCIDR: the controller manager splits the cluster's pod CIDR into one per
-  node, since kubeadm sets podSubnet), and every node routes each other node's pod CIDR to that
-  node's address. Pods then reach each other across nodes by their own addresses, with nothing
-  but the kernel's forwarding in between; it needs the nodes on one network segment (the
-  routes' next hops are the nodes' own addresses), which is how vkp lays them out.
+"""kubernetes.cni: bridge. No network add-on at all, only the standard CNI plugins
+(containernetworking/plugins, kubernetes.cni_plugins) and routes. Each node puts its pods on a
+bridge (cni0) with addresses from the pod CIDR Kubernetes gave it (spec.podCIDR: the controller
+manager splits the cluster's pod CIDR into one per node, since kubeadm sets podSubnet), and
+every node routes each other node's pod CIDR to that node's address. Pods then reach each other
+across nodes by their own addresses, with nothing but the kernel's forwarding in between; it
+needs the nodes on one network segment (the routes' next hops are the nodes' own addresses),
+which is how vkp lays them out.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap import kube_api
 from provisioner.bootstrap.engine import (
     Check,
@@ -27,6 +23,7 @@ from provisioner.bootstrap.engine import (
     Facts,
     File,
     Local,
+    Probe,
     Run,
     Service,
     StepGen,
@@ -34,125 +31,65 @@ from provisioner.bootstrap.engine import (
     step,
 )
 from provisioner.bootstrap.render import render
-from provisioner.bootstrap.steps.artifacts import Fetch, fetch_manifest, pinned_manifest
+from provisioner.bootstrap.steps.artifacts import Release, arch_of, install_release, release_probes
+from provisioner.bootstrap.steps.cni.base import CNI
 from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
-from provisioner.bootstrap.steps.kubernetes import FLANNEL_CNI_PLUGIN, POLL, VKP_DIR, kubectl_cmd, settings
+from provisioner.bootstrap.steps.kubernetes.settings import POLL, kubelet_nodes, settings
 from provisioner.errors import ProvisionerError, Timeout
 from provisioner.plan import NodePlan
 from provisioner.retry import retry_call
 from provisioner.ssh.commands import Cmd
 
-CNI_DIR = f"{VKP_DIR}/cni"
-CNI_MARKER = f"{CNI_DIR}/applied"
+BRIDGE = CNI("bridge", pinned=None)  # no add-on: the steps below are the network
+
 CNI_CONF_DIR = "/etc/cni/net.d"
 BRIDGE_CONFLIST = f"{CNI_CONF_DIR}/10-vkp-bridge.conflist"
-BRIDGE = "cni0"
+BRIDGE_IF = "cni0"
 ROUTES_SERVICE = "vkp-pod-routes.service"
 ROUTES_UNIT = f"/etc/systemd/system/{ROUTES_SERVICE}"
 ROUTES = Check(Cmd("ip", "-4", "route", "show"))
 POD_CIDR_DEADLINE = 120.0  # the controller manager allocates a node's pod CIDR as it registers
-
-
-def render_flannel(cluster: Cluster) -> str:
-    s = settings(cluster)
-    return render(
-        "kubernetes/kube-flannel.yml.j2",
-        cluster=cluster.plan.cluster,
-        flannel_version=f"v{s.cni_version}",
-        flannel_image=f"docker.io/flannel/flannel:v{s.cni_version}",
-        cni_plugin_image=f"docker.io/flannel/flannel-cni-plugin:{FLANNEL_CNI_PLUGIN}",
-        pod_cidr=s.pod_cidr,
-        cni_bin_dir=CNI_BIN_DIR,
-    )
-
-
-def render_calico_installation(cluster: Cluster) -> str:
-    s = settings(cluster)
-    v6 = ipaddress.ip_network(s.pod_cidr).version == 6
-    return render(
-        "kubernetes/calico-installation.yaml.j2",
-        cluster=cluster.plan.cluster,
-        calico_version=f"v{s.cni_version}",
-        pod_cidr=s.pod_cidr,
-        ip_version=6 if v6 else 4,
-        block_size=122 if v6 else 26,
-        registry=None,
-    )
-
-
-def calico_operator(cluster: Cluster) -> Fetch:
-    v = settings(cluster).cni_version
-    return pinned_manifest(
-        cluster,
-        f"Calico v{v} tigera-operator.yaml",
-        f"https://raw.githubusercontent.com/projectcalico/calico/v{v}/manifests/tigera-operator.yaml",
-        f"calico/v{v}/tigera-operator.yaml",
-        f"{CNI_DIR}/tigera-operator.yaml",
-    )
-
-
-def cni_plan(cluster: Cluster) -> tuple[str, list[tuple[str, str]], Fetch | None]:
-    """(marker text, [(path, rendered manifest)], operator manifest to fetch)."""
-    s = settings(cluster)
-    if s.cni == "flannel":
-        files = [(f"{CNI_DIR}/kube-flannel.yml", render_flannel(cluster))]
-        fetch = None
-    else:
-        files = [(f"{CNI_DIR}/calico-installation.yaml", render_calico_installation(cluster))]
-        fetch = calico_operator(cluster)
-    h = hashlib.sha256(f"{s.cni} {s.cni_version}\n".encode())
-    if fetch is not None:
-        h.update(f"{fetch.url or fetch.local}\n".encode())
-    for path, text in files:
-        h.update(f"{path}\n{text}".encode())
-    return f"{s.cni} v{s.cni_version} sha256:{h.hexdigest()}\n", files, fetch
-
-
-@step(
-    "kubernetes.cni",
-    probes=lambda node, cluster: [] if is_bridge(cluster) else [File(CNI_DIR), File(CNI_MARKER)],
-)
-def cni(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
-    """Calico (through the Tigera operator) or Flannel at a pinned version, with the spec's pod
-    CIDR: applied once, and again only when what would be applied changed (a marker records it)."""
-    if is_bridge(cluster):
-        return  # no add-on: kubernetes.cni_bridge and kubernetes.pod_routes are the network
-    marker, files, fetch = cni_plan(cluster)
-    if facts.file(CNI_MARKER).sha256 == hashlib.sha256(marker.encode()).hexdigest():
-        return
-    yield EnsureDir(CNI_DIR, 0o700, "root:root")
-    if fetch is not None:
-        yield from fetch_manifest(fetch)
-        # The operator's CRDs exceed the annotation kubectl's client-side apply keeps.
-        yield Run(
-            kubectl_cmd("apply", "--server-side", "--force-conflicts", "-f", fetch.dest),
-            timeout=300,
-            retry_safe=True,
-        )
-        yield Run(
-            kubectl_cmd(
-                "wait", "--for=condition=established", "--timeout=120s",
-                "crd/installations.operator.tigera.io", "crd/apiservers.operator.tigera.io",
-            ),
-            timeout=180,
-            retry_safe=True,
-            changes=False,
-        )  # fmt: skip
-    for path, text in files:
-        yield Upload(text, path, 0o600, "root:root")
-        yield Run(kubectl_cmd("apply", "-f", path), timeout=300, retry_safe=True)
-    yield Upload(marker, CNI_MARKER, 0o600, "root:root")
-
-
-# -- kubernetes.cni: bridge --------------------------------------------------------------------
+# What the installed plugins came from (etcd's release record has the same form).
+CNI_PLUGINS_RELEASE_FILE = "/var/lib/vkp/cni-plugins-release"
+CNI_PLUGINS_RELEASE = Check(Cmd("cat", CNI_PLUGINS_RELEASE_FILE))
 
 
 def is_bridge(cluster: Cluster) -> bool:
-    return settings(cluster).cni == "bridge"
+    return cluster.spec.kubernetes.cni == BRIDGE.name
 
 
-def kubelet_nodes(cluster: Cluster) -> list[NodePlan]:
-    return [n for n in cluster.plan.nodes if n.role in ("master", "worker")]
+# -- kubernetes.cni_plugins ------------------------------------------------------------------
+
+
+def _cni_plugins_probes(node: NodePlan, cluster: Cluster) -> list[Probe]:
+    if not is_bridge(cluster):
+        return []
+    return release_probes(CNI_BIN_DIR, CNI_PLUGINS_RELEASE, art.CNI_PLUGINS)
+
+
+@step("kubernetes.cni_plugins", probes=_cni_plugins_probes)
+def cni_plugins(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
+    """With kubernetes.cni: bridge, the standard CNI plugins it runs on (bridge, host-local,
+    portmap, loopback) in /opt/cni/bin, from the release tarball verified against its published
+    .sha256; nothing for Calico or Flannel, which bring their own."""
+    if not is_bridge(cluster):
+        return
+    k8s = cluster.spec.kubernetes
+    version = k8s.cni_plugins_version
+    arch = arch_of(facts)
+    rel = Release(
+        art.cni_plugins_source(k8s),
+        version,
+        art.cni_plugins_tarball(version, arch),
+        tuple(art.cni_plugins_members()),
+        CNI_BIN_DIR,
+        CNI_PLUGINS_RELEASE,
+        make_dir=True,
+    )
+    yield from install_release(node, facts, rel, arch)
+
+
+# -- kubernetes.cni_bridge -------------------------------------------------------------------
 
 
 class _NoCIDR(Exception):
@@ -210,7 +147,7 @@ def _pod_network(cluster: Cluster) -> ipaddress.IPv4Network:
 
 
 def render_bridge_conflist(subnet: str) -> str:
-    return render("kubernetes/cni-bridge.conflist.j2", name="vkp", bridge=BRIDGE, subnet=subnet)
+    return render("cni/bridge/cni-bridge.conflist.j2", name="vkp", bridge=BRIDGE_IF, subnet=subnet)
 
 
 def _bridge_probes(node: NodePlan, cluster: Cluster) -> list[File]:
@@ -264,7 +201,7 @@ def routes_via(text: str) -> dict[str, str]:
 
 
 def render_routes_unit(cluster: Cluster, routes: list[dict[str, str]]) -> str:
-    return render("kubernetes/vkp-pod-routes.service.j2", cluster=cluster.plan.cluster, routes=routes)
+    return render("cni/bridge/vkp-pod-routes.service.j2", cluster=cluster.plan.cluster, routes=routes)
 
 
 def _routes_probes(node: NodePlan, cluster: Cluster) -> list[Any]:
