@@ -75,7 +75,8 @@ class SoakOptions:
     pool: str = POOL
     seed: int | None = None
     max_attempts: int = 6  # create runs per cycle (and delete runs) before giving up
-    run_deadline: float = 600.0  # one vkp run
+    # Seconds one vkp run may take; named after --run-deadline and the report's options key.
+    run_deadline: float = 600.0
     interrupt_grace: float = 5.0  # SIGINT/SIGTERM must end a run within this
     kill_after: tuple[float, float] = (0.5, 10.0)  # seconds into the first run
     net_seconds: tuple[float, float] = (3.0, 10.0)
@@ -209,10 +210,12 @@ def run_vkp(
     env: dict[str, str],
     log_path: Path,
     *,
-    deadline: float,
+    timeout: float,
     send: tuple[signal.Signals, float] | None = None,
 ) -> RunResult:
-    """Run vkp ARGS; optionally send a signal after a delay. Never waits past the deadlines."""
+    """Run vkp ARGS; optionally send a signal after a delay.
+
+    Never waits longer than timeout seconds (plus the signal's grace)."""
     argv = [*opts.vkp, *args]
     started = time.monotonic()
     with open(log_path, "w") as err, tempfile.TemporaryFile("w+") as out:
@@ -247,7 +250,7 @@ def run_vkp(
                     else:
                         proc.kill()
             if proc.returncode is None:
-                remaining = max(0.1, deadline - (time.monotonic() - started))
+                remaining = max(0.1, timeout - (time.monotonic() - started))
                 with suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=remaining)
         finally:
@@ -305,7 +308,7 @@ class Cycle:
     def _run(self, args: list[str], **kw: Any) -> RunResult:
         self.runs += 1
         log_path = self.logs / f"cycle{self.n:02d}-run{self.runs:02d}-{args[0]}.log"
-        r = run_vkp(self.opts, args, self.env, log_path, deadline=self.opts.run_deadline, **kw)
+        r = run_vkp(self.opts, args, self.env, log_path, timeout=self.opts.run_deadline, **kw)
         code = "killed at deadline" if r.code is None else str(r.code)
         self.report.exit_codes[f"{args[0]} {code}"] += 1
         if r.code is None:
@@ -419,7 +422,7 @@ class Cycle:
         start = 1.0
         time.sleep(start)
         log_path = self.logs / f"cycle{self.n:02d}-lockprobe.log"
-        r = run_vkp(self.opts, self.create_args(), self.env, log_path, deadline=first_ends - start - 0.3)
+        r = run_vkp(self.opts, self.create_args(), self.env, log_path, timeout=first_ends - start - 0.3)
         out.update(code=r.code, seconds=round(r.seconds, 2))
         self.report.exit_codes[f"lock probe {'killed' if r.code is None else r.code}"] += 1
         if r.code == EXIT_BUSY:

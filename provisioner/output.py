@@ -1,6 +1,6 @@
 """Terminal progress and the machine-readable result, kept apart.
 
-Progress goes to stderr so that `--output json` leaves stdout holding exactly one JSON
+Progress lines go to stderr so that `--output json` leaves stdout holding exactly one JSON
 document, which is what CI pipelines parse.
 """
 
@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 
-class Progress:
+class StderrLog:
+    """A run's log callable: each message goes to stderr with the seconds since it started."""
+
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
         self.started = time.monotonic()
@@ -33,3 +35,7 @@ def emit_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+# The old name, while provisioner/cli.py still imports it; runner.Progress is the other one.
+Progress = StderrLog

@@ -12,7 +12,7 @@ from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.errors import LabError
 from provisioner.lab import faults, paths, simulator
 from provisioner.lab import lab as lab_mod
-from provisioner.output import Progress, emit_json
+from provisioner.output import StderrLog, emit_json
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ def up(
         delays=dict(_parse_all(delays, simulator.parse_delay)) if delays else None,
         fails=_parse_all(fails, simulator.parse_fail) if fails else None,
     )
-    progress = Progress()
+    progress = StderrLog()
     state = run(lambda: lab_mod.up(opts, progress), output)
     if output == "json":
         emit_json({"ok": True, **{k: v for k, v in state.items() if k != "image_root"}})
@@ -102,7 +102,7 @@ def down(output: str) -> None:
     Example:
       vkp lab down
     """
-    result = run(lambda: lab_mod.down(Progress()), output)
+    result = run(lambda: lab_mod.down(StderrLog()), output)
     if output == "json":
         emit_json({"ok": True, **result})
 
@@ -168,7 +168,7 @@ def prepare() -> None:
     Example:
       vkp lab prepare
     """
-    run(lambda: lab_mod.prepare(Progress()))
+    run(lambda: lab_mod.prepare(StderrLog()))
 
 
 @lab.group()

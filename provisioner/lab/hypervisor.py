@@ -32,7 +32,7 @@ from provisioner.lab import guestinfo, paths
 from provisioner.vsphere.find import view_filter_spec
 from provisioner.vsphere.session import Session, connect
 
-ADDRESS_DEADLINE = 180.0
+ADDRESS_TIMEOUT_SECONDS = 180.0
 PROPS = [
     "name",
     "runtime.powerState",
@@ -239,7 +239,7 @@ class Hypervisor:
         self, moid: str, pid: int | None, address: str, hostname: str, started: float
     ) -> None:
         """Act as VMware Tools: tell vCenter the address once the guest has really configured it."""
-        deadline = started + ADDRESS_DEADLINE
+        deadline = started + ADDRESS_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if address in _guest_addresses(pid):
                 break
@@ -249,7 +249,7 @@ class Hypervisor:
             time.sleep(0.25)
         else:
             log(
-                f"{moid}: the guest did not configure {address} within {ADDRESS_DEADLINE:.0f}s; "
+                f"{moid}: the guest did not configure {address} within {ADDRESS_TIMEOUT_SECONDS:.0f}s; "
                 f"see {self.guests_dir / moid}"
             )
             self._record(moid, {"state": "no-address", "error": f"{address} not configured in time"})

@@ -29,7 +29,7 @@ from provisioner.spec.checks import (
     validate,
 )
 from provisioner.spec.loading import (
-    load_plans,
+    load_size_presets,
     load_spec,
     spec_from_dict,
 )
@@ -74,13 +74,16 @@ from provisioner.spec.schema import (
     NodeSettingsSpec,
     PKISpec,
     PlacementSpec,
-    PlanPreset,
     RoleSpec,
     Size,
+    SizePreset,
     SSHSpec,
     Topology,
     VSphereSpec,
 )
+
+# The old name, while provisioner/cli.py still imports it.
+load_plans = load_size_presets
 
 __all__ = [
     "API_MODES",
@@ -118,7 +121,7 @@ __all__ = [
     "PKISpec",
     "PLANS_FILE_ENV",
     "PlacementSpec",
-    "PlanPreset",
+    "SizePreset",
     "ROLES",
     "ROLE_MINIMUMS",
     "RSA_SIZES",
@@ -130,6 +133,7 @@ __all__ = [
     "Topology",
     "VSphereSpec",
     "load_plans",
+    "load_size_presets",
     "load_spec",
     "node_name",
     "normalize_thumbprint",

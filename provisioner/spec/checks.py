@@ -64,7 +64,15 @@ _THUMB = re.compile(r"([0-9A-F]{2}:){31}[0-9A-F]{2}")
 _ROLE_PLURAL = {"etcd": "etcd members", "master": "masters", "worker": "workers"}
 _REQUIRED_VSPHERE = ("server", "datacenter", "cluster", "datastore", "network", "template")
 # Settings that name a vSphere inventory object; each is a name or an inventory path.
-_INVENTORY_FIELDS = ("datacenter", "cluster", "datastore", "network", "template", "resource_pool", "folder")
+_VSPHERE_OBJECT_FIELDS = (
+    "datacenter",
+    "cluster",
+    "datastore",
+    "network",
+    "template",
+    "resource_pool",
+    "folder",
+)
 # vCenter's address once vsphere.server's scheme, port and path are taken off (or an IP address).
 _HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?")
 
@@ -134,7 +142,7 @@ def host_name_problem(name: str) -> str | None:
     """Why name cannot be an ESXi host's name in vCenter (placement.hosts, --hosts), or None."""
     if not name:
         return "is empty; give the ESXi host's name as vCenter shows it"
-    return inventory_name_problem(name, path=False)
+    return vsphere_name_problem(name, path=False)
 
 
 def text_problem(text: str) -> str | None:
@@ -143,7 +151,7 @@ def text_problem(text: str) -> str | None:
     return f"{bad}; remove it (a setting is one line of text)" if bad else None
 
 
-def inventory_name_problem(value: str, *, path: bool) -> str | None:
+def vsphere_name_problem(value: str, *, path: bool) -> str | None:
     """Why value cannot name a vSphere object, or None. path: a name or an inventory path
     ("templates/debian-12", "/DC0/host/C0"), where '/' separates levels and each level must be
     a valid name (a '/' inside a name is written %2f, as vSphere does); otherwise one name."""
@@ -297,9 +305,9 @@ def _check_vsphere(vs: VSphereSpec) -> list[tuple[str, str]]:
                 f"got {show(vs.server)}",
             )
         )
-    for k in _INVENTORY_FIELDS:
+    for k in _VSPHERE_OBJECT_FIELDS:
         value = getattr(vs, k)
-        if value and (why := inventory_name_problem(value, path=True)) is not None:
+        if value and (why := vsphere_name_problem(value, path=True)) is not None:
             p.append((f"vsphere.{k}", why))
     tls = vs.tls
     if tls.insecure and (tls.thumbprint or tls.ca_file):

@@ -46,8 +46,8 @@ from provisioner.spec.schema import (
     NodeSettingsSpec,
     PKISpec,
     PlacementSpec,
-    PlanPreset,
     RoleSpec,
+    SizePreset,
     SSHSpec,
     Topology,
     VSphereSpec,
@@ -55,8 +55,9 @@ from provisioner.spec.schema import (
 from provisioner.vsphere import endpoint
 
 
-def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
-    """The plans file (inventory/plans.yaml unless VKP_PLANS_FILE names another), checked."""
+def load_size_presets(path: Path | str | None = None) -> dict[str, SizePreset]:
+    """The size presets that `--plan` and a spec's plan: name, checked: the plans file
+    (inventory/plans.yaml unless VKP_PLANS_FILE names another)."""
     p = Path(path) if path else DEFAULT_PLANS_FILE
     raw = _read_yaml(p)
     r = _Reader(p.name)
@@ -64,7 +65,7 @@ def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
     plans_raw = raw.get("plans")
     if not isinstance(plans_raw, dict) or not plans_raw:
         raise SpecError([(f"{p}: plans", "must map plan names to their sizes (see inventory/plans.yaml)")])
-    out: dict[str, PlanPreset] = {}
+    out: dict[str, SizePreset] = {}
     for pname, body in plans_raw.items():
         ppath = f"plans.{key_text(pname)}"
         if not isinstance(body, dict):
@@ -87,7 +88,7 @@ def load_plans(path: Path | str | None = None) -> dict[str, PlanPreset]:
             )
         topo = Topology(**roles)
         r.problems += _check_topology(topo, path_prefix=f"{ppath}.")
-        out[key_text(pname)] = PlanPreset(key_text(pname), str(body.get("description") or ""), topo)
+        out[key_text(pname)] = SizePreset(key_text(pname), str(body.get("description") or ""), topo)
     if r.problems:
         raise SpecError([(f"{p}: {fp}", m) for fp, m in r.problems])
     return out
@@ -104,7 +105,7 @@ def load_spec(
     plan: str | None = None,
     env: Mapping[str, str],
     check: bool = True,
-    plans: Mapping[str, PlanPreset] | None = None,
+    presets: Mapping[str, SizePreset] | None = None,
 ) -> ClusterSpec:
     """Read, merge and (unless check=False) validate a spec; raise SpecError with every problem.
 
@@ -131,10 +132,10 @@ def load_spec(
     origins.update(_fill_from_env(raw, env))
     if legacy:
         origins.update(legacy)
-    if plans is None:
-        plans = load_plans(env.get(PLANS_FILE_ENV) or None)
+    if presets is None:
+        presets = load_size_presets(env.get(PLANS_FILE_ENV) or None)
 
-    spec = _build(raw, r, plans)
+    spec = _build(raw, r, presets)
     problems = list(r.problems)
     if check:
         broken = [p for p, _ in problems] + r.unknown
@@ -625,19 +626,19 @@ _NODE_KEYS = {
 _ARTIFACT_KEYS = {"source", "image_repository", "image_tarballs", "sandbox_image"}
 
 
-def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> ClusterSpec:
+def _build(raw: dict[str, Any], r: _Reader, presets: Mapping[str, SizePreset]) -> ClusterSpec:
     r.check_keys(raw, "", _TOP_KEYS)
     name = r.get_str(raw, "name", "") or ""
     plan_name = r.get_str(raw, "plan", "")
     preset = None
     if plan_name is not None:
-        preset = plans.get(plan_name)
+        preset = presets.get(plan_name)
         if preset is None:
-            close = difflib.get_close_matches(plan_name, list(plans), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(plan_name, list(presets), n=1, cutoff=0.5)
             hint = f"did you mean {show(close[0])}? " if close else ""
             r.add(
                 "plan",
-                f"unknown plan {show(plan_name)}; {hint}known plans: {', '.join(plans)} (see `vkp plans`)",
+                f"unknown plan {show(plan_name)}; {hint}known plans: {', '.join(presets)} (see `vkp plans`)",
             )
 
     # vsphere
@@ -689,7 +690,7 @@ def _build(raw: dict[str, Any], r: _Reader, plans: Mapping[str, PlanPreset]) -> 
                 else:
                     r.add(
                         f"{rpath}.{k}",
-                        f"required when no plan is named; set it, or name a plan ({', '.join(plans)})",
+                        f"required when no plan is named; set it, or name a plan ({', '.join(presets)})",
                     )
             vals[k] = v
         addrs, is_list = r.get_str_list(rd, "addresses", rpath)

@@ -457,7 +457,9 @@ def _lists(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class PlanPreset:
+class SizePreset:
+    """A named size from plans.yaml (what `--plan` and a spec's plan: pick); not plan.Plan."""
+
     name: str
     description: str
     topology: Topology

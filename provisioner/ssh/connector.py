@@ -196,7 +196,7 @@ class Connection:
         return f"SSH to node {self._where}"
 
     def _attempt(
-        self, pinned: paramiko.HostKeys, pkey: paramiko.PKey, started: float, deadline: float
+        self, pinned: paramiko.HostKeys, pkey: paramiko.PKey, started: float, timeout: float
     ) -> paramiko.SSHClient:
         self.connect_attempts += 1
         client = paramiko.SSHClient()
@@ -204,7 +204,7 @@ class Connection:
             for keytype, key in keys.items():
                 client.get_host_keys().add(hostname, keytype, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        left = max(1.0, deadline - (time.monotonic() - started))
+        left = max(1.0, timeout - (time.monotonic() - started))
         try:
             # The socket is ours, not paramiko's, so a stop can shut it down (see _abandon) while
             # paramiko waits for the banner or the authentication answer.
@@ -257,7 +257,7 @@ class Connection:
     def open(self) -> Connection:
         """Connect (retrying while sshd is not up yet, until connect_deadline); idempotent.
 
-        The deadline is also cut to what is left of the run's --timeout, and a stop ends the
+        The time allowed is also cut to what is left of the run's --timeout, and a stop ends the
         wait (Interrupted or Timeout from stop.check)."""
         with self._lock:
             if self._client is not None and self._is_active(self._client):
@@ -265,8 +265,8 @@ class Connection:
             self._close_client()
             stop.check(self._connecting)
             self.connect_attempts = 0
-            deadline = stop.remaining(self.connect_deadline)
-            assert deadline is not None  # capped by connect_deadline
+            timeout = stop.remaining(self.connect_deadline)
+            assert timeout is not None  # capped by connect_deadline
             pinned = self._pinned_keys()
             try:
                 pkey = paramiko.PKey.from_path(str(self.private_key_path))
@@ -282,9 +282,9 @@ class Connection:
                 self._stop_registration.enter_context(stop.on_stop(self._abandon))
             try:
                 self._client = retry_call(
-                    lambda: self._attempt(pinned, pkey, started, deadline),
+                    lambda: self._attempt(pinned, pkey, started, timeout),
                     retry_on=is_transient,
-                    deadline=deadline,
+                    deadline=timeout,
                     what=self._connecting,
                     # A refused connection costs nothing to retry, and sshd on a booting VM comes
                     # up at an unknown moment: a short cap keeps us from sleeping past it.
@@ -296,7 +296,7 @@ class Connection:
                 if is_transient(exc):
                     raise Timeout(
                         f"node {self._where} did not finish SSH authentication within "
-                        f"{deadline:.0f} s ({self.connect_attempts} attempts): {exc}",
+                        f"{timeout:.0f} s ({self.connect_attempts} attempts): {exc}",
                         hint="the node's sshd answers but too slowly: check its load and sshd",
                     ) from exc
                 raise SSHError(
@@ -308,7 +308,7 @@ class Connection:
                 if not is_transient(exc):
                     raise SSHError(f"cannot connect to node {self._where}: {exc}") from exc
                 raise Timeout(
-                    f"node {self._where} did not answer SSH within {deadline:.0f} s "
+                    f"node {self._where} did not answer SSH within {timeout:.0f} s "
                     f"({self.connect_attempts} attempts; last error: {exc})",
                     hint="check that the VM is powered on, has its address, and that sshd started "
                     "(the VM console or /var/log/cloud-init.log)",

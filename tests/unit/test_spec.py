@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from provisioner.errors import ExitCode, SpecError
-from provisioner.spec import ClusterSpec, load_plans, load_spec, validate
+from provisioner.spec import ClusterSpec, load_size_presets, load_spec, validate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def problems(path: Path | None = None, *, env: dict[str, str] | None = None, **k
 
 
 def test_plans_are_the_documented_sizes() -> None:
-    plans = load_plans()
+    plans = load_size_presets()
     counts = {
         n: tuple(p.topology.role(r).count for r in ("etcd", "master", "worker")) for n, p in plans.items()
     }
