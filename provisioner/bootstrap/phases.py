@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,30 @@ def run_day2(
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
     cluster = RunCluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
     return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
+
+
+REMOVE_WORKERS = "remove-workers"
+
+
+def remove_workers(
+    spec: ClusterSpec,
+    plan: Plan,
+    state: ClusterState,
+    nodes: Sequence[str],
+    *,
+    log: Log,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Drain each of nodes (in the order given) and delete it from Kubernetes, through the first
+    master of plan: playbooks/remove-workers.yaml run by run_day2 (see it for what is raised).
+
+    resize calls it with the cluster's current plan (the workers still in it) before their VMs
+    are destroyed, under the cluster's run lock. A node no longer in Kubernetes is left alone, so
+    a resize run again after an interruption changes nothing for the nodes already removed.
+    """
+    return run_day2(
+        REMOVE_WORKERS, spec, plan, state, params={"nodes": list(nodes)}, log=log, dry_run=dry_run
+    )
 
 
 def _execute(

@@ -448,3 +448,14 @@ def test_run_day2_refuses_an_unknown_playbook_or_other_params_before_connecting(
             "remove-workers", cluster.spec, cluster.plan, cluster.state, params={"node": "x"}, log=quiet
         )
     assert ei.value.exit_code == ExitCode.SPEC
+
+
+def test_remove_workers_is_the_drain_playbook_over_the_nodes_given(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path)
+    assert cluster.state is not None
+    report = phases.remove_workers(
+        cluster.spec, cluster.plan, cluster.state, ["demo-worker-3", "demo-worker-2"], log=quiet, dry_run=True
+    )
+    (result,) = report["plays"][0]["results"]
+    drained = [a.split()[5] for a in result["actions"] if " drain " in a]
+    assert drained == ["demo-worker-3", "demo-worker-2"]
