@@ -30,6 +30,7 @@ from provisioner.bootstrap.engine import (
     Upload,
     step,
 )
+from provisioner.bootstrap.etcd_client import EtcdError, EtcdUnhealthy, check_cluster
 from provisioner.bootstrap.render import render
 from provisioner.bootstrap.steps.artifacts import etcd_binaries, etcd_probes
 from provisioner.errors import CommandFailed
@@ -180,8 +181,6 @@ def start(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
 def health(nodes: Sequence[NodePlan], cluster: Cluster) -> StepGen:
     """From this machine over mutual TLS: every member healthy, the member list as planned, and
     a value written through one member read back through another."""
-    from provisioner.bootstrap.etcd_client import EtcdError, EtcdUnhealthy, check_cluster
-
     endpoints = client_endpoints(cluster)
     expected = [n.name for n in cluster.plan.by_role("etcd")]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from provisioner.bootstrap import kube_api
 from provisioner.bootstrap.engine import Cluster, Local, StepGen, step
-from provisioner.bootstrap.steps import cni
+from provisioner.bootstrap.steps.cni import cni_of
 from provisioner.bootstrap.steps.kubernetes.settings import POLL, kubelet_nodes, settings
 from provisioner.bootstrap.steps.kubernetes.vsphere import CSI_NAMESPACE
 from provisioner.errors import Timeout
@@ -32,7 +32,7 @@ NO_DNS = (
 def system_namespaces(cluster: Cluster) -> list[str]:
     s = settings(cluster)
     out = ["kube-system"]
-    namespace = cni.of(cluster).namespace  # none for a network that runs no pods of its own
+    namespace = cni_of(cluster).namespace  # none for a network that runs no pods of its own
     if namespace is not None:
         out.append(namespace)
     if s.vsphere:

@@ -28,7 +28,7 @@ REGISTRY: dict[str, CNI] = {c.name: c for c in (CALICO, FLANNEL, BRIDGE)}
 CNI_MARKER = f"{CNI_DIR}/applied"
 
 
-def of(cluster: Cluster) -> CNI:
+def cni_of(cluster: Cluster) -> CNI:
     """The cluster's network, as kubernetes.cni names it."""
     return REGISTRY[settings(cluster).cni]
 
@@ -36,12 +36,12 @@ def of(cluster: Cluster) -> CNI:
 def version(cluster: Cluster) -> str:
     """X.Y.Z of the cluster's network: kubernetes.cni_version, else the release vkp pins."""
     k = cluster.spec.kubernetes
-    return (k.cni_version or of(cluster).pinned or k.cni_plugins_version).removeprefix("v")
+    return (k.cni_version or cni_of(cluster).pinned or k.cni_plugins_version).removeprefix("v")
 
 
 def cni_plan(cluster: Cluster) -> tuple[str, Addon | None]:
     """(marker text, what the first master applies); None for a network with no add-on."""
-    c = of(cluster)
+    c = cni_of(cluster)
     if c.addon is None:
         return "", None
     v = version(cluster)
@@ -55,7 +55,7 @@ def cni_plan(cluster: Cluster) -> tuple[str, Addon | None]:
 
 
 def _cni_probes(node: NodePlan, cluster: Cluster) -> list[File]:
-    return [File(CNI_DIR), File(CNI_MARKER)] if of(cluster).addon is not None else []
+    return [File(CNI_DIR), File(CNI_MARKER)] if cni_of(cluster).addon is not None else []
 
 
 @step("kubernetes.cni", probes=_cni_probes)
