@@ -1,5 +1,6 @@
 """The steps playbooks can name. Importing this package registers every one of them."""
 
+import provisioner.bootstrap.steps.nodes  # noqa: F401  (kubernetes.drain, a day-2 step)
 from provisioner.bootstrap.engine import STEPS, StepDef
 from provisioner.bootstrap.steps import artifacts, cni, common, containerd, etcd, health
 from provisioner.bootstrap.steps.cni import bridge
