@@ -42,7 +42,6 @@ from typing import Any
 import yaml
 
 from provisioner import cluster as cluster_mod
-from provisioner import provision
 from provisioner.bootstrap import engine, runner
 from provisioner.bootstrap import phases as phases_mod
 from provisioner.bootstrap import pki as pki_mod
@@ -55,6 +54,7 @@ from provisioner.plan import Plan, make_plan
 from provisioner.spec import ClusterSpec, load_spec
 from provisioner.ssh.commands import Cmd, Secret, sudo
 from provisioner.state import ClusterState
+from provisioner.vsphere import login, machines
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bbench"
@@ -575,8 +575,8 @@ def main() -> int:
             f"in {time.monotonic() - t:.1f} s (create-cluster --up-to vms); bootstrap up to {UP_TO}"
         )
         state = ClusterState.load(NAME)
-        with provision.session_for(spec) as session:
-            inv = provision.resolve(session.content, spec, f"vkp/{spec.name}")
+        with login.session_for(spec) as session:
+            inv = machines.resolve(session.content, spec, f"vkp/{spec.name}")
             plan = make_plan(spec, hosts=[h.name for h in inv.hosts])
 
         RECORDING = True

@@ -11,17 +11,14 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from provisioner import provision, runlock, stop
+from provisioner import infra, runlock, stop
 from provisioner.errors import NotFound, PreflightError, ProvisionerError, SpecError
 from provisioner.plan import PHASES
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState, ended_status
-from provisioner.vsphere import ownership, placement, vms, waits
-from provisioner.vsphere.session import Session
 
 Log = Callable[[str], None]
 ROLE_ORDER = {"etcd": 0, "master": 1, "worker": 2}
@@ -73,7 +70,7 @@ def _create_locked(
     from provisioner.bootstrap.phases import run_bootstrap
 
     phases: list[dict[str, Any]] = []
-    with provision.session_for(spec, env) as session:
+    with infra.get().open(spec, env) as provider:
         fresh = not ClusterState.exists(spec.name)
         state = ClusterState.create_or_load(spec.name)
         if state.has_spec():
@@ -85,7 +82,9 @@ def _create_locked(
                 state,
                 "vms",
                 log,
-                lambda: provision.provision_vms(spec, state, session, log, concurrency=concurrency),
+                lambda: provider.machines(
+                    spec, state, log, concurrency=concurrency, check=infra.ssh_check(spec, state, spec.name)
+                ),
                 phases,
             )
         except PreflightError:
@@ -207,7 +206,7 @@ def delete_cluster(
             # Made by a run that never got a vCenter session: nothing of it exists there.
             local.remove()
             log(f"cluster {name} never reached vCenter; removed its local state")
-            nothing = ownership.Owned().counts()
+            nothing = infra.get().nothing().counts()
             return {
                 "cluster": name,
                 "cluster_id": local.cluster_id,
@@ -215,21 +214,15 @@ def delete_cluster(
                 "kept_folders": [],
                 "leftovers": [],
             }
-        with provision.session_for_cluster(name, env) as session:
-            content = session.content
-            cid = local.cluster_id if local is not None else ownership.resolve_id(content, name, cluster_id)
-            owned = ownership.find_owned(content, name, cid) if cid else ownership.Owned()
+        with infra.get().open_cluster(name, env) as provider:
+            cid = local.cluster_id if local is not None else provider.resolve_id(name, cluster_id)
+            owned = provider.find_owned(name, cid)
             if owned.empty():
                 log(f"nothing of cluster {name} found in vCenter")
             else:
-                log(
-                    f"cluster {name} (id {cid}): {len(owned.vms)} VM(s), {len(owned.rules)} rule(s), "
-                    f"{len(owned.folders)} folder(s)"
-                )
-            kept = _destroy(session, owned, log)
-            left = ownership.find_owned(content, name, cid) if cid else ownership.Owned()
-            leftovers = [f"VM {vm.name}" for vm in left.vms] + [f"rule {r.name}" for _, r in left.rules]
-            leftovers += [f"folder {f.name}" for f in left.folders]
+                log(f"cluster {name} (id {cid}): {owned.summary()}")
+            kept = provider.destroy(owned, log)
+            leftovers = provider.find_owned(name, cid).names()
         if local is not None:
             local.remove()
     if leftovers:
@@ -244,41 +237,6 @@ def delete_cluster(
         "kept_folders": kept,
         "leftovers": leftovers,
     }
-
-
-def _destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
-    """Power off and destroy the VMs, remove the rules, destroy the folders left empty.
-
-    Returns the folders kept because they hold something the cluster does not own; they lose
-    the cluster's mark, so nothing later takes them for the cluster's.
-    """
-    content = session.content
-    deadline = time.monotonic() + 600
-    on = [vm for vm in owned.vms if vm.runtime.powerState == "poweredOn"]
-    if on:
-        waits.wait_for_tasks(content, [session.call(vms.power_off, vm) for vm in on], deadline=deadline)
-        log(f"powered off {len(on)} VM(s)")
-    if owned.vms:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            tasks = list(pool.map(lambda vm: session.call(vms.destroy, vm), owned.vms))
-        waits.wait_for_tasks(content, tasks, deadline=deadline)
-        log(f"destroyed {len(owned.vms)} VM(s)")
-    by_cluster: dict[Any, list[Any]] = {}
-    for cl, rule in owned.rules:
-        by_cluster.setdefault(cl, []).append(rule)
-    for cl, rules in by_cluster.items():
-        waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
-        log(f"removed rules {', '.join(r.name for r in rules)}")
-    empty, kept = ownership.split_folders(content, owned)
-    for folder, path in kept.items():
-        log(f"kept folder {path}: it holds objects this cluster does not own")
-        ownership.unmark_folder(content, folder)
-    # Only folders that carry the id: the parent they sit in (vkp/ by default) is shared by
-    # every cluster and marked by none, so it stays, empty or not.
-    for folder, path in empty.items():
-        waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
-        log(f"removed folder {path}")
-    return list(kept.values())
 
 
 # -- read-only views ---------------------------------------------------------------------------
@@ -370,14 +328,7 @@ def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
     from provisioner.plan import make_plan
 
     plan = make_plan(spec)
-    actions = []
-    for n in plan.nodes:
-        actions.append(
-            f"{n.name}: linked clone of {spec.vsphere.template} ({n.cpus} vCPU, {n.memory_mb} MB) "
-            f"into {plan.folder}, guestinfo cloud-init for {n.address}, power on, wait for SSH"
-        )
-    for rule in plan.anti_affinity_rules:
-        actions.append(f"DRS anti-affinity rule {rule.name}: {', '.join(rule.vms)}")
+    actions = infra.get().planned_actions(spec, plan)
     result: dict[str, Any] = {"cluster": spec.name, "dry_run": True, "up_to": up_to, "actions": actions}
     result["plan"] = plan.to_dict()
     if up_to != "vms":
@@ -440,15 +391,8 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
     going = [n for n in old if n.index > workers][::-1]
     if "kubernetes" in reached:
         _drain(state, spec, [n.name for n in going], log)
-    with provision.session_for(spec) as session:
-        content = session.content
-        vms_by_name = {vm.name: vm for vm in ownership.find_owned(content, name, state.cluster_id).vms}
-        doomed = [vms_by_name[n.name] for n in going if n.name in vms_by_name]
-        deadline = time.monotonic() + 600
-        for vm in doomed:
-            waits.power_off_and_wait(content, vm, deadline=deadline)
-        if doomed:
-            waits.wait_for_tasks(content, [session.call(vms.destroy, vm) for vm in doomed], deadline=deadline)
+    with infra.get().open(spec) as provider:
+        provider.remove_nodes(name, state.cluster_id, [n.name for n in going], log)
     for n in going:
         stop.check("the removal of the drained workers")
         state.remove_node(n.name)

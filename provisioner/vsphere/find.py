@@ -337,6 +337,11 @@ def all_vm_guest_ips(content: Any) -> dict[str, dict[str, str]]:
 
 def hosts(cluster: Any) -> list[Any]:
     """The cluster's hosts that can take VMs (connected, not in maintenance), sorted by name."""
+    return [h for _name, h in named_hosts(cluster)]
+
+
+def named_hosts(cluster: Any) -> list[tuple[str, Any]]:
+    """hosts(), each with its name (read in the same round trip)."""
     content = content_of(cluster)
     props = retrieve(
         content,
@@ -349,7 +354,7 @@ def hosts(cluster: Any) -> list[Any]:
         for h, p in props.items()
         if str(p.get("runtime.connectionState")) == "connected" and not p.get("runtime.inMaintenanceMode")
     ]
-    return [h for _n, h in sorted(usable, key=lambda t: t[0])]
+    return sorted(usable, key=lambda t: t[0])
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -38,6 +38,16 @@ class Owned:
     def empty(self) -> bool:
         return not (self.vms or self.rules or self.folders)
 
+    def summary(self) -> str:
+        return f"{len(self.vms)} VM(s), {len(self.rules)} rule(s), {len(self.folders)} folder(s)"
+
+    def names(self) -> list[str]:
+        return (
+            [f"VM {vm.name}" for vm in self.vms]
+            + [f"rule {r.name}" for _, r in self.rules]
+            + [f"folder {f.name}" for f in self.folders]
+        )
+
 
 @dataclass(frozen=True)
 class Candidate:

@@ -22,7 +22,7 @@ from pyVmomi import vim, vmodl
 
 from provisioner import stop
 from provisioner.errors import AuthError, Timeout, TLSVerifyError, VSphereError
-from provisioner.vsphere import endpoint
+from provisioner.vsphere import endpoint, waits
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,8 @@ class Session:
             ) from exc
 
     def logout(self) -> None:
+        # The waits' collector first: it belongs to this session and ends with it.
+        waits.close_feed(self.content)
         try:
             Disconnect(self.si)
         except (vmodl.MethodFault, OSError, Exception) as exc:  # noqa: BLE001 - best effort at exit

@@ -1,10 +1,15 @@
 """Waiting for vCenter through the PropertyCollector, never by sleep-polling.
 
-Each wait creates a PropertyCollector of its own (for the calling thread) and destroys it
-afterwards: WaitForUpdatesEx versions belong to a collector, so two threads sharing one
-would steal each other's updates. maxWaitSeconds is bounded so a wait notices its deadline
-and the run's stop flag (provisioner.stop: SIGINT, SIGTERM, --timeout) within seconds even
-when nothing changes, and vCenter's idle-connection timers never fire mid-wait.
+One collector per session, reused by every wait (a _Feed). The objects waited on are put in a
+ListView (one per kind of wait: tasks, a VM's guest address...) with one filter over it, so a
+new wait costs one ModifyListView, not a collector, a filter and their teardown. One thread per
+session (the pump) calls WaitForUpdatesEx, since its versions belong to the collector and two
+callers would steal each other's updates; it keeps the last values of every watched object,
+and waiters wake on each update. maxWaitSeconds is bounded so the pump's call returns within
+seconds when nothing changes (vCenter's idle-connection timers never fire mid-wait), and
+waiters look at their deadline and the run's stop flag (provisioner.stop: SIGINT, SIGTERM,
+--timeout) at least once a second. Objects stay in the view until the session ends; the
+collector, its filters and the views go with one call each at logout (close_feed).
 
 Deadlines are absolute time.monotonic() values (time.monotonic() + timeout), so a chain of
 waits shares one budget.
@@ -13,6 +18,7 @@ waits shares one budget.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -77,48 +83,137 @@ def _remaining(deadline: float) -> int:
     return max(1, min(MAX_WAIT_SECONDS, int(deadline - time.monotonic() + 0.999)))
 
 
-class _Watch:
-    """A private collector with one filter; iterate to get (object, {property: value}) updates."""
+class _Feed:
+    """One session's collector and the last values of every object watched through it."""
 
-    def __init__(self, content: Any, objs: Sequence[Any], obj_type: Any, paths: Sequence[str]) -> None:
-        self.collector = content.propertyCollector.CreatePropertyCollector()
-        try:
-            spec = _pcq.FilterSpec(
-                objectSet=[_pcq.ObjectSpec(obj=o, skip=False) for o in objs],
-                propSet=[_pcq.PropertySpec(type=obj_type, pathSet=list(paths))],
-            )
-            self.collector.CreateFilter(spec, partialUpdates=False)
-        except BaseException:
-            self.close()
-            raise
-        self.version = ""
+    def __init__(self, content: Any) -> None:
+        self.content = content
+        self.changed = threading.Condition()  # guards values and error; notified on each update
+        self.setup = threading.Lock()  # one thread at a time creates views and adds to them
+        self.collector: Any = None
+        self.views: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self.members: dict[tuple[Any, tuple[str, ...]], set[str]] = {}
+        self.values: dict[str, dict[str, Any]] = {}  # object moid -> property path -> value
+        self.error: BaseException | None = None
+        self.closed = False
+        self.pump: threading.Thread | None = None
 
-    def next(self, deadline: float, what: str) -> list[tuple[Any, dict[str, Any]]]:
-        """The changes since the last call; [] when nothing changed within the bounded wait.
+    def watch(self, objs: Sequence[Any], obj_type: Any, paths: Sequence[str]) -> None:
+        """Make the feed report paths of objs (all of obj_type) from now on."""
+        key = (obj_type, tuple(sorted(set(paths))))
+        with self.setup:
+            if self.collector is None:
+                self.collector = self.content.propertyCollector.CreatePropertyCollector()
+            have = self.members.setdefault(key, set())
+            new = [o for o in objs if o._moId not in have]
+            if not new:
+                return
+            view = self.views.get(key)
+            if view is None:
+                # Made empty, then filled: objects entering a watched view are reported the
+                # same way by vCenter and by govmomi's simulator (which reports a new filter's
+                # initial state only once something changes).
+                view = self.content.viewManager.CreateListView(obj=[])
+                self.views[key] = view
+                spec = _pcq.FilterSpec(
+                    objectSet=[
+                        _pcq.ObjectSpec(
+                            obj=view,
+                            skip=True,
+                            selectSet=[_pcq.TraversalSpec(type=vim.view.ListView, path="view", skip=False)],
+                        )
+                    ],
+                    propSet=[_pcq.PropertySpec(type=obj_type, pathSet=list(key[1]))],
+                )
+                self.collector.CreateFilter(spec, partialUpdates=False)
+            # vCenter returns what it could not add; govmomi's simulator faults instead.
+            try:
+                unresolved = list(view.ModifyListView(add=new) or [])
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                unresolved = [exc.obj] if exc.obj is not None else list(new)
+            have.update(o._moId for o in new)
+            if unresolved:
+                with self.changed:
+                    for o in unresolved:
+                        self.values[o._moId] = {LEFT: True}
+                    self.changed.notify_all()
+            if self.pump is None:
+                self.pump = threading.Thread(target=self._pump, name="vsphere-feed", daemon=True)
+                self.pump.start()
 
-        An object that was deleted comes back with the single change {LEFT: True}. Raises
-        when the run is stopping (what: what the caller waits for, for the message).
-        """
-        stop.check(what)
-        update = self.collector.WaitForUpdatesEx(
-            self.version, _pcq.WaitOptions(maxWaitSeconds=_remaining(deadline))
-        )
-        if update is None:
-            return []
-        self.version = update.version
-        out = []
-        for fs in update.filterSet or []:
-            for obj in fs.objectSet or []:
-                changes = {c.name: (None if c.op == "remove" else c.val) for c in obj.changeSet or []}
-                if obj.kind == "leave":
-                    changes = {LEFT: True}
-                out.append((obj.obj, changes))
-        return out
+    def _pump(self) -> None:
+        version = ""
+        while not self.closed:
+            try:
+                update = self.collector.WaitForUpdatesEx(
+                    version, _pcq.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
+                )
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter, which reports it
+                with self.changed:
+                    if not self.closed:
+                        self.error = exc
+                    self.changed.notify_all()
+                return
+            if update is None:
+                continue
+            version = update.version
+            with self.changed:
+                for fs in update.filterSet or []:
+                    for obj in fs.objectSet or []:
+                        seen = self.values.setdefault(obj.obj._moId, {})
+                        if obj.kind == "leave":
+                            seen[LEFT] = True
+                        for c in obj.changeSet or []:
+                            seen[c.name] = None if c.op == "remove" else c.val
+                self.changed.notify_all()
+
+    def until(self, decide: Callable[[], Any], deadline: float, what: Callable[[], str]) -> Any:
+        """Wait (holding self.changed) until decide() returns something truthy, and return it;
+        None once the deadline passed. Raises when the run is stopping or the feed broke."""
+        with self.changed:
+            while True:
+                if self.error is not None:
+                    raise VSphereError(f"waiting for {what()}: the vCenter session broke: {self.error}")
+                result = decide()
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                stop.check(what())
+                self.changed.wait(timeout=min(1.0, left))
 
     def close(self) -> None:
-        # A lost session has already taken the collector with it.
+        self.closed = True
+        # Destroying the collector takes its filters along; the views go one by one.
         with contextlib.suppress(Exception):
-            self.collector.DestroyPropertyCollector()
+            if self.collector is not None:
+                self.collector.DestroyPropertyCollector()
+        for view in self.views.values():
+            with contextlib.suppress(Exception):
+                view.DestroyView()
+
+
+_feeds: dict[int, _Feed] = {}
+_feeds_lock = threading.Lock()
+
+
+def _feed(content: Any) -> _Feed:
+    """The session's feed (keyed by its SOAP stub, which every object of the session shares)."""
+    key = id(content.propertyCollector._stub)
+    with _feeds_lock:
+        feed = _feeds.get(key)
+        if feed is None or feed.closed:
+            feed = _feeds[key] = _Feed(content)
+        return feed
+
+
+def close_feed(content: Any) -> None:
+    """End the session's feed: called as the session logs out."""
+    with _feeds_lock:
+        feed = _feeds.pop(id(content.propertyCollector._stub), None)
+    if feed is not None:
+        feed.close()
 
 
 def _describe(info: Any) -> str:
@@ -149,34 +244,39 @@ def wait_for_tasks(
     task_list = list(tasks)
     if not task_list:
         return []
-    content = _content(si_or_content)
+    feed = _feed(_content(si_or_content))
+    feed.watch(task_list, vim.Task, ["info"])
     infos: dict[str, Any] = {}
     done: set[str] = set()
     results: dict[str, Any] = {}
     failures: list[TaskFailure] = []
-    watch = _Watch(content, task_list, vim.Task, ["info"])
-    try:
-        while len(done) < len(task_list):
-            if time.monotonic() >= deadline:
-                raise Timeout(_timeout_text(task_list, infos, done), hint="the tasks keep running in vCenter")
-            for task, changes in watch.next(deadline, _pending_text(task_list, infos, done)):
-                info = changes.get("info")
-                if info is None:
-                    continue
-                moid = task._moId
+
+    def finished() -> list[tuple[Any, Any]]:
+        # Runs holding the feed's lock: only reads what the pump wrote.
+        out = []
+        for task in task_list:
+            moid = task._moId
+            info = feed.values.get(moid, {}).get("info")
+            if info is not None:
                 infos[moid] = info
-                if moid in done:
-                    continue
-                if info.state == vim.TaskInfo.State.success:
-                    done.add(moid)
-                    results[moid] = info.result
-                    if on_done is not None:
-                        on_done(task, info.result)
-                elif info.state == vim.TaskInfo.State.error:
-                    done.add(moid)
-                    failures.append(TaskFailure(task, _describe(info), info.error))
-    finally:
-        watch.close()
+            if moid in done or info is None:
+                continue
+            if info.state in (vim.TaskInfo.State.success, vim.TaskInfo.State.error):
+                done.add(moid)
+                out.append((task, info))
+        return out
+
+    while len(done) < len(task_list):
+        ended = feed.until(finished, deadline, lambda: _pending_text(task_list, infos, done))
+        if not ended:
+            raise Timeout(_timeout_text(task_list, infos, done), hint="the tasks keep running in vCenter")
+        for task, info in ended:
+            if info.state == vim.TaskInfo.State.success:
+                results[task._moId] = info.result
+                if on_done is not None:
+                    on_done(task, info.result)
+            else:
+                failures.append(TaskFailure(task, _describe(info), info.error))
     if failures:
         raise TasksFailed(failures, results)
     return [results[t._moId] for t in task_list]
@@ -220,32 +320,32 @@ def wait_for_property(
     """
     path_list = [paths] if isinstance(paths, str) else list(paths)
     started = time.monotonic()
+    feed = _feed(content)
     seen: dict[str, Any] = {}
-    watch = _Watch(content, [obj], type(obj), ["name", *path_list])
+
+    def decide() -> Any:
+        seen.clear()
+        seen.update(feed.values.get(obj._moId, {}))
+        # vCenter reports a deleted object as a "leave" update: waiting on would only end in a
+        # timeout that hides the real cause.
+        if seen.get(LEFT):
+            raise VSphereError(_gone(obj, seen, what))
+        if not seen:
+            return None  # the filter has not reported the object yet
+        return predicate({p: seen.get(p) for p in path_list})
+
     try:
-        while True:
-            # vCenter reports a deleted object as a "leave" update; govmomi's simulator fails
-            # the wait with ManagedObjectNotFound. Either way, waiting on would only end in a
-            # timeout that hides the real cause.
-            try:
-                updates = watch.next(deadline, f"{what} of {_kind(obj)} {seen.get('name') or obj._moId}")
-            except vmodl.fault.ManagedObjectNotFound as exc:
-                raise VSphereError(_gone(obj, seen, what)) from exc
-            for _obj, changes in updates:
-                if changes.get(LEFT):
-                    raise VSphereError(_gone(obj, seen, what))
-                seen.update(changes)
-            result = predicate({p: seen.get(p) for p in path_list})
-            if result:
-                return result
-            if time.monotonic() >= deadline:
-                last = ", ".join(f"{p}={_short(seen.get(p))}" for p in path_list)
-                raise Timeout(
-                    f"{_kind(obj)} {seen.get('name') or obj._moId!r}: "
-                    f"no {what} after {time.monotonic() - started:.0f}s (last seen: {last})"
-                )
-    finally:
-        watch.close()
+        feed.watch([obj], type(obj), ["name", *path_list])
+    except vmodl.fault.ManagedObjectNotFound as exc:
+        raise VSphereError(_gone(obj, seen, what)) from exc
+    result = feed.until(decide, deadline, lambda: f"{what} of {_kind(obj)} {seen.get('name') or obj._moId}")
+    if result:
+        return result
+    last = ", ".join(f"{p}={_short(seen.get(p))}" for p in path_list)
+    raise Timeout(
+        f"{_kind(obj)} {seen.get('name') or obj._moId!r}: "
+        f"no {what} after {time.monotonic() - started:.0f}s (last seen: {last})"
+    )
 
 
 def _gone(obj: Any, seen: dict[str, Any], what: str) -> str:

@@ -75,7 +75,7 @@ def cleanup(lab: LabHandle) -> Iterator[list[str]]:
         for name in names:
             for cand in ownership.candidates(c, name):
                 owned = ownership.find_owned(c, name, cand.cluster_id)
-                from provisioner.cluster import _destroy
+                from provisioner.vsphere.provider import destroy as _destroy
 
                 _destroy(s, owned, print)
     for name in names:

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from provisioner import provision
 from provisioner.errors import VSphereError
 from provisioner.spec import load_spec
-from provisioner.vsphere import endpoint, session
+from provisioner.vsphere import endpoint, login, session
 from tests.unit.test_spec import LAB_ENV
 
 
@@ -65,7 +64,7 @@ def test_an_ipv6_vcenter_with_a_port_is_dialled_at_that_host_and_port(
 
     monkeypatch.setattr(session, "SmartConnect", fake_smart_connect)
     with pytest.raises(VSphereError):
-        provision.session_for(spec, LAB_ENV)
+        login.session_for(spec, LAB_ENV)
     assert (dialled["host"], dialled["port"]) == ("fd00::10", 8443)
 
 
@@ -73,9 +72,9 @@ def test_without_local_state_the_environment_names_vcenter(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     monkeypatch.setenv("VKP_STATE_DIR", str(tmp_path / "state"))
-    vs = provision.vsphere_from_env(
+    vs = login.vsphere_from_env(
         {"VKP_VSPHERE_SERVER": "[fd00::10]:8443", "VKP_VSPHERE_THUMBPRINT": "ab" * 32}
     )
     assert (vs.server, vs.port, vs.tls.thumbprint) == ("fd00::10", 8443, "ab" * 32)
     with pytest.raises(Exception, match="VKP_VSPHERE_SERVER"):
-        provision.session_for_cluster("demo", {})
+        login.session_for_cluster("demo", {})

@@ -152,7 +152,7 @@ def test_bad_durations_are_refused_by_the_cli(text: str) -> None:
 
 
 def test_the_credential_prompt_goes_to_stderr_and_is_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from provisioner import provision
+    from provisioner.vsphere import login
 
     spec = spec_for("dev")
     env = {k: v for k, v in LAB_ENV.items() if "USER" not in k and "PASSWORD" not in k}
@@ -170,11 +170,11 @@ def test_the_credential_prompt_goes_to_stderr_and_is_asked_once(monkeypatch: pyt
         seen.append((user, password))
         raise AuthError("stop here")
 
-    monkeypatch.setattr(provision, "connect", fake_connect)
-    monkeypatch.setattr(provision, "_prompted", {})
+    monkeypatch.setattr(login, "connect", fake_connect)
+    monkeypatch.setattr(login, "_prompted", {})
     for _ in range(2):
         with pytest.raises(AuthError):
-            provision.session_for(spec, env)
+            login.session_for(spec, env)
     assert seen == [("alice", "pw"), ("alice", "pw")]  # the second session did not ask again
     assert stdout.getvalue() == "", "a prompt on stdout corrupts -o json"
     assert "vCenter user" in stderr.getvalue() and "password for alice" in stderr.getvalue()

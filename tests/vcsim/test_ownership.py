@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from provisioner.cluster import _destroy
 from provisioner.errors import ProvisionerError
 from provisioner.vsphere import find, ownership, placement, specs, vms, waits
+from provisioner.vsphere.provider import destroy as _destroy
 from provisioner.vsphere.session import Session
 from tests.vcsim import test_vsphere_layer as layer
 from tests.vcsim.test_vsphere_layer import Inventory, node_spec, soon, unique

@@ -1,38 +1,37 @@
-"""create-cluster's vSphere half: connect, preflight, clone, place, boot, pin SSH.
+"""create-cluster's vSphere half: resolve, preflight, clone, place, boot, verify.
 
-The order of work per VM is a small pipeline (clone -> guestinfo -> power on -> address ->
-SSH -> redact userdata). VMs run through it in parallel; only the calls that load vCenter
-(clones, reconfigures, power-ons) are bounded by --concurrency, while waits hold no slot, so
-one slow guest does not hold back the clones of the others.
+What happens to each node's VM is decided by node_actions() from the VM's facts, as a
+sequence of described actions (clone, resize, write cloud-init, power on, wait for the
+address, check the node, erase the user data). A run carries them out (VMPhase); a dry run
+(planned_actions) takes the same decisions for "no VM yet" and lists their descriptions
+without contacting vCenter, so what a dry run shows is what a first run does.
+
+VMs go through their actions in parallel; only the calls that load vCenter (clones,
+reconfigures, power-ons) are bounded by --concurrency, while waits hold no slot, so one slow
+guest does not hold back the clones of the others.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pyVmomi import vim
 
 from provisioner import stop
 from provisioner.bootstrap.cloudinit import cloud_init_documents
-from provisioner.errors import AuthError, Interrupted, PreflightError, ProvisionerError, SSHError
+from provisioner.errors import Interrupted, PreflightError, ProvisionerError
+from provisioner.infra import NodeCheck, NodeOutcome
 from provisioner.plan import NodePlan, Plan, make_plan
-from provisioner.plan import folder_path as plan_folder
-from provisioner.spec import TLS, ClusterSpec, VSphereSpec
-from provisioner.ssh.commands import Cmd
-from provisioner.ssh.connector import Connection
+from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState, NodeRecord
 from provisioner.vsphere import find, ownership, placement, specs, vms, waits
-from provisioner.vsphere.endpoint import join_server
-from provisioner.vsphere.session import Session, connect, split_server
+from provisioner.vsphere.session import Session
 
 Log = Callable[[str], None]
 
@@ -45,95 +44,184 @@ VM_FACTS = [
     "config.instanceUuid",
     "config.extraConfig",
 ]
-
-# Credentials typed at a prompt, by vCenter: a run that needs several sessions (resize then
-# converge) asks once. Never written anywhere.
-_prompted: dict[str, tuple[str, str]] = {}
 # How long a powered-on node that never answered SSH (an interrupted first boot) gets to
 # answer before it is powered off and booted again with its cloud-init data.
 UNVERIFIED_PROBE_SECONDS = 90.0
 
 
-def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
-    """Log in to the spec's vCenter; credentials come from the environment or a prompt, never the file."""
-    if spec.vsphere.tls.insecure:
-        print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
-    return login(spec.vsphere, env)
+# -- what is known of a node's VM, and what to do about it -------------------------------------
 
 
-def session_for_cluster(name: str, env: Mapping[str, str] | None = None) -> Session:
-    """The vCenter of an existing cluster: its saved spec's, or, when the local state is gone
-    (or holds no spec it can read), the one VKP_VSPHERE_* name."""
-    from provisioner.spec import spec_from_dict
-
-    env = os.environ if env is None else env
-    if ClusterState.exists(name):
-        state = ClusterState.load(name)
-        if state.has_spec():
-            try:
-                spec = spec_from_dict(state.load_spec_dict())
-            except ProvisionerError:
-                spec = None  # saved by an older vkp: the environment says where vCenter is
-            if spec is not None:
-                return session_for(spec, env)
-    return login(vsphere_from_env(env), env)
+@dataclass(frozen=True)
+class VMFacts:
+    exists: bool
+    cpus: int | None = None
+    memory_mb: int | None = None
+    powered_on: bool = False
+    has_userdata: bool = False  # guestinfo.userdata (with the node's private host key) is set
+    verified: bool = False  # the node answered SSH with its pinned key once
+    mac: str | None = None
+    host: Any = None
+    instance_uuid: str | None = None
 
 
-def vsphere_from_env(env: Mapping[str, str]) -> VSphereSpec:
-    """vCenter's address and how to verify it, from VKP_VSPHERE_* alone (no spec at hand)."""
-    server = env.get("VKP_VSPHERE_SERVER")
-    if not server:
-        raise ProvisionerError(
-            "cannot reach vCenter: no server (the local state is gone or has none)",
-            hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
+NO_VM = VMFacts(exists=False)
+
+
+def _facts(props: dict[str, Any]) -> VMFacts:
+    extra = {o.key: o.value for o in props.get("config.extraConfig") or []}
+    macs = [
+        d.macAddress
+        for d in props.get("config.hardware.device") or []
+        if isinstance(d, vim.vm.device.VirtualEthernetCard)
+    ]
+    return VMFacts(
+        exists=True,
+        cpus=props.get("config.hardware.numCPU"),
+        memory_mb=props.get("config.hardware.memoryMB"),
+        powered_on=props.get("runtime.powerState") == "poweredOn",
+        has_userdata=bool(extra.get(specs.GUESTINFO_USERDATA)),
+        verified=extra.get(specs.NODE_VERIFIED) == "TRUE",
+        mac=str(macs[0]) if macs else None,
+        host=props.get("runtime.host"),
+        instance_uuid=props.get("config.instanceUuid"),
+    )
+
+
+@dataclass(frozen=True)
+class Clone:
+    """Outcome: the new VM's facts."""
+
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        kind = "linked clone" if spec.vsphere.linked_clone else "full clone"
+        host = node.esxi_host or "the host DRS picks"
+        return (
+            f"{kind} of {spec.vsphere.template} into {plan.folder} on {host} "
+            f"({node.cpus} vCPU, {node.memory_mb} MB, ownership mark of the cluster's id)"
         )
-    host, port = split_server(server)
-    return VSphereSpec(
-        server=host,
-        port=port,
-        tls=TLS(
-            thumbprint=env.get("VKP_VSPHERE_THUMBPRINT") or None,
-            ca_file=env.get("VKP_VSPHERE_CA_FILE") or None,
-            insecure=env.get("VKP_VSPHERE_INSECURE", "").lower() in ("1", "true", "yes"),
-        ),
-    )
+
+    def as_planned(self, node: NodePlan) -> Any:
+        return VMFacts(exists=True, cpus=node.cpus, memory_mb=node.memory_mb)
 
 
-def login(vs: VSphereSpec, env: Mapping[str, str] | None = None) -> Session:
-    """The one way from vCenter settings to a session: credentials from the environment
-    variables the settings name (or a prompt on a terminal, asked once per run), TLS verified
-    as the settings say."""
-    env = os.environ if env is None else env
-    assert vs.server is not None  # validate() and vsphere_from_env() require it
-    user = env.get(vs.credentials.user_env)
-    password = env.get(vs.credentials.password_env)
-    if (not user or not password) and vs.server in _prompted:
-        user, password = user or _prompted[vs.server][0], password or _prompted[vs.server][1]
-    if not user or not password:
-        if not sys.stdin.isatty():
-            raise AuthError(
-                f"no vCenter credentials: set {vs.credentials.user_env} and {vs.credentials.password_env}",
-                hint='for the embedded lab: eval "$(vkp lab env)"',
-            )
-        # Prompts go to stderr: stdout carries the one JSON document of -o json.
-        if not user:
-            sys.stderr.write(f"vCenter user for {vs.server}: ")
-            sys.stderr.flush()
-            user = sys.stdin.readline().strip()
-        password = password or getpass.getpass(f"password for {user}@{vs.server}: ", stream=sys.stderr)
-        _prompted[vs.server] = (user, password)
-    return connect(
-        join_server(vs.server, vs.port),
-        user,
-        password,
-        thumbprint=vs.tls.thumbprint,
-        ca_file=vs.tls.ca_file,
-        insecure=vs.tls.insecure,
-    )
+@dataclass(frozen=True)
+class Resize:
+    cpus: int
+    memory_mb: int
+
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return f"reconfigure to {self.cpus} vCPU, {self.memory_mb} MB"
+
+
+@dataclass(frozen=True)
+class ProbeFirstBoot:
+    """Outcome: True if the node answers now (else it was powered off)."""
+
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return (
+            f"its first boot was cut short: wait up to {UNVERIFIED_PROBE_SECONDS:.0f}s for it to answer, "
+            "else power it off to boot it again"
+        )
+
+    def as_planned(self, node: NodePlan) -> Any:
+        return True
+
+
+@dataclass(frozen=True)
+class WriteCloudInit:
+    new_instance: bool = False  # cloud-init redoes a first boot only for an unseen instance id
+
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        again = ", as a new instance" if self.new_instance else ""
+        return (
+            f"write guestinfo cloud-init: {node.address}/{spec.network.prefix} via {spec.network.gateway}, "
+            f"SSH user {spec.ssh.user} with the cluster's key, the node's pinned host key{again}"
+        )
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return "power on"
+
+
+@dataclass(frozen=True)
+class WaitForAddress:
+    address: str
+
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return f"wait for VMware Tools to report {self.address}"
+
+
+@dataclass(frozen=True)
+class CheckNode:
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return f"check SSH: answers as {node.name} with its pinned host key, cloud-init done"
+
+
+@dataclass(frozen=True)
+class EraseUserdata:
+    def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
+        return "erase the guestinfo user data (it carries the host key) and mark the node verified"
+
+
+Action = (
+    Clone | Resize | ProbeFirstBoot | WriteCloudInit | PowerOn | WaitForAddress | CheckNode | EraseUserdata
+)
+# Failing while the VM may hold user data: erase it on the way out (it carries a private key).
+GUARDED = (WriteCloudInit, PowerOn, WaitForAddress, CheckNode)
+
+
+def node_actions(node: NodePlan, facts: VMFacts) -> Generator[Action, Any, None]:
+    """What to do for node, given its VM's facts; each action's outcome is sent back in."""
+    if not facts.exists:
+        facts = yield Clone()
+    if (facts.cpus, facts.memory_mb) != (node.cpus, node.memory_mb):
+        # Check, then change: covers VMs adopted from an earlier size, and clones whose
+        # config the server did not apply with the clone.
+        yield Resize(node.cpus, node.memory_mb)
+    booted = facts.powered_on
+    cut_short = False
+    if booted and not facts.has_userdata and not facts.verified:
+        booted = yield ProbeFirstBoot()
+        cut_short = not booted
+    holds_userdata = facts.has_userdata
+    if not booted:
+        yield WriteCloudInit(new_instance=cut_short)
+        holds_userdata = True
+        yield PowerOn()
+    yield WaitForAddress(node.address)
+    yield CheckNode()
+    if holds_userdata or not facts.verified:
+        # The userdata carried the node's private host key; it must not linger in VM
+        # properties. The same call records that the node answered with its pinned key.
+        yield EraseUserdata()
+
+
+def planned_actions(spec: ClusterSpec, plan: Plan) -> list[str]:
+    """What the VM phase does for a cluster with nothing in vCenter yet; contacts nothing."""
+    lines = [f"folder {plan.folder}: create it, marked with the cluster's id"]
+    for node in plan.nodes:
+        steps = node_actions(node, NO_VM)
+        outcome: Any = None
+        while True:
+            try:
+                action = steps.send(outcome)
+            except StopIteration:
+                break
+            lines.append(f"{node.name}: {action.describe(spec, plan, node)}")
+            outcome = action.as_planned(node) if isinstance(action, (Clone, ProbeFirstBoot)) else None
+    if spec.placement.anti_affinity:
+        for rule in plan.anti_affinity_rules:
+            lines.append(f"DRS anti-affinity rule {rule.name}: {', '.join(rule.vms)}")
+    return lines
+
+
+# -- resolve and preflight -----------------------------------------------------------------------
 
 
 @dataclass
-class Inventory:
+class Resolved:
     """The vCenter objects a spec names, each resolved to exactly one."""
 
     datacenter: Any
@@ -143,21 +231,16 @@ class Inventory:
     pool: Any
     template: Any
     hosts: list[Any]
+    host_names: dict[str, str]  # host moid -> name
     folder_path: str
     folder: Any | None  # None until created
     folder_owner: str | None = None  # the cluster id the folder is marked with, if any
-
-    @property
-    def template_nic(self) -> Any:
-        nics = [
-            d
-            for d in self.template.config.hardware.device
-            if isinstance(d, vim.vm.device.VirtualEthernetCard)
-        ]
-        return nics[0]
+    template_name: str = ""
+    template_snapshot: Any = None  # its current snapshot, None if it has none
+    template_nic: Any = None
 
 
-def resolve(content: Any, spec: ClusterSpec, folder_path: str) -> Inventory:
+def resolve(content: Any, spec: ClusterSpec, folder_path: str) -> Resolved:
     vs = spec.vsphere
     problems: list[ProvisionerError] = []
 
@@ -176,18 +259,41 @@ def resolve(content: Any, spec: ClusterSpec, folder_path: str) -> Inventory:
     pool = attempt(lambda: find.resource_pool(content, dc, cluster, vs.resource_pool)) if cluster else None
     if problems:
         raise PreflightError([str(p) for p in problems])
-    hosts = find.hosts(cluster)
+    named = find.named_hosts(cluster)
+    hosts = [h for _name, h in named]
+    host_names = {h._moId: name for name, h in named}
     if spec.placement.hosts:
         wanted = set(spec.placement.hosts)
-        hosts = [h for h in hosts if h.name in wanted]
-        missing = wanted - {h.name for h in hosts}
+        hosts = [h for h in hosts if host_names[h._moId] in wanted]
+        missing = wanted - {host_names[h._moId] for h in hosts}
         if missing:
             raise PreflightError(
                 [f"placement.hosts: {', '.join(sorted(missing))} not in cluster {cluster.name}"]
             )
     folder = find.folder(content, dc, folder_path)
     owner = ownership.folder_owner(content, folder) if folder is not None else None
-    return Inventory(dc, cluster, datastore, network, pool, template, hosts, folder_path, folder, owner)
+    # What every clone needs of the template, read once, not once per VM.
+    t = find.props_of(content, template, ["name", "snapshot", "config.hardware.device"])
+    snapshot = t.get("snapshot")
+    nics = [
+        d for d in t.get("config.hardware.device") or [] if isinstance(d, vim.vm.device.VirtualEthernetCard)
+    ]
+    return Resolved(
+        dc,
+        cluster,
+        datastore,
+        network,
+        pool,
+        template,
+        hosts,
+        host_names,
+        folder_path,
+        folder,
+        owner,
+        template_name=t.get("name") or _required(vs.template),
+        template_snapshot=snapshot.currentSnapshot if snapshot is not None else None,
+        template_nic=nics[0] if nics else None,
+    )
 
 
 def _required(value: str | None) -> str:
@@ -209,13 +315,12 @@ def marked_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
     return out
 
 
-def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, owned: dict[str, Any]) -> None:
+def preflight(content: Any, inv: Resolved, plan: Plan, state: ClusterState, owned: dict[str, Any]) -> None:
     """Read-only checks that stop create-cluster before it creates anything."""
     problems = []
-    snapshot = inv.template.snapshot
-    if snapshot is None or snapshot.currentSnapshot is None:
+    if inv.template_snapshot is None:
         problems.append(
-            f"template {inv.template.name!r} has no snapshot, so linked clones are impossible; "
+            f"template {inv.template_name!r} has no snapshot, so linked clones are impossible; "
             "take a snapshot of it, or set vsphere.linked_clone: false for (slow) full clones"
         )
     for name, vm in owned.items():
@@ -256,14 +361,7 @@ def preflight(content: Any, inv: Inventory, plan: Plan, state: ClusterState, own
         raise PreflightError(problems)
 
 
-@dataclass
-class NodeOutcome:
-    node: NodePlan
-    vm: Any = None
-    esxi_host: str | None = None
-    created: bool = False
-    changed: bool = False
-    seconds: dict[str, float] = field(default_factory=dict)
+# -- the run ------------------------------------------------------------------------------------
 
 
 class VMPhase:
@@ -272,18 +370,19 @@ class VMPhase:
         session: Session,
         spec: ClusterSpec,
         plan: Plan,
-        inv: Inventory,
+        inv: Resolved,
         state: ClusterState,
         log: Log,
+        check: NodeCheck,
         concurrency: int = 8,
         deadline: float = 600.0,
     ) -> None:
         self.session, self.spec, self.plan, self.inv, self.state = session, spec, plan, inv, state
         self.log = log
+        self.check = check
         self.slots = threading.BoundedSemaphore(concurrency)
         self.deadline = deadline
-        self.hosts_by_name = {h.name: h for h in inv.hosts}
-        self.host_names = {h._moId: h.name for h in inv.hosts}
+        self.hosts_by_name = {inv.host_names[h._moId]: h for h in inv.hosts}
 
     def run(self, owned: dict[str, Any]) -> list[NodeOutcome]:
         content = self.session.content
@@ -314,7 +413,7 @@ class VMPhase:
             raise stopped[0]
         stop.check("the anti-affinity rules")
         # Rules once the VMs exist; DRS applies them to later placements and migrations.
-        present = {o.node.name: o.vm for o in outcomes if o.vm is not None}
+        present = {o.node.name: o.machine for o in outcomes if o.machine is not None}
         rules = {
             rule.role: [present[v] for v in rule.vms if v in present]
             for rule in self.plan.anti_affinity_rules
@@ -359,83 +458,96 @@ class VMPhase:
                 self.session.content, [task], deadline=time.monotonic() + self.deadline
             )[0]
 
+    def _read(self, node: NodePlan, vm: Any, out: NodeOutcome) -> VMFacts:
+        # Everything the actions need to know about the VM, in one round trip.
+        facts = _facts(find.props_of(self.session.content, vm, VM_FACTS))
+        out.machine = vm
+        out.esxi_host = self.inv.host_names.get(facts.host._moId) if facts.host is not None else None
+        self.state.save_node(
+            NodeRecord(
+                name=node.name,
+                role=node.role,
+                address=node.address,
+                esxi_host=out.esxi_host,
+                moid=vm._moId,
+                instance_uuid=facts.instance_uuid,
+            )
+        )
+        return facts
+
     def _node(self, node: NodePlan, vm: Any | None) -> NodeOutcome:
         out = NodeOutcome(node)
         t0 = time.monotonic()
-        host = self.hosts_by_name.get(node.esxi_host or "")
-        if vm is None:
-            vm = self._clone(node, host)
-            out.created = out.changed = True
-            out.seconds["clone"] = time.monotonic() - t0
-            self.log(f"{node.name}: cloned on {host.name if host else '-'} ({out.seconds['clone']:.1f}s)")
-        out.vm = vm
-        # Everything this pipeline needs to know about the VM, in one round trip.
-        facts = find.props_of(self.session.content, vm, VM_FACTS)
-        host_ref = facts.get("runtime.host")
-        out.esxi_host = self.host_names.get(host_ref._moId) if host_ref is not None else None
-        self._record(node, vm, out.esxi_host, facts.get("config.instanceUuid"))
-        if (facts.get("config.hardware.numCPU"), facts.get("config.hardware.memoryMB")) != (
-            node.cpus,
-            node.memory_mb,
-        ):
-            # Check, then change: covers VMs adopted from an earlier size, and clones whose
-            # config the server did not apply with the clone.
-            self._call(lambda: vms.reconfigure(vm, specs.resize_spec(node.cpus, node.memory_mb)))
-            out.changed = True
-        extra = {o.key: o.value for o in facts.get("config.extraConfig") or []}
-        has_userdata = bool(extra.get(specs.GUESTINFO_USERDATA))
-        powered_on = facts.get("runtime.powerState") == "poweredOn"
-        rebooted = False
-        if powered_on and not has_userdata and extra.get(specs.NODE_VERIFIED) != "TRUE":
-            powered_on = self._probe_unverified(node, vm)
-            rebooted = not powered_on
-        if not powered_on:
-            t = time.monotonic()
-            mac = next(
-                d.macAddress
-                for d in facts.get("config.hardware.device") or []
-                if isinstance(d, vim.vm.device.VirtualEthernetCard)
-            )
-            metadata, userdata = self._cloud_init(node, str(mac), new_instance=rebooted)
-            has_userdata = True
+        facts = self._read(node, vm, out) if vm is not None else NO_VM
+        steps = node_actions(node, facts)
+        userdata = facts.has_userdata
+        booting: dict[str, float] = {}  # when the cloud-init write began: boot time runs from there
+        outcome: Any = None
+        while True:
             try:
-                self._call(
-                    lambda: vms.reconfigure(
-                        vm,
-                        vim.vm.ConfigSpec(
-                            extraConfig=_options(specs.guestinfo_extra_config(metadata, userdata))
-                        ),
-                    )
-                )
-                self._call(lambda: vms.power_on(vm))
+                action = steps.send(outcome)
+            except StopIteration:
+                break
+            if isinstance(action, WriteCloudInit):
+                userdata = True
+            try:
+                outcome = self._do(action, node, out, facts, booting)
             except BaseException:
-                self._erase_userdata(node, vm)
+                if userdata and isinstance(action, GUARDED):
+                    self._erase_userdata(node, out.machine)
                 raise
-            out.changed = True
-            out.seconds["power_on"] = time.monotonic() - t
-            self.log(f"{node.name}: powered on")
-        t = time.monotonic()
-        try:
-            waits.wait_for_guest_ip(
-                self.session.content, vm, expected=node.address, deadline=time.monotonic() + self.deadline
-            )
-            out.seconds["address"] = time.monotonic() - t
-            t = time.monotonic()
-            self._check_ssh(node)
-            out.seconds["ssh"] = time.monotonic() - t
-        except BaseException:
-            if has_userdata:
-                self._erase_userdata(node, vm)
-            raise
-        if has_userdata or extra.get(specs.NODE_VERIFIED) != "TRUE":
-            # The userdata carried the node's private host key; it must not linger in VM
-            # properties. The same call records that the node answered with its pinned key.
-            self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec(verified=True)))
-            out.changed = True
+            if isinstance(action, Clone):
+                facts = outcome
+            elif isinstance(action, EraseUserdata):
+                userdata = False
         self.log(
             f"{node.name}: {node.address} answers SSH with its pinned host key ({time.monotonic() - t0:.1f}s)"
         )
         return out
+
+    def _do(
+        self, action: Action, node: NodePlan, out: NodeOutcome, facts: VMFacts, booting: dict[str, float]
+    ) -> Any:
+        vm = out.machine
+        t = time.monotonic()
+        if isinstance(action, Clone):
+            host = self.hosts_by_name.get(node.esxi_host or "")
+            vm = self._clone(node, host)
+            out.created = out.changed = True
+            out.seconds["clone"] = time.monotonic() - t
+            self.log(
+                f"{node.name}: cloned on {node.esxi_host if host else '-'} ({out.seconds['clone']:.1f}s)"
+            )
+            return self._read(node, vm, out)
+        if isinstance(action, Resize):
+            self._call(lambda: vms.reconfigure(vm, specs.resize_spec(action.cpus, action.memory_mb)))
+            out.changed = True
+        elif isinstance(action, ProbeFirstBoot):
+            return self._probe_unverified(node, vm)
+        elif isinstance(action, WriteCloudInit):
+            booting["since"] = t
+            metadata, userdata = self._cloud_init(node, str(facts.mac), new_instance=action.new_instance)
+            config = vim.vm.ConfigSpec(
+                extraConfig=specs.option_values(specs.guestinfo_extra_config(metadata, userdata))
+            )
+            self._call(lambda: vms.reconfigure(vm, config))
+        elif isinstance(action, PowerOn):
+            self._call(lambda: vms.power_on(vm))
+            out.changed = True
+            out.seconds["power_on"] = time.monotonic() - booting.get("since", t)
+            self.log(f"{node.name}: powered on")
+        elif isinstance(action, WaitForAddress):
+            waits.wait_for_guest_ip(
+                self.session.content, vm, expected=action.address, deadline=time.monotonic() + self.deadline
+            )
+            out.seconds["address"] = time.monotonic() - t
+        elif isinstance(action, CheckNode):
+            self.check(node, self.deadline)
+            out.seconds["ssh"] = time.monotonic() - t
+        elif isinstance(action, EraseUserdata):
+            self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec(verified=True)))
+            out.changed = True
+        return None
 
     def _erase_userdata(self, node: NodePlan, vm: Any) -> None:
         """Take the node's private host key out of the VM's properties, whatever went wrong.
@@ -461,7 +573,7 @@ class VMPhase:
         try:
             probe_deadline = time.monotonic() + UNVERIFIED_PROBE_SECONDS
             waits.wait_for_guest_ip(self.session.content, vm, expected=node.address, deadline=probe_deadline)
-            self._check_ssh(node, deadline=UNVERIFIED_PROBE_SECONDS)
+            self.check(node, UNVERIFIED_PROBE_SECONDS)
             return True
         except ProvisionerError as exc:
             if isinstance(exc, Interrupted) or stop.stopping():
@@ -472,7 +584,6 @@ class VMPhase:
         return False
 
     def _clone(self, node: NodePlan, host: Any | None) -> Any:
-        snapshot = self.inv.template.snapshot.currentSnapshot if self.inv.template.snapshot else None
         extra = {
             **specs.ownership_extra_config(self.plan.cluster, self.state.cluster_id, node.role),
             # Disks must show stable serials to the guest: the vSphere CSI driver finds volumes by them.
@@ -481,7 +592,7 @@ class VMPhase:
         spec = specs.clone_spec(
             cpus=node.cpus,
             memory_mb=node.memory_mb,
-            snapshot=snapshot,
+            snapshot=self.inv.template_snapshot,
             pool=self.inv.pool,
             host=host,
             datastore=self.inv.datastore,
@@ -516,65 +627,28 @@ class VMPhase:
             + (f"-{uuid.uuid4().hex[:8]}" if new_instance else ""),
         )
 
-    def _record(self, node: NodePlan, vm: Any, esxi_host: str | None, instance_uuid: str | None) -> None:
-        self.state.save_node(
-            NodeRecord(
-                name=node.name,
-                role=node.role,
-                address=node.address,
-                esxi_host=esxi_host,
-                moid=vm._moId,
-                instance_uuid=instance_uuid,
-            )
-        )
-
-    def _check_ssh(self, node: NodePlan, deadline: float | None = None) -> None:
-        deadline = deadline or self.deadline
-        key_path, _ = self.state.ssh_keypair()
-        with Connection(
-            node.name,
-            node.address,
-            self.spec.ssh.user,
-            key_path,
-            self.state.known_hosts_path,
-            port=self.spec.ssh.port,
-            connect_deadline=deadline,
-        ) as conn:
-            result = conn.run(Cmd("hostname"))
-            if result.stdout.strip() != node.name:
-                raise SSHError(f"{node.name} ({node.address}) answers as {result.stdout.strip()!r}")
-            # sshd answers before cloud-init is done with the node (it even restarts sshd):
-            # bootstrapping then would race with it. retry_safe: the wait may span that restart.
-            done = conn.run(
-                Cmd("cloud-init", "status", "--wait"), check=False, timeout=deadline, retry_safe=True
-            )
-            if done.exit_status not in (0, 2):  # 2: done, with recoverable errors (cloud-init 23.4+)
-                said = (done.stdout + done.stderr).strip()[-400:]
-                raise SSHError(
-                    f"{node.name}: cloud-init did not finish cleanly: {said}",
-                    hint=f"see /var/log/cloud-init.log on the node (vkp ssh {self.plan.cluster} {node.name})",
-                )
-
-
-def _options(d: dict[str, str]) -> list[Any]:
-    return [vim.option.OptionValue(key=k, value=v) for k, v in d.items()]
-
 
 def provision_vms(
-    spec: ClusterSpec, state: ClusterState, session: Session, log: Log, *, concurrency: int = 8
+    spec: ClusterSpec,
+    state: ClusterState,
+    session: Session,
+    log: Log,
+    *,
+    check: NodeCheck,
+    concurrency: int = 8,
 ) -> tuple[Plan, list[NodeOutcome]]:
     content = session.content
-    folder_path = plan_folder(spec)
-    inv = resolve(content, spec, folder_path)
+    plan = make_plan(spec)
+    inv = resolve(content, spec, plan.folder)
     if not inv.hosts:
         raise PreflightError([f"cluster {inv.cluster.name} has no connected host outside maintenance mode"])
-    plan = make_plan(spec, hosts=[h.name for h in inv.hosts])
+    plan = make_plan(spec, hosts=[inv.host_names[h._moId] for h in inv.hosts])
     owned = marked_vms(inv.folder, spec.name)
     preflight(content, inv, plan, state, owned)
     log(f"preflight ok: {len(plan.nodes)} VMs, {len(owned)} already there, {len(inv.hosts)} ESXi hosts")
     for n in plan.nodes:
         state.host_key(n.name)  # generated once, before the VM exists, so it can be pinned
     state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
-    outcomes = VMPhase(session, spec, plan, inv, state, log, concurrency=concurrency).run(owned)
+    outcomes = VMPhase(session, spec, plan, inv, state, log, check, concurrency=concurrency).run(owned)
     state.write_hosts_inventory()
     return plan, outcomes

@@ -1,0 +1,152 @@
+"""The seam between a cluster's lifecycle and the infrastructure its machines run on.
+
+The lifecycle (provisioner/cluster.py: create, delete, resize, describe) runs over these
+interfaces and imports no infrastructure: an Infrastructure is picked by name (get()), opens
+a Provider bound to one session, and the Provider makes, finds and destroys the machines.
+vSphere's is provisioner/vsphere/provider.py; a second infrastructure implements the same
+two protocols in a module of its own and adds one line to INFRASTRUCTURES.
+
+A Provider's machines answer SSH with their pinned host keys before machines() returns; the
+check itself is the lifecycle's (a NodeCheck it passes in, ssh_check() by default), so every
+infrastructure verifies nodes the same way and tests can stand in for the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from provisioner.errors import SSHError
+from provisioner.plan import NodePlan, Plan
+from provisioner.spec import ClusterSpec
+from provisioner.ssh.commands import Cmd
+from provisioner.ssh.connector import Connection
+from provisioner.state import ClusterState
+
+Log = Callable[[str], None]
+# Does the node answer SSH as itself, with its pinned host key, cloud-init done? Raises (an
+# SSHError, a Timeout...) if not; deadline: seconds it may take.
+NodeCheck = Callable[[NodePlan, float], None]
+
+# name -> "module:attribute" of its Infrastructure; imported only when asked for.
+INFRASTRUCTURES = {"vsphere": "provisioner.vsphere.provider:VSPHERE"}
+
+
+@dataclass
+class NodeOutcome:
+    """One node's machine after machines(): where it runs, what the run did to it."""
+
+    node: NodePlan
+    machine: Any = None  # the infrastructure's handle on it
+    esxi_host: str | None = None  # the physical host it runs on, if the infrastructure says
+    created: bool = False
+    changed: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Holdings(Protocol):
+    """What an infrastructure holds for one cluster id (machines, rules, folders...)."""
+
+    def counts(self) -> dict[str, int]: ...
+
+    def empty(self) -> bool: ...
+
+    def summary(self) -> str:
+        """One line, e.g. "3 VM(s), 1 rule(s), 1 folder(s)"."""
+        ...
+
+    def names(self) -> list[str]:
+        """Each object, as a user would look for it ("VM demo-worker-1", "folder demo")."""
+        ...
+
+
+class Provider(Protocol):
+    """An infrastructure bound to one session (opened by Infrastructure.open*)."""
+
+    def machines(
+        self, spec: ClusterSpec, state: ClusterState, log: Log, *, concurrency: int, check: NodeCheck
+    ) -> tuple[Plan, list[NodeOutcome]]:
+        """Make sure every node of the spec has its machine, booted with its cloud-init and
+        passing check; preflight refusals raise PreflightError before anything is made."""
+        ...
+
+    def resolve_id(self, name: str, wanted: str | None) -> str | None:
+        """The one cluster id carrying name (wanted, if given, must be among them)."""
+        ...
+
+    def find_owned(self, name: str, cluster_id: str | None) -> Holdings:
+        """Everything that carries cluster_id (nothing when it is None)."""
+        ...
+
+    def destroy(self, owned: Holdings, log: Log) -> list[str]:
+        """Destroy what find_owned found; returns the containers kept because they hold
+        something the cluster does not own."""
+        ...
+
+    def remove_nodes(self, name: str, cluster_id: str, nodes: list[str], log: Log) -> list[str]:
+        """Destroy these nodes' machines (of this cluster id only); returns those destroyed."""
+        ...
+
+
+class Infrastructure(Protocol):
+    def open(
+        self, spec: ClusterSpec, env: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[Provider]:
+        """A session for the spec (credentials from env or a prompt)."""
+        ...
+
+    def open_cluster(
+        self, name: str, env: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[Provider]:
+        """A session for an existing cluster: its saved spec's, else the environment's."""
+        ...
+
+    def planned_actions(self, spec: ClusterSpec, plan: Plan) -> list[str]:
+        """What machines() would do for a cluster that has nothing yet; contacts nothing."""
+        ...
+
+    def nothing(self) -> Holdings:
+        """No holdings (a cluster that never reached the infrastructure)."""
+        ...
+
+
+def get(name: str = "vsphere") -> Infrastructure:
+    module, _, attr = INFRASTRUCTURES[name].partition(":")
+    infra: Infrastructure = getattr(importlib.import_module(module), attr)
+    return infra
+
+
+def ssh_check(spec: ClusterSpec, state: ClusterState, cluster: str) -> NodeCheck:
+    """The node check of a real run: log in with the cluster's key, trusting only the node's
+    pinned host key; the node must name itself and have finished cloud-init."""
+
+    def check(node: NodePlan, deadline: float) -> None:
+        key_path, _ = state.ssh_keypair()
+        with Connection(
+            node.name,
+            node.address,
+            spec.ssh.user,
+            key_path,
+            state.known_hosts_path,
+            port=spec.ssh.port,
+            connect_deadline=deadline,
+        ) as conn:
+            result = conn.run(Cmd("hostname"))
+            if result.stdout.strip() != node.name:
+                raise SSHError(f"{node.name} ({node.address}) answers as {result.stdout.strip()!r}")
+            # sshd answers before cloud-init is done with the node (it even restarts sshd):
+            # bootstrapping then would race with it. retry_safe: the wait may span that restart.
+            done = conn.run(
+                Cmd("cloud-init", "status", "--wait"), check=False, timeout=deadline, retry_safe=True
+            )
+            if done.exit_status not in (0, 2):  # 2: done, with recoverable errors (cloud-init 23.4+)
+                said = (done.stdout + done.stderr).strip()[-400:]
+                raise SSHError(
+                    f"{node.name}: cloud-init did not finish cleanly: {said}",
+                    hint=f"see /var/log/cloud-init.log on the node (vkp ssh {cluster} {node.name})",
+                )
+
+    return check
