@@ -34,6 +34,7 @@ from provisioner.bootstrap.artifacts import sha256_file
 from provisioner.errors import LabError
 from provisioner.lab import image as guest_image
 from provisioner.lab import oci
+from provisioner.spec import k8s_minor
 
 Log = Callable[[str], None]
 
@@ -128,14 +129,13 @@ def ldflags() -> str:
     The vendor/-prefixed paths are the ones the binaries link (GOPATH mode); without them
     kubeadm reports v0.0.0 and asks for the wrong images.
     """
-    major, minor, _ = VERSION.split(".")
     flags = ["-s", "-w"]
     for pkg in ("component-base/version", "client-go/pkg/version"):
         p = f"k8s.io/kubernetes/vendor/k8s.io/{pkg}"
         flags += [
             f"-X {p}.gitVersion=v{VERSION}",
-            f"-X {p}.gitMajor={major}",
-            f"-X {p}.gitMinor={minor}",
+            f"-X {p}.gitMajor=1",  # every release vkp takes is 1.Y.Z
+            f"-X {p}.gitMinor={k8s_minor(VERSION)}",
             f"-X {p}.gitTreeState=clean",
         ]
     return " ".join(flags)
@@ -439,11 +439,6 @@ def read_record(artifacts: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def is_built(artifacts: Path) -> bool:
-    record = read_record(artifacts)
-    return record is not None and record.get("recipe") == ArtifactRecipe(GoRecipe().hash()).hash()
 
 
 def build(cache: Path, artifacts: Path, log: Log) -> dict[str, object]:

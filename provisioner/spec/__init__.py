@@ -24,6 +24,7 @@ checks (validation). Import from provisioner.spec itself.
 from __future__ import annotations
 
 from provisioner.spec.checks import (
+    k8s_version_problem,
     node_name,
     normalize_thumbprint,
     validate,
@@ -80,6 +81,7 @@ from provisioner.spec.schema import (
     SSHSpec,
     Topology,
     VSphereSpec,
+    k8s_minor,
 )
 
 # The old name, while provisioner/cli.py still imports it.
@@ -132,6 +134,8 @@ __all__ = [
     "TLS",
     "Topology",
     "VSphereSpec",
+    "k8s_minor",
+    "k8s_version_problem",
     "load_plans",
     "load_size_presets",
     "load_spec",

@@ -41,6 +41,7 @@ from provisioner.spec.schema import (
     NodeSettingsSpec,
     Topology,
     VSphereSpec,
+    k8s_minor,
 )
 from provisioner.vsphere import endpoint
 
@@ -149,6 +150,21 @@ def text_problem(text: str) -> str | None:
     """Why a string cannot be a setting's value (with what to do), or None."""
     bad = _bad_character(text)
     return f"{bad}; remove it (a setting is one line of text)" if bad else None
+
+
+def k8s_version_problem(version: str) -> str | None:
+    """Why version cannot be kubernetes.version (not a 1.Y.Z release, or a minor outside
+    K8S_MINORS), or None: the one range check, over schema.k8s_minor's parse."""
+    lo, hi = K8S_MINORS
+    if not _K8S_VERSION.fullmatch(version):
+        return f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {show(version)}"
+    if not lo <= k8s_minor(version) <= hi:
+        return (
+            f"{version} is outside the versions vkp supports (1.{K8S_SUPPORTED_FROM} to 1.{hi}; "
+            f"1.{lo} to 1.{K8S_SUPPORTED_FROM - 1} for the embedded lab only); pick a release in that "
+            f"range, e.g. {DEFAULT_K8S_VERSION}"
+        )
+    return None
 
 
 def vsphere_name_problem(value: str, *, path: bool) -> str | None:
@@ -668,23 +684,8 @@ def _check_misc(spec: ClusterSpec) -> list[tuple[str, str]]:
         p.append(("ssh.port", f"must be a TCP port (1-65535); got {spec.ssh.port}"))
     # kubernetes
     k = spec.kubernetes
-    lo, hi = K8S_MINORS
-    if not _K8S_VERSION.fullmatch(k.version):
-        p.append(
-            (
-                "kubernetes.version",
-                f"must be a release like {DEFAULT_K8S_VERSION} (X.Y.Z); got {show(k.version)}",
-            )
-        )
-    elif not lo <= k.minor <= hi:
-        p.append(
-            (
-                "kubernetes.version",
-                f"{k.version} is outside the versions vkp supports (1.{K8S_SUPPORTED_FROM} to 1.{hi}; "
-                f"1.{lo} to 1.{K8S_SUPPORTED_FROM - 1} for the embedded lab only); pick a release in that "
-                f"range, e.g. {DEFAULT_K8S_VERSION}",
-            )
-        )
+    if (why := k8s_version_problem(k.version)) is not None:
+        p.append(("kubernetes.version", why))
     if k.cni not in CNIS:
         p.append(("kubernetes.cni", f"unknown CNI {show(k.cni)}; use one of {', '.join(CNIS)}"))
     if k.dns not in DNS_ADDONS:

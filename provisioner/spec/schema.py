@@ -65,6 +65,13 @@ SITE_DEFAULTS_ENV = "VKP_SITE_DEFAULTS"
 # matches other scripts' digits, which no release uses), and few, so int() of a group is cheap.
 _K8S_VERSION = re.compile(r"1\.([0-9]{1,4})\.([0-9]{1,6})")
 
+
+def k8s_minor(version: str) -> int:
+    """1.30.4 -> 30; 0 when version is not a 1.Y.Z release (k8s_version_problem says why)."""
+    m = _K8S_VERSION.fullmatch(version)
+    return int(m.group(1)) if m else 0
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -359,14 +366,13 @@ class KubernetesSpec:
     @property
     def minor(self) -> int:
         """1.30.4 -> 30 (0 when the version is malformed, which validation reports)."""
-        m = _K8S_VERSION.fullmatch(self.version)
-        return int(m.group(1)) if m else 0
+        return k8s_minor(self.version)
 
     @property
     def kubeadm_images(self) -> KubeadmImages:
         """What kubeadm of this version names; for a version outside the table (which
         validation reports), the default version's."""
-        default = KUBEADM_IMAGES[int(DEFAULT_K8S_VERSION.split(".")[1])]
+        default = KUBEADM_IMAGES[k8s_minor(DEFAULT_K8S_VERSION)]
         return KUBEADM_IMAGES.get(self.minor, default)
 
     @property

@@ -536,3 +536,16 @@ def test_spec_from_the_state_round_trips(tmp_path: Path) -> None:
     assert again.to_dict() | {"source": None} == spec.to_dict() | {"source": None}
     saved["kubernetes"]["artifact_source"] = saved["kubernetes"].pop("artifacts")["source"]
     assert spec_from_dict(saved).kubernetes.artifacts.source == "local:/srv/k8s"
+
+
+def test_kubernetes_version_is_parsed_and_ranged_in_one_place(tmp_path: Path) -> None:
+    from provisioner.lab import kubebuild
+    from provisioner.spec import k8s_minor, k8s_version_problem
+
+    assert [k8s_minor(v) for v in ("1.30.4", "v1.30.4", "1.30", "2.30.1")] == [30, 0, 0, 0]
+    assert k8s_version_problem("1.30.4") is None
+    assert k8s_version_problem(kubebuild.VERSION) is None  # the lab's own build is accepted
+    assert "outside the versions vkp supports" in (k8s_version_problem("1.19.16") or "")
+    assert "must be a release like" in (k8s_version_problem("v1.30.4") or "")
+    spec = write(tmp_path, "name: c1\nplan: small\nkubernetes:\n  version: 1.99.0\n")
+    assert "outside the versions vkp supports" in problems(spec)["kubernetes.version"]
