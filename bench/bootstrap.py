@@ -250,7 +250,8 @@ def translate(playbook: runner.Playbook, cl: Cluster, *, checks_only: bool, fact
     plays: list[dict[str, Any]] = []
     counts = {"facts": 0, "file": 0, "copy": 0, "command": 0, "restart": 0}
     n = 0
-    for play in playbook.for_phases(set(runner.PHASES[: runner.PHASES.index(UP_TO) + 1])):
+    phases = phases_mod.create_phases()
+    for play in playbook.for_phases(set(phases[: phases.index(UP_TO) + 1])):
         nodes = play.hosts.select(cl.plan)
         tasks: list[dict[str, Any]] = []
         if any(sdefs[s].local for s in play.steps):
@@ -259,7 +260,14 @@ def translate(playbook: runner.Playbook, cl: Cluster, *, checks_only: bool, fact
             n += 1
             var = f"v{n}"
             for node in nodes:
-                probes = runner._probes([sdefs[s] for s in play.steps], node, cl)
+                # The probes the runner gathers in its one facts round trip, from the public
+                # step definitions.
+                probes = [
+                    probe
+                    for sdef in (sdefs[s] for s in play.steps)
+                    if sdef.probes is not None and not sdef.local
+                    for probe in sdef.probes(node, cl)
+                ]
                 if probes:
                     hostvars[node.name][var] = _split(facts_command(list(dict.fromkeys(probes))))
             tasks.append(

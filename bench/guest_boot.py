@@ -72,10 +72,10 @@ def run(n: int, root: Path, gdir: Path) -> None:
     cpu0 = busy_cpu_seconds()
     t0 = time.monotonic()
     threads = [threading.Thread(target=one, args=s) for s in specs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     wall = time.monotonic() - t0
     cpu = busy_cpu_seconds() - cpu0
     ok = [v for v in times.values() if v is not None]
