@@ -1,40 +1,7 @@
 """One vkp run per cluster at a time.
 
-Usage, around a whole create-cluster, resize or delete-cluster::
-
-    from provisioner import runlock
-
-    with runlock.hold(name, runlock.command_line(), log=echo):
-        ...
-
-hold(name, command, *, log, home=None) -> context manager (yields None)
-
-- Takes the cluster's run lock without waiting. When another process holds it, raises Busy
-  (exit code 15) within about half a second; the message names the holder: pid, host, local
-  start time and its command line (`command`, e.g. "vkp create-cluster -f inventory/lab.yaml").
-- A run that died holding the lock (SIGKILL, power loss) leaves it free, since the kernel drops
-  a dead process's flock; its leftover holder record is reported once through `log`:
-  "took over the lock of cluster X from pid N on HOST (started ..., `command`), which is no
-  longer running". `log` is not called otherwise.
-- Re-entrant within one process: a nested hold of the same cluster (resize runs create-cluster
-  inside) only counts, and the lock is released when the outermost hold ends. The lock belongs
-  to the process, not to a thread: another thread of the same process entering hold for the
-  same cluster is let in as well.
-- Raises SpecError for a name that is not one DNS label, UnsafeStateDir (from provisioner.state)
-  when the state home or its .locks directory is not the user's own, and ProvisionerError when
-  the lock file cannot be locked at all (a filesystem without flock).
-
-Files, under STATE_HOME (VKP_STATE_DIR) and not in the cluster's own directory, because
-delete-cluster removes that directory while it holds the lock:
-
-    .locks/                   0700
-    .locks/<name>.lock        the flock itself, 0600; it stays after release, as removing a
-                              lock file races with a process about to lock it
-    .locks/<name>.holder.json who holds it (pid, host, start time, command), 0600; written
-                              after the lock is taken and removed before it is released
-
-The holder record is only for messages: whether the lock is held is decided by flock alone, so
-a record naming a live process (its pid reused by something else) never keeps a run out.
+Usage, guarantees and files of the per-cluster run lock.
+See docs/architecture.md#runlock.
 """
 
 from __future__ import annotations

@@ -1,45 +1,7 @@
 """Kubernetes artifacts: where kubeadm, kubelet and kubectl come from, and how each is verified.
 
-Sources (kubernetes.artifacts.source in the spec, or VKP_K8S_ARTIFACTS):
-
-    upstream                 https://dl.k8s.io/release
-    https://mirror/k8s       a mirror with the same layout (http:// is accepted for lab mirrors:
-                             the checksums, not the transport, are what is trusted)
-    local:/path/dir          a directory on the operator's machine, for air-gapped sites
-
-Layout of an upstream or mirror source, and of a local directory that copies it:
-
-    {base}/v{version}/bin/linux/{arch}/{kubeadm,kubelet,kubectl}
-    {base}/v{version}/bin/linux/{arch}/{file}.sha256        "<hex>" or "<hex>  <file>"
-
-A local directory may instead hold the files flat, with a .sha256 next to each or one
-SHA256SUMS file (sha256sum's output); arch is amd64 or arm64, as the node reports it.
-
-Trust: every file is checked against the SHA-256 published beside it before anything is
-installed, and a set is installed only when all of its files verified, so a node never ends up
-with a kubelet from one build and a kubeadm from another. For upstream and mirror sources the
-node downloads (curl) into a private staging directory next to /usr/local/bin, verifies, and
-only then renames each file into place (rename is atomic on one filesystem). For a local
-source this machine verifies the files, pushes them into the same staging directory, and the
-node verifies them again before the same renames.
-
-The standard CNI plugins (containernetworking/plugins), which kubernetes.cni: bridge runs on,
-come from kubernetes.artifacts.source too, as the release tarball with the .sha256 published
-beside it:
-
-    upstream                 https://github.com/containernetworking/plugins/releases/download/
-                             v{version}/cni-plugins-linux-{arch}-v{version}.tgz (+ .sha256)
-    mirror                   {base}/cni-plugins/v{version}/ (the same two files)
-    local:/dir               {dir}/cni-plugins/v{version}/, or flat in {dir}
-
-etcd (etcd.artifact in the spec, when it is not the distribution's package) comes the same
-ways, as the release tarball and the release's SHA256SUMS:
-
-    {base}/v{version}/etcd-v{version}-linux-{arch}.tar.gz
-    {base}/v{version}/SHA256SUMS                    upstream: github.com/etcd-io/etcd releases
-
-or a local directory holding both (flat, or under v{version}/). The tarball is verified before
-it is unpacked, and etcd and etcdctl from it are installed together, like the Kubernetes set.
+The sources (upstream, a mirror, a local directory), their layouts for Kubernetes, the CNI
+plugins and etcd, and what is trusted: see docs/architecture.md#bootstrap-artifacts.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
 """The cluster's PKI: three CAs, the service-account key pair and the etcd certificates.
 
-Layout of <state>/pki/ (directories 0700, keys 0600, certificates 0644), kubeadm's names so
-the files can be copied to /etc/kubernetes/pki unchanged:
-
-    ca.crt ca.key                                  cluster CA, CN kubernetes
-    front-proxy-ca.crt front-proxy-ca.key          aggregation-layer CA
-    sa.key sa.pub                                  service-account token signing key pair
-    apiserver-etcd-client.crt/.key                 kube-apiserver's client cert for etcd
-    etcd/ca.crt etcd/ca.key                        etcd CA (separate, as CIS asks)
-    etcd/<node>-server.crt/.key                    etcd client-facing serving cert
-    etcd/<node>-peer.crt/.key                      etcd peer cert (server and client auth)
-    etcd/vkp-client.crt/.key                       vkp's own etcd client (health checks)
-    admin.crt/.key                                 the cluster admin (CN kubernetes-admin,
-                                                   O system:masters), made by ensure_admin
-
-Names used by PKI.cert_pem/key_pem/path: "ca", "etcd-ca", "front-proxy-ca", "sa",
-"etcd-server-<node>", "etcd-peer-<node>", "apiserver-etcd-client", "vkp-etcd-client", "admin".
-
-Everything is made once and reused: a re-run reads the files and writes nothing. A leaf is
-reissued (new key, same CA) only when it is missing, its SANs no longer match the plan, it
-expires within RENEW_BEFORE, it no longer chains to its CA, or its key type differs from the
-spec. A CA or the service-account key is never replaced: every certificate and token in the
-cluster depends on it, so a damaged one stops vkp with an error instead.
+The layout of <state>/pki/, the names PKI.cert_pem/key_pem take, and when a certificate is reissued.
+See docs/architecture.md#bootstrap-pki.
 """
 
 from __future__ import annotations
