@@ -132,6 +132,8 @@ class CommandFailed(SSHError):
 
 class Timeout(ProvisionerError):
     exit_code = ExitCode.TIMEOUT
+    # True when the run's own --timeout passed (stop.error), not one wait's time limit.
+    from_stop: bool = False
 
 
 class LabError(ProvisionerError):

@@ -33,7 +33,13 @@ _timeout_seconds: float | None = None
 _callbacks: dict[int, Callable[[], None]] = {}
 _next_id = 0
 _timer: threading.Timer | None = None
-_shield = threading.local()
+
+
+class _Shield(threading.local):
+    on = False  # this thread runs a bounded cleanup that the stopping run must let finish
+
+
+_shield = _Shield()
 
 
 def reset() -> None:
@@ -76,32 +82,26 @@ def request(reason: dict[str, Any]) -> None:
 
 
 def stopping() -> bool:
-    return _event.is_set() and not getattr(_shield, "on", False)
+    return _event.is_set() and not _shield.on
 
 
 def error(what: str) -> Interrupted | Timeout:
     """The error a wait raises when the run stops while it waits for `what` (is_stop tells
     it from a wait's own deadline)."""
-    exc: Interrupted | Timeout
     if "signal" in _reason:
-        exc = Interrupted(_reason["signal"], what)
-    else:
-        limit = _format_seconds(_reason.get("timeout", 0))
-        exc = Timeout(
-            f"the run's --timeout of {limit} passed while waiting for {what}",
-            hint="run the same command again to resume, with a longer --timeout if the work needs it",
-        )
-    exc.from_stop = True  # type: ignore[union-attr]
+        return Interrupted(_reason["signal"], what)
+    limit = _format_seconds(_reason.get("timeout", 0))
+    exc = Timeout(
+        f"the run's --timeout of {limit} passed while waiting for {what}",
+        hint="run the same command again to resume, with a longer --timeout if the work needs it",
+    )
+    exc.from_stop = True
     return exc
 
 
 def is_stop(exc: BaseException | None) -> bool:
     """Whether exc is the run stopping (a signal, or its --timeout), not a failure of its own."""
-    return isinstance(exc, Interrupted) or bool(getattr(exc, "from_stop", False))
-
-
-def is_shielded() -> bool:
-    return bool(getattr(_shield, "on", False))
+    return isinstance(exc, Interrupted) or (isinstance(exc, Timeout) and exc.from_stop)
 
 
 def check(what: str) -> None:
@@ -126,7 +126,7 @@ def sleep(seconds: float, what: str = "a retry") -> None:
         left = end - time.monotonic()
         if left <= 0:
             return
-        _event.wait(min(left, POLL)) if not getattr(_shield, "on", False) else time.sleep(min(left, POLL))
+        _event.wait(min(left, POLL)) if not _shield.on else time.sleep(min(left, POLL))
 
 
 def wait(event: threading.Event, timeout: float | None, what: str) -> bool:
@@ -151,7 +151,7 @@ def on_stop(callback: Callable[[], None]) -> Iterator[None]:
         _callbacks[key] = callback
         already = _event.is_set()
     try:
-        if already and not getattr(_shield, "on", False):
+        if already and not _shield.on:
             callback()
         yield
     finally:
@@ -162,7 +162,7 @@ def on_stop(callback: Callable[[], None]) -> Iterator[None]:
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
     """Let this thread's bounded cleanup calls run even though the run is stopping."""
-    before = getattr(_shield, "on", False)
+    before = _shield.on
     _shield.on = True
     try:
         yield

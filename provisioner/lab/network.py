@@ -130,11 +130,6 @@ def remove_guest_nic(guest_id: str) -> None:
         _ip("netns", "del", netns)
 
 
-def guest_nic_exists(guest_id: str) -> bool:
-    netns, host_if = nic_names(guest_id)
-    return (_NETNS_DIR / netns).exists() or _link_exists(host_if)
-
-
 def answers(address: str) -> bool:
     """Whether anything on the lab bridge answers address (one ping; a neighbour entry)."""
     res = subprocess.run(
