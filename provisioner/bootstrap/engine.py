@@ -35,9 +35,9 @@ import base64
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from provisioner import stop
 from provisioner.errors import ArtifactError, ProvisionerError
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from provisioner.plan import NodePlan, Plan
     from provisioner.spec import ClusterSpec
     from provisioner.state import ClusterState
+
+T = TypeVar("T")
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -371,6 +373,8 @@ class Cluster:
     plan: Plan
     state: ClusterState | None
     pki: PKISource
+    # What a day-2 run acts on (the workers to drain); steps read it with run_param.
+    params: Mapping[str, Any] = field(default_factory=dict)
     # This run's bootstrap token, in memory only: a new Cluster (a new run) makes its own.
     token: BootstrapToken | None = field(default=None, init=False, repr=False, compare=False)
     token_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
@@ -413,11 +417,20 @@ def step(
     return register
 
 
-def registry() -> dict[str, StepDef]:
-    """Every step, with the step modules imported so the registry is complete."""
-    import provisioner.bootstrap.steps  # noqa: F401  (registers by import)
-
-    return STEPS
+def run_param(cluster: Cluster, name: str, kind: type[T]) -> T:
+    """The run's parameter name, which must be a kind; ProvisionerError when the run has none,
+    so a step run outside its playbook (check_steps, another playbook) fails naming it."""
+    if name not in cluster.params:
+        raise ProvisionerError(
+            f"this step needs the run parameter {name!r}: run it through a playbook that declares "
+            f"params: [{name}], with the parameter given (phases.run_day2(..., params=...))"
+        )
+    value = cluster.params[name]
+    if not isinstance(value, kind):
+        raise ProvisionerError(
+            f"the run parameter {name!r} must be a {kind.__name__}, not {type(value).__name__}"
+        )
+    return value
 
 
 # -- executing one step -----------------------------------------------------------------------

@@ -27,7 +27,6 @@ from provisioner.bootstrap.engine import Cluster, PKISource
 from provisioner.bootstrap.runner import (
     Playbook,
     PlaybookError,
-    RunCluster,
     load_playbook,
     read_phases,
     run_playbook,
@@ -193,7 +192,7 @@ def run_day2(
     from provisioner.bootstrap.pki import load_pki
 
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
-    cluster = RunCluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
+    cluster = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
     return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
 
 

@@ -21,8 +21,8 @@ checked when the file loads (unknown keys, phases, host selectors, step names) s
 before any host is touched. Order is data: plays run in file order, and a play's phase may not
 come before an earlier play's.
 
-Parameters: a day-2 run carries what its steps act on (the workers to drain) as a RunCluster,
-the step context plus `params`; a step reads them with run_param, which names the playbook
+Parameters: a day-2 run carries what its steps act on (the workers to drain) as the step
+context's `params`; a step reads them with engine.run_param, which names the playbook
 parameter a run forgot. The playbook's header lists the parameters it takes, and a run that
 passes another set is refused before any host is touched.
 
@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -78,8 +78,8 @@ from provisioner.bootstrap.engine import (
     StepDef,
     StepResult,
     gather_facts,
-    registry,
 )
+from provisioner.bootstrap.steps import registry
 from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.spec import ROLES
 from provisioner.state import atomic_write, ended_status, private_dir
@@ -93,7 +93,6 @@ _NAME = re.compile(r"[a-z][a-z0-9-]*")  # a phase or parameter name
 _TERM = re.compile(r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?")
 
 Log = Callable[[str], None]
-T = TypeVar("T")
 
 
 class PlaybookError(ProvisionerError):
@@ -199,33 +198,6 @@ class Playbook:
                 f"playbook {self.name} has no phase {phase!r}; its phases: {', '.join(self.phases)}"
             )
         return list(self.phases[: self.phases.index(phase) + 1])
-
-
-@dataclass
-class RunCluster(Cluster):
-    """The step context of a run that carries parameters (a day-2 playbook's: what to drain).
-
-    Steps read them with run_param, never from this class directly, so a step run without them
-    (check_steps, a playbook that does not declare them) fails naming the parameter.
-    """
-
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-def run_param(cluster: Cluster, name: str, kind: type[T]) -> T:
-    """The run's parameter name, which must be a kind; ProvisionerError when the run has none."""
-    params = cluster.params if isinstance(cluster, RunCluster) else {}
-    if name not in params:
-        raise ProvisionerError(
-            f"this step needs the run parameter {name!r}: run it through a playbook that declares "
-            f"params: [{name}], with the parameter given (phases.run_day2(..., params=...))"
-        )
-    value = params[name]
-    if not isinstance(value, kind):
-        raise ProvisionerError(
-            f"the run parameter {name!r} must be a {kind.__name__}, not {type(value).__name__}"
-        )
-    return value
 
 
 def load_playbook(path: str | Path) -> Playbook:
@@ -866,7 +838,7 @@ def _progress(playbook: Playbook, cluster: Cluster, dry_run: bool) -> Progress:
     was done for its parameters (other nodes to drain), so the digest covers them.
     """
     digest = playbook.digest
-    params = cluster.params if isinstance(cluster, RunCluster) else {}
+    params = cluster.params
     if params:
         blob = json.dumps(dict(params), sort_keys=True, default=str)
         digest = hashlib.sha256(f"{digest}\n{blob}".encode()).hexdigest()

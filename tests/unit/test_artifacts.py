@@ -20,7 +20,8 @@ import pytest
 
 from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap.artifacts import ArtifactSource, parse_checksum, probe_source, verify
-from provisioner.bootstrap.engine import ArtifactNeed, Cluster, Executor, Facts, registry
+from provisioner.bootstrap.engine import ArtifactNeed, Cluster, Executor, Facts
+from provisioner.bootstrap.steps import registry
 from provisioner.bootstrap.steps.artifacts import normalize_ref, tarball_refs
 from provisioner.errors import ArtifactError, ExitCode
 from provisioner.plan import make_plan

@@ -20,7 +20,6 @@ from provisioner.bootstrap.engine import Cluster, Facts, Run, StepGen, step
 from provisioner.bootstrap.runner import (
     PlaybookError,
     PlayFailed,
-    RunCluster,
     load_playbook,
     parse_playbook,
     read_phases,
@@ -46,13 +45,13 @@ class PKI:
         return b"-----BEGIN PRIVATE KEY-----\n"
 
 
-def make_cluster(tmp_path: Path, workers: int = 3, **params: Any) -> RunCluster:
+def make_cluster(tmp_path: Path, workers: int = 3, **params: Any) -> Cluster:
     env = LAB_ENV | {"VKP_API_ENDPOINT": "198.18.0.251", "VKP_NETWORK_POOL": "198.18.0.10-198.18.0.199"}
     spec = load_spec(None, name="demo", plan="small", env=env)
     topo = spec.topology
     spec = replace(spec, topology=replace(topo, worker=replace(topo.worker, count=workers)))
     state = ClusterState.create_or_load("demo", home=tmp_path / "state")
-    return RunCluster(spec=spec, plan=make_plan(spec), state=state, pki=PKI(), params=params)
+    return Cluster(spec=spec, plan=make_plan(spec), state=state, pki=PKI(), params=params)
 
 
 def quiet(_: str) -> None:

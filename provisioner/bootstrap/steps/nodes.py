@@ -6,8 +6,7 @@ kubernetes.drain runs on the first master with the admin kubeconfig kubeadm wrot
 
 from __future__ import annotations
 
-from provisioner.bootstrap.engine import Check, Cluster, Facts, Run, StepGen, step
-from provisioner.bootstrap.runner import run_param
+from provisioner.bootstrap.engine import Check, Cluster, Facts, Run, StepGen, run_param, step
 from provisioner.errors import CommandFailed, ProvisionerError
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
