@@ -48,6 +48,8 @@ from provisioner.bootstrap import pki as pki_mod
 from provisioner.bootstrap.engine import Cluster, EnsureDir, Restart, Run, Upload, facts_command
 from provisioner.bootstrap.phases import PLAYBOOK, connect_all, run_bootstrap
 from provisioner.bootstrap.pki import load_pki
+from provisioner.bootstrap.playbook import Playbook, create_phases, load_playbook
+from provisioner.bootstrap.steps import registry
 from provisioner.lab import lab as lab_mod
 from provisioner.lab import paths as lab_paths
 from provisioner.plan import Plan, make_plan
@@ -240,17 +242,17 @@ class Translation:
     counts: dict[str, int]
 
 
-def translate(playbook: runner.Playbook, cl: Cluster, *, checks_only: bool, facts: bool) -> Translation:
+def translate(playbook: Playbook, cl: Cluster, *, checks_only: bool, facts: bool) -> Translation:
     """One Ansible play per vkp play. Tasks are shared by the play's hosts and read their
     per-host arguments (a node's certificates, its etcd config) from host variables, so the
     hosts run each task in parallel as they run each step in vkp; a host without that action
     skips the task."""
-    sdefs = engine.registry()
+    sdefs = registry()
     hostvars: dict[str, dict[str, Any]] = {n.name: {} for n in cl.plan.nodes}
     plays: list[dict[str, Any]] = []
     counts = {"facts": 0, "file": 0, "copy": 0, "command": 0, "restart": 0}
     n = 0
-    phases = phases_mod.create_phases()
+    phases = create_phases()
     for play in playbook.for_phases(set(phases[: phases.index(UP_TO) + 1])):
         nodes = play.hosts.select(cl.plan)
         tasks: list[dict[str, Any]] = []
@@ -597,7 +599,7 @@ def main() -> int:
             print(f"  !! the warm run changed {warm['changed']} step(s), restarted {warm['restarts']}")
 
         # -- Ansible, side by side ---------------------------------------------------------
-        playbook = runner.load_playbook(PLAYBOOK)
+        playbook = load_playbook(PLAYBOOK)
         cl = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state))
         checks = translate(playbook, cl, checks_only=True, facts=True)
         actions = translate(playbook, cl, checks_only=False, facts=False)

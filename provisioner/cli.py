@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from provisioner.bootstrap.phases import create_phases
+from provisioner.bootstrap.playbook import create_phases
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
 from provisioner.output import emit_json
 
 if TYPE_CHECKING:
-    from provisioner.output import Progress
+    from provisioner.output import StderrLog
     from provisioner.spec import ClusterSpec
 
 
@@ -85,10 +85,10 @@ def plans_cmd(output: str) -> None:
       vkp plans
       vkp create-cluster demo --plan small
     """
-    from provisioner.spec import ROLE_MINIMUMS, ROLES, load_plans
+    from provisioner.spec import ROLE_MINIMUMS, ROLES, load_size_presets
 
     def body() -> None:
-        plans = load_plans(os.environ.get("VKP_PLANS_FILE") or None)
+        plans = load_size_presets(os.environ.get("VKP_PLANS_FILE") or None)
         if output == "json":
             emit_json(
                 {
@@ -190,13 +190,13 @@ def plan_cmd(
 
 
 @contextlib.contextmanager
-def _locked(name: str) -> Iterator[Progress]:
+def _locked(name: str) -> Iterator[StderrLog]:
     """The cluster's run lock, taken before the heavy imports (vSphere, SSH) so that a second
     run is refused at once; the library takes it again (re-entrantly) for its other callers."""
     from provisioner import runlock
-    from provisioner.output import Progress
+    from provisioner.output import StderrLog
 
-    progress = Progress()
+    progress = StderrLog()
     with runlock.hold(name, runlock.command_line(), log=progress):
         yield progress
 
@@ -270,7 +270,7 @@ def create_cluster_cmd(
       vkp create-cluster -f inventory/lab.yaml --yes
       vkp create-cluster demo --plan dev --yes --up-to vms -o json
     """
-    from provisioner.output import Progress
+    from provisioner.output import StderrLog
     from provisioner.plan import make_plan, render_plan
 
     def body() -> dict[str, Any]:
@@ -281,7 +281,7 @@ def create_cluster_cmd(
         if dry_run:
             from provisioner.cluster import dry_run as show_dry_run
 
-            return show_dry_run(spec, up_to, Progress())
+            return show_dry_run(spec, up_to, StderrLog())
         with _locked(spec.name) as progress:
             _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
             from provisioner.cluster import create_cluster

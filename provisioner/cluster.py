@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from provisioner import infra, runlock, stop
+from provisioner.bootstrap import kube_api
+from provisioner.bootstrap.phases import remove_workers, run_bootstrap
+from provisioner.bootstrap.pki import load_pki
+from provisioner.bootstrap.playbook import create_phases
 from provisioner.errors import NotFound, PreflightError, ProvisionerError, SpecError
-from provisioner.plan import PHASES
-from provisioner.spec import ClusterSpec
+from provisioner.plan import make_plan
+from provisioner.spec import ClusterSpec, spec_from_dict, validate
 from provisioner.state import ClusterState, ended_status
 
 Log = Callable[[str], None]
@@ -67,7 +72,6 @@ def create_cluster(
 def _create_locked(
     spec: ClusterSpec, log: Log, *, up_to: str, concurrency: int, env: Mapping[str, str] | None
 ) -> dict[str, Any]:
-    from provisioner.bootstrap.phases import run_bootstrap
 
     phases: list[dict[str, Any]] = []
     with infra.get().open(spec, env) as provider:
@@ -133,7 +137,6 @@ def refuse_changes(state: ClusterState, spec: ClusterSpec) -> None:
     Where the cluster lives (vCenter, datacenter, folder) and its etcd and master counts are
     fixed at its first create; fewer workers is a resize (it drains them first).
     """
-    from provisioner.spec import spec_from_dict
 
     try:
         saved = spec_from_dict(state.load_spec_dict())
@@ -286,10 +289,6 @@ def describe_cluster(name: str) -> dict[str, Any]:
 
 def _kubernetes_view(st: ClusterState) -> dict[str, Any]:
     """Version and endpoint from the saved spec; readiness from the API when the phase is done."""
-    from provisioner.bootstrap import kube_api
-    from provisioner.bootstrap.pki import load_pki
-    from provisioner.plan import make_plan
-    from provisioner.spec import spec_from_dict
 
     try:
         spec = spec_from_dict(st.load_spec_dict())
@@ -322,10 +321,6 @@ def _kubernetes_view(st: ClusterState) -> dict[str, Any]:
 
 def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
     """What create-cluster would do, without contacting vCenter or any node, writing nothing."""
-    import tempfile
-
-    from provisioner.bootstrap.phases import run_bootstrap
-    from provisioner.plan import make_plan
 
     plan = make_plan(spec)
     actions = infra.get().planned_actions(spec, plan)
@@ -360,20 +355,18 @@ def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -
 
 
 def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> dict[str, Any]:
-    import dataclasses as dc
-
-    from provisioner.plan import make_plan
-    from provisioner.spec import spec_from_dict, validate
 
     state = ClusterState.load(name)
     spec = spec_from_dict(state.load_spec_dict())
     topo = spec.topology
-    new_spec = dc.replace(spec, topology=dc.replace(topo, worker=dc.replace(topo.worker, count=workers)))
+    new_spec = dataclasses.replace(
+        spec, topology=dataclasses.replace(topo, worker=dataclasses.replace(topo.worker, count=workers))
+    )
     validate(new_spec)
     current = topo.worker.count
     # The furthest phase the cluster was taken to, finished or not: an interrupted run still
     # meant the cluster to go that far.
-    reached = [p for p in PHASES if state.phase(p) is not None]
+    reached = [p for p in create_phases() if state.phase(p) is not None]
     up_to = reached[-1] if reached else "vms"
     if workers == current:
         # The spec is saved as a resize starts, so an interrupted resize to this size looks done
@@ -390,7 +383,8 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
     old = make_plan(spec).by_role("worker")
     going = [n for n in old if n.index > workers][::-1]
     if "kubernetes" in reached:
-        _drain(state, spec, [n.name for n in going], log)
+        # A day-2 playbook: resumable, and shown by a dry run, like every other step.
+        remove_workers(spec, make_plan(spec), state, [n.name for n in going], log=log)
     with infra.get().open(spec) as provider:
         provider.remove_nodes(name, state.cluster_id, [n.name for n in going], log)
     for n in going:
@@ -407,25 +401,3 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
         log(f"converging the {len(plan.nodes)} remaining node(s)")
         create_cluster(new_spec, log, up_to=up_to, concurrency=concurrency)
     return {"cluster": name, "workers": workers, "added": [], "removed": [n.name for n in going]}
-
-
-def _drain(state: ClusterState, spec: ClusterSpec, nodes: list[str], log: Log) -> None:
-    """Cordon and drain each node, then delete it from Kubernetes, through the first master."""
-    from provisioner.plan import make_plan
-    from provisioner.ssh.commands import Cmd, sudo
-    from provisioner.ssh.connector import Connection
-
-    master = make_plan(spec).by_role("master")[0]
-    key, _ = state.ssh_keypair()
-    kubectl = ("kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf")
-    with Connection(
-        master.name, master.address, spec.ssh.user, key, state.known_hosts_path, port=spec.ssh.port
-    ) as conn:
-        for node in nodes:
-            # --ignore-daemonsets: their pods would come back anyway; emptyDir data goes with the node.
-            drain = Cmd(
-                *kubectl, "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s"
-            )
-            conn.run(sudo(drain), timeout=360)
-            conn.run(sudo(Cmd(*kubectl, "delete", "node", node, "--ignore-not-found")))
-            log(f"{node}: drained and deleted from Kubernetes")

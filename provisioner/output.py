@@ -35,7 +35,3 @@ def emit_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
     sys.stdout.flush()
-
-
-# The old name, while provisioner/cli.py still imports it; runner.Progress is the other one.
-Progress = StderrLog

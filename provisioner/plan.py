@@ -10,26 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provisioner.errors import NotFound, SpecError
 from provisioner.spec import ROLES, ClusterSpec, node_name, validate
 from provisioner.spec.checks import host_name_problem
-
-if TYPE_CHECKING:
-    # create-cluster's phases, for the callers that still import them from here; they are
-    # defined once, by provisioner.bootstrap.phases.create_phases (vms + playbooks/cluster.yaml).
-    PHASES: tuple[str, ...]
-else:
-
-    def __getattr__(name: str) -> Any:
-        if name == "PHASES":
-            # Late: the bootstrap package imports this module.
-            from provisioner.bootstrap.phases import create_phases
-
-            return create_phases()
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # Losing two etcd members or two masters to one host failure costs quorum or the control
 # plane; workers are interchangeable, so their spread is left to DRS.

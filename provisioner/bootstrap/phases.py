@@ -15,7 +15,6 @@ report.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,22 +23,21 @@ from typing import Any
 
 from provisioner import resources, stop
 from provisioner.bootstrap.engine import Cluster, PKISource
-from provisioner.bootstrap.runner import (
+from provisioner.bootstrap.playbook import (
+    CLUSTER_PLAYBOOK,
     Playbook,
     PlaybookError,
     load_playbook,
-    read_phases,
-    run_playbook,
+    phases_up_to,
 )
+from provisioner.bootstrap.runner import run_playbook
 from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState, ended_status
 
-CLUSTER_PLAYBOOK = "cluster"  # create-cluster's
 PLAYBOOK = resources.playbook(CLUSTER_PLAYBOOK)
-VMS_PHASE = "vms"  # create-cluster's first phase, the vSphere half; no playbook runs it
 CONNECT_DEADLINE = 180.0
 
 Log = Callable[[str], None]
@@ -53,24 +51,6 @@ class _PlaceholderPKI:
 
     def key_pem(self, name: str) -> bytes:
         return f"-----BEGIN PRIVATE KEY-----\n(key {name})\n".encode()
-
-
-@functools.cache
-def create_phases() -> tuple[str, ...]:
-    """create-cluster's phases in order: "vms", then playbooks/cluster.yaml's. The one definition
-    of them: --up-to offers these, and resize reads how far a cluster was taken with them."""
-    phases = read_phases(PLAYBOOK)
-    if VMS_PHASE in phases:
-        raise PlaybookError(f"{PLAYBOOK}: phase {VMS_PHASE!r} is create-cluster's own (the VMs)")
-    return (VMS_PHASE, *phases)
-
-
-def phases_up_to(up_to: str) -> list[str]:
-    """The playbook phases create-cluster --up-to runs ("vms" runs none of them)."""
-    phases = create_phases()
-    if up_to not in phases:
-        raise ProvisionerError(f"unknown phase {up_to!r}; phases: {', '.join(phases)}")
-    return list(phases[1 : phases.index(up_to) + 1])
 
 
 def day2_playbook(name: str) -> Path:

@@ -84,9 +84,6 @@ from provisioner.spec.schema import (
     k8s_minor,
 )
 
-# The old name, while provisioner/cli.py still imports it.
-load_plans = load_size_presets
-
 __all__ = [
     "API_MODES",
     "VIRTUAL_MODES",
@@ -136,7 +133,6 @@ __all__ = [
     "VSphereSpec",
     "k8s_minor",
     "k8s_version_problem",
-    "load_plans",
     "load_size_presets",
     "load_spec",
     "node_name",

@@ -23,7 +23,8 @@ import pytest
 
 from provisioner.bootstrap.artifacts import BINARIES, probe_source
 from provisioner.bootstrap.engine import Cluster
-from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.errors import ArtifactError, ExitCode
 from provisioner.lab import guest as lab_guest
 from provisioner.lab import paths

@@ -16,7 +16,8 @@ import yaml
 from provisioner.bootstrap import kube_api, runner
 from provisioner.bootstrap.engine import Check, Cluster, Facts, ServiceFact
 from provisioner.bootstrap.phases import PLAYBOOK
-from provisioner.bootstrap.runner import parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import run_playbook
 from provisioner.bootstrap.steps import cni, health
 from provisioner.bootstrap.steps.cni import bridge
 from provisioner.errors import Timeout

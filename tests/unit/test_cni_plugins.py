@@ -18,7 +18,8 @@ import pytest
 from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap import runner
 from provisioner.bootstrap.engine import Cluster
-from provisioner.bootstrap.runner import parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import run_playbook
 from provisioner.bootstrap.steps.cni.bridge import CNI_PLUGINS_RELEASE_FILE
 from provisioner.bootstrap.steps.containerd import CNI_BIN_DIR
 from provisioner.errors import ArtifactError, ExitCode

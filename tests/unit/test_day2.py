@@ -17,17 +17,19 @@ import pytest
 from provisioner import resources
 from provisioner.bootstrap import phases, runner
 from provisioner.bootstrap.engine import Cluster, Facts, Run, StepGen, step
-from provisioner.bootstrap.runner import (
+from provisioner.bootstrap.playbook import (
+    Playbook,
     PlaybookError,
-    PlayFailed,
+    create_phases,
     load_playbook,
     parse_playbook,
+    phases_up_to,
     read_phases,
-    run_playbook,
 )
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.bootstrap.steps import nodes
 from provisioner.errors import ExitCode, ProvisionerError
-from provisioner.plan import PHASES, make_plan
+from provisioner.plan import make_plan
 from provisioner.spec import load_spec
 from provisioner.ssh.commands import Cmd, Result
 from provisioner.state import ClusterState
@@ -69,12 +71,11 @@ def fake_facts(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_create_cluster_phases_are_vms_and_the_cluster_playbooks_in_file_order() -> None:
     assert load_playbook(phases.PLAYBOOK).phases == ("etcd", "runtime", "kubernetes")
     assert read_phases(phases.PLAYBOOK) == ("etcd", "runtime", "kubernetes")
-    assert phases.create_phases() == ("vms", "etcd", "runtime", "kubernetes")
-    assert phases.create_phases() == PHASES  # plan.PHASES is the same definition, not a copy
-    assert phases.phases_up_to("vms") == []
-    assert phases.phases_up_to("runtime") == ["etcd", "runtime"]
+    assert create_phases() == ("vms", "etcd", "runtime", "kubernetes")
+    assert phases_up_to("vms") == []
+    assert phases_up_to("runtime") == ["etcd", "runtime"]
     with pytest.raises(ProvisionerError, match="unknown phase 'drain'; phases: vms, etcd"):
-        phases.phases_up_to("drain")
+        phases_up_to("drain")
 
 
 def test_a_playbook_implies_its_phases_in_the_order_its_plays_name_them() -> None:
@@ -143,7 +144,7 @@ def _flaky(node: Any, cluster: Cluster, facts: Facts) -> StepGen:
     yield Run(Cmd("flaky", node.name))
 
 
-def two_step_playbook(name: str) -> runner.Playbook:
+def two_step_playbook(name: str) -> Playbook:
     plays = [
         {"play": "first", "phase": "one", "hosts": "worker", "steps": ["day2test.mark"]},
         {"play": "second", "phase": "two", "hosts": "worker", "steps": ["day2test.mark", "day2test.flaky"]},
@@ -300,7 +301,7 @@ class Master(fakes.FakeHost):
         raise AssertionError(args)
 
 
-def drain_pb() -> runner.Playbook:
+def drain_pb() -> Playbook:
     return load_playbook(resources.playbook("remove-workers"))
 
 

@@ -29,7 +29,8 @@ from provisioner import stop
 from provisioner.bootstrap import engine, runner
 from provisioner.bootstrap.engine import Cluster, Facts, Run, StepGen, step
 from provisioner.bootstrap.phases import PLAYBOOK, connect_all
-from provisioner.bootstrap.runner import PlayFailed, load_playbook, parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import load_playbook, parse_playbook
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.errors import ExitCode, Interrupted, Timeout
 from provisioner.plan import make_plan
 from provisioner.retry import retry_call

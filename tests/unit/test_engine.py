@@ -33,15 +33,15 @@ from provisioner.bootstrap.engine import (
     step,
 )
 from provisioner.bootstrap.phases import PLAYBOOK, phases_up_to, run_bootstrap
-from provisioner.bootstrap.render import TemplateError, render
-from provisioner.bootstrap.runner import (
+from provisioner.bootstrap.playbook import (
     HostSelector,
+    Playbook,
     PlaybookError,
-    PlayFailed,
     load_playbook,
     parse_playbook,
-    run_playbook,
 )
+from provisioner.bootstrap.render import TemplateError, render
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.bootstrap.tools import etcdctl_bundle, etcdctl_command
 from provisioner.errors import ExitCode
 from provisioner.plan import Plan, make_plan
@@ -118,7 +118,7 @@ def hosts_for(plan: Plan) -> dict[str, FakeHost]:
     return {n.name: FakeHost(n.name) for n in plan.nodes}
 
 
-def playbook_of(plays: list[dict[str, Any]], name: str = "test.yaml") -> runner.Playbook:
+def playbook_of(plays: list[dict[str, Any]], name: str = "test.yaml") -> Playbook:
     return parse_playbook(plays, source=name, digest=json.dumps(plays, sort_keys=True))
 
 
@@ -291,7 +291,7 @@ def test_plays_of_unselected_phases_do_not_run(tmp_path: Path) -> None:
 # -- check, then change ---------------------------------------------------------------------------
 
 
-def etcd_playbook() -> runner.Playbook:
+def etcd_playbook() -> Playbook:
     return playbook_of(
         [
             {

@@ -18,7 +18,8 @@ import pytest
 from provisioner.bootstrap import artifacts as art
 from provisioner.bootstrap import runner
 from provisioner.bootstrap.engine import Check, Cluster, Executor, Facts, ServiceFact
-from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.bootstrap.steps import registry
 from provisioner.bootstrap.steps.artifacts import ETCD_RELEASE_FILE
 from provisioner.errors import ArtifactError, ExitCode

@@ -16,7 +16,8 @@ import yaml
 
 from provisioner.bootstrap.engine import Cluster
 from provisioner.bootstrap.pki import ensure_pki
-from provisioner.bootstrap.runner import parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import run_playbook
 from provisioner.bootstrap.steps import containerd
 from provisioner.bootstrap.steps.kubernetes import control_plane as cp
 from provisioner.bootstrap.steps.kubernetes import endpoint as ep

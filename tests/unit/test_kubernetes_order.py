@@ -18,7 +18,8 @@ from provisioner.bootstrap import kube_api, runner
 from provisioner.bootstrap.engine import Check, Cluster, Facts, ServiceFact
 from provisioner.bootstrap.phases import PLAYBOOK
 from provisioner.bootstrap.pki import ensure_pki
-from provisioner.bootstrap.runner import PlayFailed, parse_playbook, run_playbook
+from provisioner.bootstrap.playbook import parse_playbook
+from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.bootstrap.steps.kubernetes import control_plane as cp
 from provisioner.bootstrap.steps.kubernetes import settings as ks
 from provisioner.bootstrap.steps.kubernetes import token as tok
