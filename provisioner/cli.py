@@ -345,9 +345,17 @@ def _render_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _echo_dry_run(actions: list[str]) -> None:
+    click.echo("\n".join(actions) or "nothing to do")
+    click.echo("dry run: nothing was changed", err=True)
+
+
 @main.command("delete-cluster")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be destroyed (read from vCenter); change nothing."
+)
 @click.option(
     "--cluster-id",
     metavar="ID",
@@ -356,7 +364,7 @@ def _render_result(result: dict[str, Any]) -> str:
 @TIMEOUT_OPTION
 @OUTPUT_OPTION
 def delete_cluster_cmd(
-    name: str, yes: bool, cluster_id: str | None, timeout: float | None, output: str
+    name: str, yes: bool, dry_run: bool, cluster_id: str | None, timeout: float | None, output: str
 ) -> None:
     """Delete a cluster: every VM, placement rule and folder it owns in vCenter, then its local state.
 
@@ -373,8 +381,15 @@ def delete_cluster_cmd(
     Examples:
       vkp delete-cluster demo --yes
       vkp delete-cluster demo --yes --cluster-id 6f1c2d9e-...   # without local state
+      vkp delete-cluster demo --dry-run
     """
+    from provisioner.output import StderrLog
+
     def body() -> dict[str, Any]:
+        if dry_run:
+            from provisioner.cluster import delete_cluster
+
+            return delete_cluster(name, StderrLog(), cluster_id=cluster_id, dry_run=True)
         with _locked(name) as progress:
             _confirm(f"Delete cluster {name} and all its VMs?", yes)
             from provisioner.cluster import delete_cluster
@@ -384,6 +399,8 @@ def delete_cluster_cmd(
     result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":
         emit_json({"ok": True, **result})
+    elif dry_run:
+        _echo_dry_run(result["actions"])
     else:
         d = result["deleted"]
         if not any(d.values()):
@@ -593,6 +610,9 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 1000), required=True, help="The number of workers wanted.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(
+    "--dry-run", is_flag=True, help="List what would be done, drains and VMs included; change nothing."
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
     default=8,
@@ -602,7 +622,7 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
 @TIMEOUT_OPTION
 @OUTPUT_OPTION
 def resize_cmd(
-    name: str, workers: int, yes: bool, concurrency: int, timeout: float | None, output: str
+    name: str, workers: int, yes: bool, dry_run: bool, concurrency: int, timeout: float | None, output: str
 ) -> None:
     """Grow or shrink a cluster's worker pool.
 
@@ -615,8 +635,15 @@ def resize_cmd(
     Examples:
       vkp resize demo --workers 5
       vkp resize demo --workers 2 --yes -o json
+      vkp resize demo --workers 2 --dry-run
     """
+    from provisioner.output import StderrLog
+
     def body() -> dict[str, Any]:
+        if dry_run:
+            from provisioner.cluster import resize_cluster
+
+            return resize_cluster(name, workers, StderrLog(), dry_run=True)
         with _locked(name) as progress:
             _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
             from provisioner.cluster import resize_cluster
@@ -626,6 +653,8 @@ def resize_cmd(
     result = run(body, output, stoppable=True, timeout=timeout)
     if output == "json":
         emit_json({"ok": True, **result})
+    elif dry_run:
+        _echo_dry_run(result["actions"])
     else:
         changes = [f"added {', '.join(result['added'])}"] if result["added"] else []
         changes += [f"removed {', '.join(result['removed'])}"] if result["removed"] else []

@@ -21,7 +21,7 @@ from provisioner.bootstrap.phases import remove_workers, run_bootstrap
 from provisioner.bootstrap.pki import load_pki
 from provisioner.bootstrap.playbook import create_phases
 from provisioner.errors import NotFound, PreflightError, ProvisionerError, SpecError
-from provisioner.plan import make_plan
+from provisioner.plan import NodePlan, make_plan
 from provisioner.spec import ClusterSpec, spec_from_dict, validate
 from provisioner.state import ClusterState, ended_status
 
@@ -189,22 +189,24 @@ def _bootstrap_phases(report: dict[str, Any], phases: list[dict[str, Any]]) -> N
 
 
 def delete_cluster(
-    name: str, log: Log, *, env: Mapping[str, str] | None = None, cluster_id: str | None = None
+    name: str,
+    log: Log,
+    *,
+    env: Mapping[str, str] | None = None,
+    cluster_id: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Destroy every VM, rule and empty folder that carries the cluster's id, then its state.
 
     The id comes from the local state, else from --cluster-id, else from vCenter: if several
     clusters of that name exist there, nothing is done until --cluster-id says which.
+    dry_run: what would be destroyed, read from vCenter; nothing changes and no lock is taken.
     """
     env = os.environ if env is None else env
+    if dry_run:
+        return _delete_plan(name, env, cluster_id)
     with runlock.hold(name, runlock.command_line(), log=log):
-        local = ClusterState.load(name) if ClusterState.exists(name) else None
-        if local is not None and cluster_id and cluster_id != local.cluster_id:
-            raise ProvisionerError(
-                f"the local state of cluster {name} has id {local.cluster_id}, not {cluster_id}",
-                hint="drop --cluster-id to delete this machine's cluster, or delete the other one "
-                "with VKP_STATE_DIR pointing at an empty directory",
-            )
+        local = _local_state(name, cluster_id)
         if local is not None and not local.has_spec():
             # Made by a run that never got a vCenter session: nothing of it exists there.
             local.remove()
@@ -240,6 +242,33 @@ def delete_cluster(
         "kept_folders": kept,
         "leftovers": leftovers,
     }
+
+
+def _local_state(name: str, cluster_id: str | None) -> ClusterState | None:
+    local = ClusterState.load(name) if ClusterState.exists(name) else None
+    if local is not None and cluster_id and cluster_id != local.cluster_id:
+        raise ProvisionerError(
+            f"the local state of cluster {name} has id {local.cluster_id}, not {cluster_id}",
+            hint="drop --cluster-id to delete this machine's cluster, or delete the other one "
+            "with VKP_STATE_DIR pointing at an empty directory",
+        )
+    return local
+
+
+def _delete_plan(name: str, env: Mapping[str, str], cluster_id: str | None) -> dict[str, Any]:
+    local = _local_state(name, cluster_id)
+    actions: list[str] = []
+    cid = local.cluster_id if local is not None else None
+    counts = infra.get().nothing().counts()
+    if local is None or local.has_spec():
+        with infra.get().open_cluster(name, env) as provider:
+            cid = cid or provider.resolve_id(name, cluster_id)
+            owned = provider.find_owned(name, cid)
+            actions += provider.destroy_actions(owned)
+            counts = owned.counts()
+    if local is not None:
+        actions.append(f"remove the local state {local.path}")
+    return {"cluster": name, "cluster_id": cid, "dry_run": True, "actions": actions, "would_delete": counts}
 
 
 # -- read-only views ---------------------------------------------------------------------------
@@ -341,21 +370,45 @@ def dry_run(spec: ClusterSpec, up_to: str, log: Log) -> dict[str, Any]:
 # -- resize ------------------------------------------------------------------------------------
 
 
-def resize_cluster(name: str, workers: int, log: Log, *, concurrency: int = 8) -> dict[str, Any]:
+def resize_cluster(
+    name: str, workers: int, log: Log, *, concurrency: int = 8, dry_run: bool = False
+) -> dict[str, Any]:
     """Grow or shrink the worker pool to `workers`.
 
     Growing is create-cluster with the larger spec, up to the last phase the cluster reached:
     the new VMs are cloned and bootstrapped, the others are checked and left alone. Shrinking
     removes the highest-numbered workers: drained and deleted from Kubernetes when it runs,
     then their VMs destroyed and their addresses released from the state.
+    dry_run: what it would do (reading vCenter for the VMs a shrink destroys); changes nothing.
     """
-
+    if dry_run:
+        return _resize_plan(_resize_target(name, workers), log)
     with runlock.hold(name, runlock.command_line(), log=log):
-        return _resize_locked(name, workers, log, concurrency=concurrency)
+        return _resize_locked(_resize_target(name, workers), log, concurrency=concurrency)
 
 
-def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Resize:
+    state: ClusterState
+    spec: ClusterSpec  # as it is
+    new_spec: ClusterSpec  # with the new worker count
+    up_to: str  # the furthest phase the cluster was taken to
+    going: list[NodePlan]  # the workers a shrink removes, highest-numbered first
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def workers(self) -> int:
+        return self.new_spec.topology.worker.count
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self.up_to == "kubernetes"
+
+
+def _resize_target(name: str, workers: int) -> _Resize:
     state = ClusterState.load(name)
     spec = spec_from_dict(state.load_spec_dict())
     topo = spec.topology
@@ -363,11 +416,49 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
         spec, topology=dataclasses.replace(topo, worker=dataclasses.replace(topo.worker, count=workers))
     )
     validate(new_spec)
-    current = topo.worker.count
     # The furthest phase the cluster was taken to, finished or not: an interrupted run still
     # meant the cluster to go that far.
     reached = [p for p in create_phases() if state.phase(p) is not None]
-    up_to = reached[-1] if reached else "vms"
+    going = [n for n in make_plan(spec).by_role("worker") if n.index > workers][::-1]
+    return _Resize(state, spec, new_spec, reached[-1] if reached else "vms", going)
+
+
+def _resize_plan(r: _Resize, log: Log) -> dict[str, Any]:
+    result: dict[str, Any] = {"cluster": r.name, "workers": r.workers, "dry_run": True, "up_to": r.up_to}
+    current = r.spec.topology.worker.count
+    if r.workers >= current:
+        # What create-cluster with the new size would do; for the nodes there, it only checks.
+        plan = dry_run(r.new_spec, r.up_to, log)
+        new = [n.name for n in make_plan(r.new_spec).nodes if n.name not in r.state.nodes]
+        result["added"] = new
+        result["actions"] = [a for a in plan["actions"] if a.split(":")[0] in new or not a.startswith(r.name)]
+        result["actions"].append(
+            f"create-cluster up to {r.up_to} over every node (the others are only checked)"
+        )
+        result["bootstrap"] = plan.get("bootstrap")
+        return result
+    names = [n.name for n in r.going]
+    actions: list[str] = []
+    if r.bootstrapped:
+        drain = remove_workers(r.spec, make_plan(r.spec), r.state, names, log=log, dry_run=True)
+        actions += [
+            f"{res['host']}: {a}"
+            for play in drain["plays"]
+            for res in play["results"]
+            for a in res["actions"]
+        ]
+    with infra.get().open(r.spec) as provider:
+        actions += provider.destroy_actions(provider.find_nodes(r.name, r.state.cluster_id, names))
+    actions += [f"{n.name}: release address {n.address} from the state" for n in r.going]
+    if r.bootstrapped:
+        actions.append(f"create-cluster up to {r.up_to} over the remaining nodes (their routes, health)")
+    result.update(added=[], removed=names, actions=actions)
+    return result
+
+
+def _resize_locked(r: _Resize, log: Log, *, concurrency: int) -> dict[str, Any]:
+    name, workers, up_to, state, new_spec = r.name, r.workers, r.up_to, r.state, r.new_spec
+    current = r.spec.topology.worker.count
     if workers == current:
         # The spec is saved as a resize starts, so an interrupted resize to this size looks done
         # here; a converging run finishes it (and changes nothing when it was finished).
@@ -380,13 +471,12 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
         added = [n["name"] for n in result["nodes"] if n["name"] not in before]
         return {"cluster": name, "workers": workers, "added": added, "removed": [], "up_to": up_to}
 
-    old = make_plan(spec).by_role("worker")
-    going = [n for n in old if n.index > workers][::-1]
-    if "kubernetes" in reached:
+    going = r.going
+    if r.bootstrapped:
         # A day-2 playbook: resumable, and shown by a dry run, like every other step.
-        remove_workers(spec, make_plan(spec), state, [n.name for n in going], log=log)
-    with infra.get().open(spec) as provider:
-        provider.remove_nodes(name, state.cluster_id, [n.name for n in going], log)
+        remove_workers(r.spec, make_plan(r.spec), state, [n.name for n in going], log=log)
+    with infra.get().open(r.spec) as provider:
+        provider.destroy(provider.find_nodes(name, state.cluster_id, [n.name for n in going]), log)
     for n in going:
         stop.check("the removal of the drained workers")
         state.remove_node(n.name)
@@ -395,7 +485,7 @@ def _resize_locked(name: str, workers: int, log: Log, *, concurrency: int) -> di
     state.write_hosts_inventory()
     plan = make_plan(new_spec)
     state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
-    if "kubernetes" in reached:
+    if r.bootstrapped:
         # What the others keep about the removed nodes (routes to their pod ranges) goes in one
         # converging run over what is left, which also checks the cluster's health.
         log(f"converging the {len(plan.nodes)} remaining node(s)")

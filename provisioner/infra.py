@@ -86,8 +86,12 @@ class Provider(Protocol):
         something the cluster does not own."""
         ...
 
-    def remove_nodes(self, name: str, cluster_id: str, nodes: list[str], log: Log) -> list[str]:
-        """Destroy these nodes' machines (of this cluster id only); returns those destroyed."""
+    def destroy_actions(self, owned: Holdings) -> list[str]:
+        """What destroy would do, in order; reads the infrastructure, changes nothing."""
+        ...
+
+    def find_nodes(self, name: str, cluster_id: str, nodes: list[str]) -> Holdings:
+        """The machines of these nodes (of this cluster id only), to destroy on a shrink."""
         ...
 
 

@@ -191,15 +191,18 @@ def resolve_id(content: Any, cluster_name: str, wanted: str | None) -> str | Non
 
 
 def split_folders(content: Any, owned: Owned) -> tuple[dict[Any, str], dict[Any, str]]:
-    """The owned folders by path: (empty now, deepest first; holding what the cluster does not
-    own, by then the cluster's VMs being gone)."""
+    """The owned folders by path: (empty once what the cluster owns is gone, deepest first;
+    holding something the cluster does not own). The same before and after its VMs are
+    destroyed, so a dry run of a delete says what the delete will keep."""
     if not owned.folders:
         return {}, {}
     where = find.paths(content, [vim.Folder])
+    ours = {o._moId for o in [*owned.vms, *owned.folders]}
     empty: dict[Any, str] = {}
     kept: dict[Any, str] = {}
     for folder in owned.folders:
         children = find.props_of(content, folder, ["childEntity"]).get("childEntity") or []
-        (kept if children else empty)[folder] = where.get(folder, folder._moId)
+        foreign = [c for c in children if c._moId not in ours]
+        (kept if foreign else empty)[folder] = where.get(folder, folder._moId)
     deepest_first = dict(sorted(empty.items(), key=lambda kv: -kv[1].count("/")))
     return deepest_first, kept

@@ -6,10 +6,12 @@ dry run (machines.py); what a cluster owns, found by its id (ownership.py); dest
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from provisioner.infra import Holdings, Log, NodeCheck, NodeOutcome
@@ -45,53 +47,91 @@ class VSphereProvider:
         assert isinstance(owned, ownership.Owned)
         return destroy(self.session, owned, log)
 
-    def remove_nodes(self, name: str, cluster_id: str, nodes: list[str], log: Log) -> list[str]:
-        content = self.session.content
-        by_name = {vm.name: vm for vm in ownership.find_owned(content, name, cluster_id).vms}
-        doomed = [by_name[n] for n in nodes if n in by_name]
-        deadline = time.monotonic() + DESTROY_SECONDS
-        for vm in doomed:
-            waits.power_off_and_wait(content, vm, deadline=deadline)
-        if doomed:
-            waits.wait_for_tasks(
-                content, [self.session.call(vms.destroy, vm) for vm in doomed], deadline=deadline
-            )
-        return [n for n in nodes if n in by_name]
+    def destroy_actions(self, owned: Holdings) -> list[str]:
+        assert isinstance(owned, ownership.Owned)
+        return [e.what for e in destroy_effects(self.session, owned)[0]]
+
+    def find_nodes(self, name: str, cluster_id: str, nodes: list[str]) -> ownership.Owned:
+        by_name = {vm.name: vm for vm in ownership.find_owned(self.session.content, name, cluster_id).vms}
+        return ownership.Owned(vms=[by_name[n] for n in nodes if n in by_name])
 
 
-def destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
-    """Power off and destroy the VMs, remove the rules, destroy the folders left empty.
+@dataclass(frozen=True)
+class _Effect:
+    """One change a delete makes: what it says (log and dry run alike) and the vCenter calls."""
 
-    Returns the folders kept because they hold something the cluster does not own; they lose
-    the cluster's mark, so nothing later takes them for the cluster's.
+    what: str
+    tasks: Callable[[], list[Any]]  # starts the change; its tasks are waited for
+
+
+def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Effect], list[str]]:
+    """The changes that destroy what the cluster owns, in order, and the folders that stay.
+
+    VMs are powered off and destroyed, the rules removed, the folders left empty destroyed.
+    A folder holding something the cluster does not own is kept and loses the cluster's mark,
+    so nothing later takes it for the cluster's. Reads vCenter; changes nothing.
     """
     content = session.content
-    deadline = time.monotonic() + DESTROY_SECONDS
+    effects: list[_Effect] = []
     on = [vm for vm in owned.vms if vm.runtime.powerState == "poweredOn"]
     if on:
-        waits.wait_for_tasks(content, [session.call(vms.power_off, vm) for vm in on], deadline=deadline)
-        log(f"powered off {len(on)} VM(s)")
+        effects.append(
+            _Effect(
+                f"power off {len(on)} VM(s): {', '.join(vm.name for vm in on)}",
+                lambda: [session.call(vms.power_off, vm) for vm in on],
+            )
+        )
     if owned.vms:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            tasks = list(pool.map(lambda vm: session.call(vms.destroy, vm), owned.vms))
-        waits.wait_for_tasks(content, tasks, deadline=deadline)
-        log(f"destroyed {len(owned.vms)} VM(s)")
+
+        def destroy_vms() -> list[Any]:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                return list(pool.map(lambda vm: session.call(vms.destroy, vm), owned.vms))
+
+        effects.append(
+            _Effect(f"destroy {len(owned.vms)} VM(s): {', '.join(vm.name for vm in owned.vms)}", destroy_vms)
+        )
     by_cluster: dict[Any, list[Any]] = {}
     for cl, rule in owned.rules:
         by_cluster.setdefault(cl, []).append(rule)
     for cl, rules in by_cluster.items():
-        waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
-        log(f"removed rules {', '.join(r.name for r in rules)}")
+        effects.append(
+            _Effect(
+                f"remove DRS rules {', '.join(r.name for r in rules)}",
+                functools.partial(placement.remove_rules, cl, rules),
+            )
+        )
     empty, kept = ownership.split_folders(content, owned)
     for folder, path in kept.items():
-        log(f"kept folder {path}: it holds objects this cluster does not own")
-        ownership.unmark_folder(content, folder)
+        effects.append(
+            _Effect(
+                f"keep folder {path} (unmarked): it holds objects this cluster does not own",
+                functools.partial(_unmark, content, folder),
+            )
+        )
     # Only folders that carry the id: the parent they sit in (vkp/ by default) is shared by
     # every cluster and marked by none, so it stays, empty or not.
     for folder, path in empty.items():
-        waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
-        log(f"removed folder {path}")
-    return list(kept.values())
+        effects.append(_Effect(f"remove folder {path}", functools.partial(_destroy_folder, session, folder)))
+    return effects, list(kept.values())
+
+
+def _destroy_folder(session: Session, folder: Any) -> list[Any]:
+    return [session.call(vms.destroy_folder, folder)]
+
+
+def _unmark(content: Any, folder: Any) -> list[Any]:
+    ownership.unmark_folder(content, folder)
+    return []  # SetField is synchronous: no task to wait for
+
+
+def destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
+    """Carry out destroy_effects; returns the folders kept."""
+    effects, kept = destroy_effects(session, owned)
+    deadline = time.monotonic() + DESTROY_SECONDS
+    for effect in effects:
+        waits.wait_for_tasks(session.content, effect.tasks(), deadline=deadline)
+        log(f"done: {effect.what}")
+    return kept
 
 
 class VSphere:

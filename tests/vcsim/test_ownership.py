@@ -77,7 +77,7 @@ def test_same_named_clusters_are_told_apart_by_id(inv: Inventory, session: Sessi
     messages: list[str] = []
     kept = _destroy(session, owned, messages.append)
     assert kept == [find.inventory_path(folder_a)]
-    assert any("kept folder" in m for m in messages)
+    assert any("keep folder" in m for m in messages)
 
     assert ownership.find_owned(content, name, ours).empty()  # the kept folder lost our mark
     assert ownership.folder_owner(content, folder_a) is None

@@ -152,6 +152,17 @@ def test_delete_removes_what_is_owned_and_keeps_the_parent(
     state = create(spec, env)
     cid = state.cluster_id
 
+    # The dry run reads what the delete will act on, from the same effects, and changes nothing.
+    plan = cluster.delete_cluster(spec.name, print, env=env, dry_run=True)
+    assert plan["would_delete"] == {"vms": 3, "rules": 0, "folders": 1}
+    text = "\n".join(plan["actions"])
+    assert all(f"{spec.name}-{n}" in text for n in ("etcd-1", "master-1", "worker-1")), text
+    assert f"remove folder /DC0/vm/{parent_path}/{spec.name}" in text
+    assert f"remove the local state {state.path}" in text
+    with VSPHERE.open(spec, env) as p:
+        assert p.find_owned(spec.name, cid).counts() == plan["would_delete"]
+    assert ClusterState.exists(spec.name)
+
     result = cluster.delete_cluster(spec.name, print, env=env)
 
     assert result["deleted"] == {"vms": 3, "rules": 0, "folders": 1}
@@ -191,6 +202,10 @@ def test_delete_keeps_a_vm_it_does_not_own_and_its_folder(env: dict[str, str], g
         task = vms.clone(r.template, folder, "someone-elses", clone_spec)
         waits.wait_for_tasks(content, [task], deadline=soon())
 
+    plan = cluster.delete_cluster(spec.name, print, env=env, dry_run=True)
+    assert f"keep folder /DC0/vm/k8s/{spec.name}" in "\n".join(plan["actions"])
+    assert not any("remove folder" in a for a in plan["actions"])
+
     result = cluster.delete_cluster(spec.name, print, env=env)
 
     assert result["kept_folders"] == [f"/DC0/vm/k8s/{spec.name}"]
@@ -224,6 +239,21 @@ def test_resize_grows_by_one_worker_and_shrinks_the_highest_numbered(
         ]
         assert not any(o.created for o in outcomes if o.node.role != "worker")
     state.save_spec(bigger.to_dict())
+
+    # Dry runs: a grow lists the new worker's VM actions only, a shrink the VM it destroys and
+    # the address it releases; neither changes vCenter or the state.
+    grow = cluster.resize_cluster(spec.name, 4, print, dry_run=True)
+    assert grow["added"] == [f"{spec.name}-worker-4"]
+    nodes_named = {a.split(":")[0] for a in grow["actions"] if a.startswith(f"{spec.name}-")}
+    assert nodes_named == {f"{spec.name}-worker-4"}, grow["actions"]
+    assert any("linked clone" in a or "clone" in a for a in grow["actions"])
+    shrink = cluster.resize_cluster(spec.name, 2, print, dry_run=True)
+    assert shrink["removed"] == [f"{spec.name}-worker-3"]
+    assert any(f"destroy 1 VM(s): {spec.name}-worker-3" in a for a in shrink["actions"]), shrink["actions"]
+    assert any(f"{spec.name}-worker-3: release address" in a for a in shrink["actions"])
+    with VSPHERE.open(spec, env) as p:
+        assert len(p.find_owned(spec.name, state.cluster_id).vms) == 5  # type: ignore[attr-defined]
+    assert f"{spec.name}-worker-3" in ClusterState.load(spec.name).nodes
 
     result = cluster.resize_cluster(spec.name, 2, print)
 
