@@ -388,5 +388,5 @@ def test_the_version_is_parsed_once(tmp_path: Path) -> None:
     assert (s.version, s.minor) == ("1.20.2", 20) == (cluster.spec.kubernetes.version, 20)
     k = replace(cluster.spec.kubernetes, version="1.x")
     bad = replace(cluster, spec=replace(cluster.spec, kubernetes=k))
-    with pytest.raises(Exception, match="not a release"):
+    with pytest.raises(Exception, match="must be a release like"):
         ks.settings(bad)
