@@ -1,32 +1,6 @@
 """Steps and actions: the vocabulary playbooks are written in, and how one step is carried out.
 
-A step is a generator registered under a dotted name (`@step("etcd.configure")`). Given the
-node, the cluster context and the node's facts it yields actions, values describing one
-change each (Run, Upload, EnsureDir, Restart, Warn, Local, Need); the executor performs each action
-and sends its outcome back into the generator, so a step can decide its next action from what
-the last one did (an Upload that changed nothing needs no daemon-reload):
-
-    @step("etcd.configure", probes=lambda node, cluster: [File(UNIT), Service("etcd")])
-    def configure(node, cluster, facts):
-        unit = render("etcd/etcd.service.j2", ...)     # render first: a broken template
-        if (yield Upload(unit, UNIT, 0o644)):          # fails before anything is written
-            yield Run(Cmd("systemctl", "daemon-reload"))
-        yield Restart("etcd")                          # only if this step changed something
-
-Facts are what the steps of a play declared they need to look at (files, services, read-only
-commands); the runner gathers them for a host in one SSH round trip before the play's first
-step, and again only after a step changed the host. Upload and EnsureDir compare against the
-facts themselves, so an unchanged file costs no round trip at all.
-
-A step reports ok (nothing changed), changed, or failed, with its seconds, SSH round trips,
-restarts and warnings. A Run counts as a change only when it exits 0 and was not marked
-`changes=False` (verifications such as `ctr version`).
-
-Dry run: no connection exists. Facts are unknown, so every file looks absent and every service
-stopped, and the step shows what a first run would do, with the files it would write; secrets
-(keys, anything marked secret, any stdin) are shown as a size only. What the steps need from
-artifact sources (Need) is looked at and listed, present or missing: a missing artifact is what
-a dry run is asked to find, so it never stops one.
+The design notes (what its steps yield, facts, dry runs) are in docs/architecture.md#bootstrap-engine.
 """
 
 from __future__ import annotations

@@ -1,31 +1,6 @@
 """Playbook files: ordered plays of steps over hosts, read and checked before anything runs.
 
-A playbook is a YAML list of plays:
-
-    - play: etcd                      # a name, unique in the file
-      phase: etcd                     # the playbook's phase the play belongs to
-      hosts: etcd                     # all, etcd, master, worker, master[0], master[1:], master+worker
-      serial: 1                       # optional: hosts at a time (default: all at once)
-      steps: [etcd.configure, etcd.start]
-
-or a mapping with a header over that list:
-
-    phases: [drain]                   # optional: the phases, in order (else: as the plays name them)
-    params: [nodes]                   # optional: what a run must pass its steps (run_param)
-    plays: [...]
-
-A playbook's phases are its own: declared in the header, or else the phases its plays name, in
-the order they first appear. A run selects phases of its playbook (create-cluster's --up-to is
-"vms" and then playbooks/cluster.yaml's phases; see create_phases below). Everything is
-checked when the file loads (unknown keys, phases, host selectors, step names) so a typo fails
-before any host is touched. Order is data: plays run in file order, and a play's phase may not
-come before an earlier play's.
-
-Parameters: a day-2 run carries what its steps act on (the workers to drain) as the step
-context's `params`; a step reads them with engine.run_param, which names the playbook
-parameter a run forgot. The playbook's header lists the parameters it takes, and a run that
-passes another set is refused before any host is touched.
-
+The design notes (the file format, phases, parameters) are in docs/architecture.md#bootstrap-playbook.
 """
 
 from __future__ import annotations

@@ -1,30 +1,6 @@
 """Running playbooks: ordered plays of steps over hosts, in parallel or one host at a time.
 
-What a playbook file says, and how it is read and checked, is playbook.py's.
-
-Within a play each host runs the play's steps in order in a thread of its own; a failed step
-ends that host's play. The play then lets the hosts already running finish (it never stops a
-host half way), starts no more, and raises PlayFailed naming host, step, command and output.
-
-Stopping (SIGINT, SIGTERM, the run's --timeout; see provisioner/stop.py): no step, host batch or
-play starts once the run is stopping, and the waits of the steps running end within a second or
-so. The play then raises the stop itself (Interrupted, exit 130/143; or the run's Timeout, exit
-13), never "N hosts failed", and the phase is recorded as interrupted (failed, with the message,
-for the run's deadline). Where it stopped is recorded like a failure, so the next run resumes.
-
-Resume: progress is recorded after every step in a file of the playbook's own,
-<state>/playbooks/<playbook>.json (a cluster made before playbooks had their own kept the cluster
-playbook's in <state>/bootstrap.json: it is read as such, and replaced at the first save). A
-run of one playbook never resumes from, or clears, another's record; a run with other parameters
-than the failed one is not a resume of it either. When a run fails,
-the file keeps what that run completed (plays, and steps per host of the failed play); the
-next run skips exactly that and starts the failed host at its failed step. A finished play
-whose hosts have grown since (a resize added a worker) is not skipped: it runs again in full. A run that
-completes clears it, so a run after a successful one re-checks every step: that is how a
-member stopped since then is found and started again, and why a re-run of a finished cluster
-reports every step ok. Skipping only within the failed attempt keeps a resume from trusting
-an old record of a host that has changed since; re-checking is cheap (one round trip of facts
-per host and play).
+The design notes (failures, stopping, resume) are in docs/architecture.md#bootstrap-runner.
 """
 
 from __future__ import annotations
