@@ -437,6 +437,15 @@ def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], l
     assert web["metadata"]["name"] in exec_http(env, "vkp-probe", web["status"]["podIP"], 8080)
     gone_address = state(env).nodes["lab-worker-3"].address
     assert all(f"via {gone_address} " in on_node(env, n, "ip -4 route show").stdout for n in KUBE_NODES)
+    # The dry run shows the drain's commands and the VM it would destroy, and changes nothing.
+    r = vkp(env, "resize", "lab", "--workers", "2", "--dry-run", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    planned = json.loads(r.stdout)
+    assert planned["removed"] == ["lab-worker-3"], planned
+    text = "\n".join(planned["actions"])
+    assert "drain lab-worker-3" in text and "delete node lab-worker-3" in text, text
+    assert "destroy 1 VM(s): lab-worker-3" in text, text
+    assert "lab-worker-3" in state(env).nodes and "lab-worker-3" in ready_nodes(env)
     # A bare pod would be lost by the drain, which refuses it (as kubectl does) rather than force.
     r = vkp(env, "resize", "lab", "--workers", "2", "--yes", "-o", "json")
     assert r.returncode != 0 and "vkp-probe" in r.stderr, r.stderr
@@ -475,6 +484,11 @@ def test_11_changed_host_key_is_refused(env: dict[str, str]) -> None:
 
 
 def test_12_delete_leaves_nothing(env: dict[str, str], lab: LabHandle) -> None:
+    r = vkp(env, "delete-cluster", "lab", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert all(f"lab-{n}" in r.stdout for n in ("etcd-1", "master-1", "worker-1", "worker-2")), r.stdout
+    assert "remove folder /" in r.stdout and "remove the local state" in r.stdout, r.stdout
+    assert state(env).nodes, "a dry run deletes nothing"
     r = vkp(env, "delete-cluster", "lab", "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["leftovers"] == []
