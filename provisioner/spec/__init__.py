@@ -17,18 +17,17 @@ section and field by field: a value the spec file sets (not null) wins, lists ar
 whole. Relative paths in it are relative to its own directory, and a problem in a value it
 supplied names the file. A saved spec (spec_from_dict) is already merged and reads neither.
 
-The package: schema (the dataclasses and constants), loading (files, environment, merging),
-checks (validation). Import from provisioner.spec itself.
+The package: schema (the dataclasses and constants); values (showing and parsing what the
+user wrote); loading (load_spec, the plans file, building the spec) over yamlfile (the hardened
+YAML reader), reader (the typed reader), sources (site defaults and the environment) and
+migrations (old spellings, relative paths); checks (validate, the cluster's own settings) over
+checks_vsphere, checks_network and checks_kubernetes. Import from provisioner.spec itself.
 """
 
 from __future__ import annotations
 
-from provisioner.spec.checks import (
-    k8s_version_problem,
-    node_name,
-    normalize_thumbprint,
-    validate,
-)
+from provisioner.spec.checks import node_name, validate
+from provisioner.spec.checks_kubernetes import k8s_version_problem
 from provisioner.spec.loading import (
     load_size_presets,
     load_spec,
@@ -83,6 +82,7 @@ from provisioner.spec.schema import (
     VSphereSpec,
     k8s_minor,
 )
+from provisioner.spec.values import normalize_thumbprint
 
 __all__ = [
     "API_MODES",

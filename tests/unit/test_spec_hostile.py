@@ -16,7 +16,7 @@ import yaml
 from provisioner.errors import ExitCode, SpecError
 from provisioner.plan import make_plan
 from provisioner.spec import LIMITS, load_spec
-from provisioner.spec.checks import SHOW_MAX, show
+from provisioner.spec.values import SHOW_MAX, show
 from tests.unit.test_cli_plan import vkp
 from tests.unit.test_spec import LAB_ENV, REPO, problems, write
 
