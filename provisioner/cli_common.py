@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import click
 
+from provisioner import stop
 from provisioner.errors import ProvisionerError
 from provisioner.output import emit_json
 
@@ -24,12 +25,10 @@ OUTPUT_OPTION = click.option(
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    from provisioner.stop import parse_duration
-
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        return stop.parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -51,8 +50,6 @@ def run(
     stoppable: a long run that changes things. SIGINT and SIGTERM then stop it cleanly (the
     phase is recorded as interrupted, exit 130 / 143) and timeout bounds the whole run.
     """
-    from provisioner import stop
-
     if stoppable:
         stop.install_signal_handlers()
         if timeout is not None:

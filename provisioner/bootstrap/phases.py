@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import resources, stop
+from provisioner.bootstrap.artifacts import probe_source
 from provisioner.bootstrap.engine import Cluster, PKISource
+from provisioner.bootstrap.pki import ensure_pki, load_pki
 from provisioner.bootstrap.playbook import (
     CLUSTER_PLAYBOOK,
     Playbook,
@@ -116,8 +118,6 @@ def run_bootstrap(
     if dry_run:
         pki: PKISource = _PlaceholderPKI()
     else:
-        from provisioner.bootstrap.pki import ensure_pki
-
         pki = ensure_pki(state, plan, spec.pki)
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=pki)
 
@@ -169,8 +169,6 @@ def run_day2(
             f"playbook {playbook.name} takes the parameters {', '.join(sorted(declared)) or '(none)'}; "
             f"the run gave {', '.join(sorted(given)) or '(none)'}"
         )
-    from provisioner.bootstrap.pki import load_pki
-
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
     return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
@@ -241,8 +239,6 @@ def _execute(
 
 
 def _probe_artifacts(spec: ClusterSpec, state: ClusterState, log: Log) -> None:
-    from provisioner.bootstrap.artifacts import probe_source
-
     try:
         probe_source(spec.kubernetes, log)
     except ProvisionerError as exc:

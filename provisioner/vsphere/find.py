@@ -25,6 +25,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from provisioner.errors import Ambiguous, NotFound
+from provisioner.vsphere.specs import NetworkTarget
 
 _pcq = vmodl.query.PropertyCollector
 
@@ -245,8 +246,6 @@ def network(content: Any, dc: Any, name: str) -> Any:
 
 def network_target(content: Any, net: Any) -> Any:
     """What specs.clone_spec needs to back a NIC with net (name; switch uuid and key for a DVPG)."""
-    from provisioner.vsphere.specs import NetworkTarget
-
     if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
         props = props_of(content, net, ["name", "key", "config.distributedVirtualSwitch"])
         switch = props["config.distributedVirtualSwitch"]
