@@ -7,7 +7,7 @@ vSphere's is provisioner/vsphere/provider.py; a second infrastructure implements
 two protocols in a module of its own and adds one line to INFRASTRUCTURES.
 
 A Provider's machines answer SSH with their pinned host keys before machines() returns; the
-check itself is the lifecycle's (a NodeCheck it passes in, ssh_check() by default), so every
+check itself is the lifecycle's (a NodeCheck it passes in: ssh_check() for a real run), so every
 infrastructure verifies nodes the same way and tests can stand in for the network.
 """
 

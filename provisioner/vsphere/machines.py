@@ -94,7 +94,7 @@ class Clone:
 
     def describe(self, spec: ClusterSpec, plan: Plan, node: NodePlan) -> str:
         kind = "linked clone" if spec.vsphere.linked_clone else "full clone"
-        host = node.esxi_host or "the host DRS picks"
+        host = node.esxi_host or "a host of the cluster (placed when the hosts are known)"
         return (
             f"{kind} of {spec.vsphere.template} into {plan.folder} on {host} "
             f"({node.cpus} vCPU, {node.memory_mb} MB, ownership mark of the cluster's id)"
@@ -168,8 +168,6 @@ class EraseUserdata:
 Action = (
     Clone | Resize | ProbeFirstBoot | WriteCloudInit | PowerOn | WaitForAddress | CheckNode | EraseUserdata
 )
-# Failing while the VM may hold user data: erase it on the way out (it carries a private key).
-GUARDED = (WriteCloudInit, PowerOn, WaitForAddress, CheckNode)
 
 
 def node_actions(node: NodePlan, facts: VMFacts) -> Generator[Action, Any, None]:
@@ -318,6 +316,11 @@ def marked_vms(folder: Any | None, cluster_name: str) -> dict[str, Any]:
 def preflight(content: Any, inv: Resolved, plan: Plan, state: ClusterState, owned: dict[str, Any]) -> None:
     """Read-only checks that stop create-cluster before it creates anything."""
     problems = []
+    if inv.template_nic is None:
+        problems.append(
+            f"template {inv.template_name!r} has no network adapter: a node's address is given to "
+            "the adapter it is cloned with; add one (vmxnet3) to the template"
+        )
     if inv.template_snapshot is None:
         problems.append(
             f"template {inv.template_name!r} has no snapshot, so linked clones are impossible; "
@@ -493,7 +496,9 @@ class VMPhase:
             try:
                 outcome = self._do(action, node, out, facts, booting)
             except BaseException:
-                if userdata and isinstance(action, GUARDED):
+                # Whatever failed, and however (a stop, a task, the check): user data carries
+                # the node's private host key and must not stay in the VM's properties.
+                if userdata and out.machine is not None:
                     self._erase_userdata(node, out.machine)
                 raise
             if isinstance(action, Clone):
@@ -526,7 +531,12 @@ class VMPhase:
             return self._probe_unverified(node, vm)
         elif isinstance(action, WriteCloudInit):
             booting["since"] = t
-            metadata, userdata = self._cloud_init(node, str(facts.mac), new_instance=action.new_instance)
+            if facts.mac is None:
+                raise ProvisionerError(
+                    f"VM {node.name} has no network adapter for its address {node.address}",
+                    hint="delete the VM (vkp delete-cluster, or in vCenter) and run create-cluster again",
+                )
+            metadata, userdata = self._cloud_init(node, facts.mac, new_instance=action.new_instance)
             config = vim.vm.ConfigSpec(
                 extraConfig=specs.option_values(specs.guestinfo_extra_config(metadata, userdata))
             )

@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner import stop
 from provisioner.infra import Holdings, Log, NodeCheck, NodeOutcome
 from provisioner.plan import Plan
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
-from provisioner.vsphere import login, machines, ownership, placement, vms, waits
+from provisioner.vsphere import find, login, machines, ownership, placement, vms, waits
 from provisioner.vsphere.session import Session
 
 DESTROY_SECONDS = 600
@@ -58,37 +59,51 @@ class VSphereProvider:
 
 @dataclass(frozen=True)
 class _Effect:
-    """One change a delete makes: what it says (log and dry run alike) and the vCenter calls."""
+    """One change a delete makes: what it says (log and dry run alike), and how it is made."""
 
     what: str
-    tasks: Callable[[], list[Any]]  # starts the change; its tasks are waited for
+    # Makes the change and waits for it until the deadline; returns what happened instead of
+    # `what` when the change was not made (a folder found holding something not owned).
+    run: Callable[[float], str | None]
 
 
 def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Effect], list[str]]:
-    """The changes that destroy what the cluster owns, in order, and the folders that stay.
+    """The changes that destroy what the cluster owns, in order, and the folders kept.
 
-    VMs are powered off and destroyed, the rules removed, the folders left empty destroyed.
-    A folder holding something the cluster does not own is kept and loses the cluster's mark,
-    so nothing later takes it for the cluster's. Reads vCenter; changes nothing.
+    VMs are powered off and destroyed (already off, or already gone, is success), the rules
+    removed, the folders left empty destroyed, deepest first. A folder holding something the
+    cluster does not own is kept and loses the cluster's mark, so nothing later takes it for
+    the cluster's; emptiness is looked at again just before a folder is destroyed, since
+    destroying a folder destroys whatever is in it. Reads vCenter; changes nothing itself.
+    The kept list is filled as the effects run (and as predicted for a dry run).
     """
     content = session.content
     effects: list[_Effect] = []
-    on = [vm for vm in owned.vms if vm.runtime.powerState == "poweredOn"]
+    props = {vm: find.props_of(content, vm, ["name", "runtime.powerState"]) for vm in owned.vms}
+    names = {vm: str(p.get("name", vm._moId)) for vm, p in props.items()}
+    on = [vm for vm, p in props.items() if p.get("runtime.powerState") == "poweredOn"]
+
+    def each(fn: Callable[..., bool], vms_: list[Any]) -> Callable[[float], str | None]:
+        def run(deadline: float) -> str | None:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda vm: session.call(fn, content, vm, deadline=deadline), vms_))
+            return None
+
+        return run
+
     if on:
         effects.append(
             _Effect(
-                f"power off {len(on)} VM(s): {', '.join(vm.name for vm in on)}",
-                lambda: [session.call(vms.power_off, vm) for vm in on],
+                f"power off {len(on)} VM(s): {', '.join(names[vm] for vm in on)}",
+                each(waits.power_off_and_wait, on),
             )
         )
     if owned.vms:
-
-        def destroy_vms() -> list[Any]:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                return list(pool.map(lambda vm: session.call(vms.destroy, vm), owned.vms))
-
         effects.append(
-            _Effect(f"destroy {len(owned.vms)} VM(s): {', '.join(vm.name for vm in owned.vms)}", destroy_vms)
+            _Effect(
+                f"destroy {len(owned.vms)} VM(s): {', '.join(names[vm] for vm in owned.vms)}",
+                each(waits.destroy_and_wait, owned.vms),
+            )
         )
     by_cluster: dict[Any, list[Any]] = {}
     for cl, rule in owned.rules:
@@ -97,10 +112,11 @@ def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Eff
         effects.append(
             _Effect(
                 f"remove DRS rules {', '.join(r.name for r in rules)}",
-                functools.partial(placement.remove_rules, cl, rules),
+                functools.partial(_remove_rules, content, cl, rules),
             )
         )
     empty, kept = ownership.split_folders(content, owned)
+    kept_paths = list(kept.values())
     for folder, path in kept.items():
         effects.append(
             _Effect(
@@ -111,26 +127,41 @@ def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Eff
     # Only folders that carry the id: the parent they sit in (vkp/ by default) is shared by
     # every cluster and marked by none, so it stays, empty or not.
     for folder, path in empty.items():
-        effects.append(_Effect(f"remove folder {path}", functools.partial(_destroy_folder, session, folder)))
-    return effects, list(kept.values())
+        effects.append(
+            _Effect(
+                f"remove folder {path}", functools.partial(_destroy_folder, session, folder, path, kept_paths)
+            )
+        )
+    return effects, kept_paths
 
 
-def _destroy_folder(session: Session, folder: Any) -> list[Any]:
-    return [session.call(vms.destroy_folder, folder)]
+def _remove_rules(content: Any, cl: Any, rules: list[Any], deadline: float) -> None:
+    waits.wait_for_tasks(content, placement.remove_rules(cl, rules), deadline=deadline)
 
 
-def _unmark(content: Any, folder: Any) -> list[Any]:
-    ownership.unmark_folder(content, folder)
-    return []  # SetField is synchronous: no task to wait for
+def _destroy_folder(session: Session, folder: Any, path: str, kept: list[str], deadline: float) -> str | None:
+    content = session.content
+    if find.props_of(content, folder, ["childEntity"]).get("childEntity"):
+        # Something was put in it since it was looked at (or a folder inside it was kept).
+        ownership.unmark_folder(content, folder)
+        kept.append(path)
+        return f"kept folder {path} (unmarked): it holds objects this cluster does not own"
+    waits.wait_for_tasks(content, [session.call(vms.destroy_folder, folder)], deadline=deadline)
+    return None
+
+
+def _unmark(content: Any, folder: Any, _deadline: float) -> None:
+    ownership.unmark_folder(content, folder)  # SetField is synchronous: no task to wait for
 
 
 def destroy(session: Session, owned: ownership.Owned, log: Log) -> list[str]:
-    """Carry out destroy_effects; returns the folders kept."""
+    """Carry out destroy_effects, stopping between them if the run is; returns the folders kept."""
     effects, kept = destroy_effects(session, owned)
     deadline = time.monotonic() + DESTROY_SECONDS
     for effect in effects:
-        waits.wait_for_tasks(session.content, effect.tasks(), deadline=deadline)
-        log(f"done: {effect.what}")
+        stop.check(effect.what)
+        instead = effect.run(deadline)
+        log(instead or f"done: {effect.what}")
     return kept
 
 

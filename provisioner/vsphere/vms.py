@@ -21,8 +21,8 @@ def clone(template: Any, folder: Any, name: str, spec: Any) -> Any:
 
 
 def power_on(vm: Any) -> Any:
-    """PowerOnVM_Task. An already powered-on VM makes the task fail with InvalidPowerState;
-    waits.power_on_and_wait treats that as success."""
+    """PowerOnVM_Task. An already powered-on VM makes the task fail with InvalidPowerState
+    (the VM phase looks at the power state first; waits.power_on_and_wait takes it as success)."""
     return vm.PowerOnVM_Task()
 
 

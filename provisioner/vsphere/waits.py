@@ -33,6 +33,7 @@ from provisioner.vsphere import vms
 _pcq = vmodl.query.PropertyCollector
 # Short enough that Ctrl-C ends a wait within the 5 s a user waits; one cheap call per slice.
 MAX_WAIT_SECONDS = 2
+PUMP_ATTEMPTS = 3  # WaitForUpdatesEx failures in a row before every wait of the feed fails
 LEFT = "<left>"  # marks an object that no longer exists
 
 
@@ -76,11 +77,6 @@ def _content(si_or_content: Any) -> Any:
     if isinstance(si_or_content, vim.ServiceInstanceContent):
         return si_or_content
     return si_or_content.content
-
-
-def _remaining(deadline: float) -> int:
-    """Seconds to wait in the next WaitForUpdatesEx: at least 1 (0 would mean "don't wait")."""
-    return max(1, min(MAX_WAIT_SECONDS, int(deadline - time.monotonic() + 0.999)))
 
 
 class _Feed:
@@ -143,15 +139,25 @@ class _Feed:
 
     def _pump(self) -> None:
         version = ""
+        failures = 0
         while not self.closed:
             try:
                 update = self.collector.WaitForUpdatesEx(
                     version, _pcq.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
                 )
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - handed to every waiter, which reports it
+                failures += 1
+                if failures < PUMP_ATTEMPTS and not self.closed:
+                    # A dropped pooled connection is re-made by the next call; the version
+                    # is still the collector's, so nothing is missed.
+                    time.sleep(1.0)
+                    continue
                 with self.changed:
                     if not self.closed:
                         self.error = exc
+                    # Every wait on it now fails; the next wait of the session makes a new feed.
+                    self.closed = True
                     self.changed.notify_all()
                 return
             if update is None:
@@ -174,6 +180,8 @@ class _Feed:
             while True:
                 if self.error is not None:
                     raise VSphereError(f"waiting for {what()}: the vCenter session broke: {self.error}")
+                if self.closed:
+                    raise VSphereError(f"waiting for {what()}: the vCenter session was closed")
                 result = decide()
                 if result:
                     return result
