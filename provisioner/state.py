@@ -10,7 +10,7 @@ Layout of STATE_HOME/<name>/ (the directory and its sub-directories are created 
     ssh/known_hosts         the pinned host keys of all nodes                 0644
     hostkeys/<node>         a node's pre-generated SSH host key (private)     0600
     hostkeys/<node>.pub                                                        0644
-    playbooks/<playbook>.json  what a playbook's last failed run completed    0644
+    playbooks/<playbook>.json  what a playbook's current or last failed run did  0644
 
 STATE_HOME, the cluster's directory, ssh/ and hostkeys/ must be owned by the running user and
 not group- or world-writable, or they are refused (UnsafeStateDir), as ssh refuses such a

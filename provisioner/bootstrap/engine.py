@@ -341,7 +341,8 @@ class PKISource(Protocol):
 
 @dataclass
 class Cluster:
-    """What every step may read: the spec, the plan, the state and the PKI."""
+    """What every step may read: the spec, the plan, the state, the PKI, the run's parameters
+    (a day-2 playbook's), and the run's bootstrap token once a step made it."""
 
     spec: ClusterSpec
     plan: Plan

@@ -32,7 +32,7 @@ from provisioner.bootstrap.playbook import (
     load_playbook,
     phases_up_to,
 )
-from provisioner.bootstrap.runner import run_playbook
+from provisioner.bootstrap.runner import run_playbook, run_progress
 from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
@@ -220,15 +220,26 @@ def _execute(
         log(f"connecting to {len(hosts)} node(s)")
         conns = connect_all(cluster.spec, cluster.state, hosts)
     reports = []
+    # One resume record for the whole run: a batch that ends well must not clear what a later
+    # batch of the failed run would resume from.
+    progress = run_progress(playbook, cluster, dry_run)
     try:
         for batch in filter(None, batches):
             if before_batch is not None:
                 before_batch(batch)
             reports.append(
                 run_playbook(
-                    playbook, cluster, conns, phases=set(batch), log=log, dry_run=dry_run, on_phase=on_phase
+                    playbook,
+                    cluster,
+                    conns,
+                    phases=set(batch),
+                    log=log,
+                    dry_run=dry_run,
+                    on_phase=on_phase,
+                    progress=progress,
                 )
             )
+        progress.finished()
     finally:
         for c in conns.values():
             c.close()

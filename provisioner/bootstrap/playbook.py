@@ -115,14 +115,6 @@ class Playbook:
     def for_phases(self, phases: set[str] | frozenset[str]) -> list[Play]:
         return [p for p in self.plays if p.phase in phases]
 
-    def phases_up_to(self, phase: str) -> list[str]:
-        """This playbook's phases up to and including phase."""
-        if phase not in self.phases:
-            raise ProvisionerError(
-                f"playbook {self.name} has no phase {phase!r}; its phases: {', '.join(self.phases)}"
-            )
-        return list(self.phases[: self.phases.index(phase) + 1])
-
 
 def load_playbook(path: str | Path) -> Playbook:
     """Read and check a playbook; PlaybookError naming file, play and field on any problem."""

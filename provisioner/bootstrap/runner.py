@@ -428,16 +428,19 @@ def run_playbook(
     dry_run: bool = False,
     resume: bool = True,
     on_phase: Callable[[str, str, float | None, str | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> PlaybookReport:
     """Run the playbook's plays of the given phases in order; PlayFailed on the first failed play.
 
     connections maps node names to open connections (ignored, and may be empty, in a dry run).
-    resume: skip what a failed previous run completed (see the module docstring); progress is
+    resume: skip what a failed previous run completed (docs/architecture.md#bootstrap-runner); progress is
     kept in <state>/playbooks/<playbook>.json unless dry_run or the cluster has no state.
     phases: some of the playbook's own (ProvisionerError naming them otherwise).
     on_phase(phase, status, seconds, detail) is called as each phase starts (running) and ends
     (done, failed, or interrupted: a signal stopped the run), so the caller can record phases
     where it records the others. A stop raises Interrupted or the run's Timeout, not PlayFailed.
+    progress: the resume record of a run made of several calls (phases.run_bootstrap runs the
+    Kubernetes phase apart), which the caller then finishes; by default the call's own.
     """
     steps = registry()
     unknown = sorted(set(phases) - set(playbook.phases))
@@ -449,7 +452,9 @@ def run_playbook(
     selected = playbook.for_phases(phases)
     if not dry_run:
         check_steps(playbook, cluster, phases)
-    progress = _progress(playbook, cluster, dry_run)
+    owned_progress = progress is None
+    if progress is None:
+        progress = run_progress(playbook, cluster, dry_run)
     if not resume:
         progress.previous = None
     report = PlaybookReport(playbook.path, [p for p in playbook.phases if p in phases], dry_run=dry_run)
@@ -527,7 +532,8 @@ def run_playbook(
             progress.play_done(play.name, preport.hosts)
         if phase_now is not None:
             phase_event(phase_now, "done")
-        progress.finished()
+        if owned_progress:
+            progress.finished()
     except (Exception, KeyboardInterrupt) as exc:
         # A phase left "running" would look like a run still going; one that failed on a host
         # was recorded above already.
@@ -540,7 +546,7 @@ def run_playbook(
     return report
 
 
-def _progress(playbook: Playbook, cluster: Cluster, dry_run: bool) -> Progress:
+def run_progress(playbook: Playbook, cluster: Cluster, dry_run: bool) -> Progress:
     """The playbook's resume record for this cluster (none in a dry run, or without a state).
 
     A run with parameters resumes only a failed run with the same ones: what that run completed

@@ -36,7 +36,7 @@ from provisioner.state import ClusterState
 from tests.unit import fakes
 from tests.unit.test_spec import LAB_ENV
 
-ADMIN = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+ADMIN = "/usr/local/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf"
 
 
 class PKI:
@@ -272,12 +272,12 @@ class Master(fakes.FakeHost):
 
     def _check(self, probe: Any) -> Result:
         args = [str(a) for a in probe.cmd.args]
-        assert args[:3] == ["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"], args
+        assert args[:3] == ["/usr/local/bin/kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"], args
         assert args[3:5] == ["get", "node"] and "--ignore-not-found" in args
         return Result(0, f"node/{args[5]}\n" if args[5] in self.members else "", "")
 
     def _command(self, args: list[str]) -> Result:
-        assert args[:3] == ["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"], args
+        assert args[:3] == ["/usr/local/bin/kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"], args
         verb, node = args[3], args[4]
         if verb == "drain":
             if node not in self.members:
@@ -339,7 +339,7 @@ def test_a_bare_pod_stops_the_drain_as_kubectl_refuses_it_and_the_rerun_resumes(
     assert err.exit_code == ExitCode.SSH  # as the drain's refused command was before it was a step
     msg = str(err)
     assert "demo-master-1, step kubernetes.drain:" in msg
-    assert "draining demo-worker-3 failed: demo-master-1: `kubectl --kubeconfig" in msg
+    assert "draining demo-worker-3 failed: demo-master-1: `/usr/local/bin/kubectl --kubeconfig" in msg
     assert "cannot delete Pods that declare no controller (use --force to override): default/vkp-probe" in msg
     assert "nothing was forced" in msg
     assert "--force" not in " ".join(master.commands)
@@ -459,3 +459,33 @@ def test_remove_workers_is_the_drain_playbook_over_the_nodes_given(tmp_path: Pat
     (result,) = report["plays"][0]["results"]
     drained = [a.split()[5] for a in result["actions"] if " drain " in a]
     assert drained == ["demo-worker-3", "demo-worker-2"]
+
+
+class _Closable(fakes.FakeHost):
+    def close(self) -> None:
+        pass
+
+
+def test_a_run_in_batches_resumes_a_failure_of_its_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run_bootstrap runs the Kubernetes phase as a batch of its own: the earlier batch ending
+    # well must not clear the record the failed later one is resumed from.
+    cluster = make_cluster(tmp_path)
+    assert cluster.state is not None
+    hosts = {n.name: _Closable(n.name) for n in cluster.plan.by_role("worker")}
+    monkeypatch.setattr(
+        phases, "connect_all", lambda spec, state, nodes: {n.name: hosts[n.name] for n in nodes}
+    )
+    pb = two_step_playbook("batched")
+    hosts["demo-worker-2"].fail = {"flaky": Result(1, "", "not yet")}
+    with pytest.raises(PlayFailed):
+        phases._execute(pb, cluster, [["one"], ["two"]], log=quiet, dry_run=False)
+    for h in hosts.values():
+        h.commands.clear()
+    hosts["demo-worker-2"].fail = {}
+    report = phases._execute(pb, cluster, [["one"], ["two"]], log=quiet, dry_run=False)
+    assert report["resumed_from"] is not None and report["resumed_from"]["step"] == "day2test.flaky"
+    assert hosts["demo-worker-1"].commands == []  # both plays were done by the failed run
+    assert hosts["demo-worker-2"].commands == ["sudo -n -- flaky demo-worker-2"]
+    assert json.loads(cluster.state.progress_path("batched").read_text())["failed"] is None

@@ -7,18 +7,13 @@ kubernetes.drain runs on the first master with the admin kubeconfig kubeadm wrot
 from __future__ import annotations
 
 from provisioner.bootstrap.engine import Check, Cluster, Facts, Run, StepGen, run_param, step
+from provisioner.bootstrap.steps.kubernetes.settings import kubectl_cmd as kubectl
 from provisioner.errors import CommandFailed, ProvisionerError
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
 
-# Written by kubeadm init on the first master (the steps of the Kubernetes phase use it too).
-ADMIN_CONF = "/etc/kubernetes/admin.conf"
 DRAIN_WAIT = "300s"  # kubectl's own limit on evictions
 DRAIN_TIMEOUT = 360.0  # the command's: kubectl's wait, and time to start and give up cleanly
-
-
-def kubectl(*args: str) -> Cmd:
-    return Cmd("kubectl", "--kubeconfig", ADMIN_CONF, *args)
 
 
 def membership(name: str) -> Cmd:

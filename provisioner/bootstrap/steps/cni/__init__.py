@@ -22,6 +22,7 @@ from provisioner.bootstrap.steps.cni.bridge import BRIDGE
 from provisioner.bootstrap.steps.cni.calico import CALICO
 from provisioner.bootstrap.steps.cni.flannel import FLANNEL
 from provisioner.bootstrap.steps.kubernetes.settings import kubectl_cmd, settings
+from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan
 
 REGISTRY: dict[str, CNI] = {c.name: c for c in (CALICO, FLANNEL, BRIDGE)}
@@ -30,7 +31,11 @@ CNI_MARKER = f"{CNI_DIR}/applied"
 
 def cni_of(cluster: Cluster) -> CNI:
     """The cluster's network, as kubernetes.cni names it."""
-    return REGISTRY[settings(cluster).cni]
+    name = settings(cluster).cni
+    if name not in REGISTRY:
+        # validate() refuses it first; a spec made without it (a test, a bench) ends here.
+        raise ProvisionerError(f"kubernetes.cni: {name!r} is not one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def version(cluster: Cluster) -> str:
