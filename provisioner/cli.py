@@ -18,10 +18,9 @@ import click
 
 from provisioner.bootstrap.playbook import create_phases
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
-from provisioner.output import emit_json
+from provisioner.output import StderrLog, emit_json
 
 if TYPE_CHECKING:
-    from provisioner.output import StderrLog
     from provisioner.spec import ClusterSpec
 
 
@@ -194,8 +193,6 @@ def _locked(name: str) -> Iterator[StderrLog]:
     """The cluster's run lock, taken before the heavy imports (vSphere, SSH) so that a second
     run is refused at once; the library takes it again (re-entrantly) for its other callers."""
     from provisioner import runlock
-    from provisioner.output import StderrLog
-
     progress = StderrLog()
     with runlock.hold(name, runlock.command_line(), log=progress):
         yield progress
@@ -270,7 +267,6 @@ def create_cluster_cmd(
       vkp create-cluster -f inventory/lab.yaml --yes
       vkp create-cluster demo --plan dev --yes --up-to vms -o json
     """
-    from provisioner.output import StderrLog
     from provisioner.plan import make_plan, render_plan
 
     def body() -> dict[str, Any]:
@@ -383,8 +379,6 @@ def delete_cluster_cmd(
       vkp delete-cluster demo --yes --cluster-id 6f1c2d9e-...   # without local state
       vkp delete-cluster demo --dry-run
     """
-    from provisioner.output import StderrLog
-
     def body() -> dict[str, Any]:
         if dry_run:
             from provisioner.cluster import delete_cluster
@@ -637,8 +631,6 @@ def resize_cmd(
       vkp resize demo --workers 2 --yes -o json
       vkp resize demo --workers 2 --dry-run
     """
-    from provisioner.output import StderrLog
-
     def body() -> dict[str, Any]:
         if dry_run:
             from provisioner.cluster import resize_cluster

@@ -405,7 +405,8 @@ class _Resize:
 
     @property
     def bootstrapped(self) -> bool:
-        return self.up_to == "kubernetes"
+        """Kubernetes runs on it (or a run began to set it up): workers are drained first."""
+        return self.state.phase("kubernetes") is not None
 
 
 def _resize_target(name: str, workers: int) -> _Resize:
@@ -431,7 +432,10 @@ def _resize_plan(r: _Resize, log: Log) -> dict[str, Any]:
         plan = dry_run(r.new_spec, r.up_to, log)
         new = [n.name for n in make_plan(r.new_spec).nodes if n.name not in r.state.nodes]
         result["added"] = new
-        result["actions"] = [a for a in plan["actions"] if a.split(":")[0] in new or not a.startswith(r.name)]
+        # Its folder exists: only the new nodes' actions and the rules are of this resize.
+        result["actions"] = [
+            a for a in plan["actions"] if a.split(":")[0] in new or a.startswith("DRS anti-affinity rule")
+        ]
         result["actions"].append(
             f"create-cluster up to {r.up_to} over every node (the others are only checked)"
         )

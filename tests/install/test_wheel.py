@@ -60,6 +60,10 @@ def test_wheel_carries_every_data_file(wheel: Path) -> None:
     assert shipped, "no package data found in the checkout"
     missing = sorted(set(shipped) - names)
     assert not missing, f"in the checkout but not in the wheel: {missing}"
+    # Nothing but the checkout's own modules: a stale build/ must not ship a module since removed.
+    modules = {n for n in names if n.startswith("provisioner/") and n.endswith(".py")}
+    stale = sorted(m for m in modules if not (REPO / m).is_file())
+    assert not stale, f"in the wheel but not in the checkout: {stale}"
 
 
 def test_installed_vkp_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
