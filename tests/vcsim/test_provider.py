@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from provisioner import cluster
+from provisioner.errors import ProvisionerError, SSHError
 from provisioner.plan import NodePlan
 from provisioner.spec import load_spec
 from provisioner.state import ClusterState
@@ -264,4 +265,33 @@ def test_resize_grows_by_one_worker_and_shrinks_the_highest_numbered(
     assert names == sorted(
         [f"{spec.name}-etcd-1", f"{spec.name}-master-1", f"{spec.name}-worker-1", f"{spec.name}-worker-2"]
     )
+    cluster.delete_cluster(spec.name, print, env=env)
+
+
+class Refusing(Checked):
+    """The node check's double for a node that never answers as itself."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def __call__(self, node: NodePlan, deadline: float) -> None:
+        super().__call__(node, deadline)
+        if node.name == self.refused:
+            raise SSHError(f"{node.name} answers as 'someone-else'")
+
+
+def test_a_node_that_fails_its_check_keeps_no_host_key_in_vcenter(env: dict[str, str], guests: Any) -> None:
+    spec = make_spec(env, "dev")
+    state = ClusterState.create_or_load(spec.name)
+    state.save_spec(spec.to_dict())
+    worker = f"{spec.name}-worker-1"
+    with VSPHERE.open(spec, env) as p:
+        with pytest.raises(ProvisionerError, match="answers as 'someone-else'"):
+            p.machines(spec, state, print, concurrency=4, check=Refusing(worker))
+        by_name = {vm.name: vm for vm in p.find_owned(spec.name, state.cluster_id).vms}
+        failed, other = vm_view(p, by_name[worker]), vm_view(p, by_name[f"{spec.name}-etcd-1"])
+    assert not failed["extra"].get(specs.GUESTINFO_USERDATA), "the private host key must not linger"
+    assert failed["extra"].get(specs.NODE_VERIFIED) != "TRUE", "the next run must check it again"
+    assert other["extra"].get(specs.NODE_VERIFIED) == "TRUE"
     cluster.delete_cluster(spec.name, print, env=env)
