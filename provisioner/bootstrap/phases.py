@@ -15,6 +15,7 @@ report.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +170,11 @@ def run_day2(
             f"playbook {playbook.name} takes the parameters {', '.join(sorted(declared)) or '(none)'}; "
             f"the run gave {', '.join(sorted(given)) or '(none)'}"
         )
+    try:
+        # The resume record is keyed by them: they must read back the same in the next run.
+        json.dumps(dict(params), sort_keys=True)
+    except TypeError as exc:
+        raise PlaybookError(f"playbook {playbook.name}: parameters must be JSON values: {exc}") from None
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
     return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)

@@ -555,7 +555,7 @@ def run_progress(playbook: Playbook, cluster: Cluster, dry_run: bool) -> Progres
     digest = playbook.digest
     params = cluster.params
     if params:
-        blob = json.dumps(dict(params), sort_keys=True, default=str)
+        blob = json.dumps(dict(params), sort_keys=True)  # run_day2 takes JSON values only
         digest = hashlib.sha256(f"{digest}\n{blob}".encode()).hexdigest()
     if dry_run or cluster.state is None:
         return Progress(None, digest)
