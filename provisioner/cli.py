@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provisioner.bootstrap.playbook import create_phases
-from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
-from provisioner.output import StderrLog, emit_json
+from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, VkpGroup, run
+from provisioner.output import StderrLog, emit, emit_json, structured, warn
 
 if TYPE_CHECKING:
     from provisioner.spec import ClusterSpec
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=VkpGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="vkp")
 def main() -> None:
     """vkp stands up Kubernetes clusters on VMware vSphere.
@@ -66,7 +68,7 @@ def load_cluster_spec(spec_file: Path | None, name: str | None, plan_name: str |
 
     spec = load_spec(spec_file, name=name, plan=plan_name, env=os.environ)
     for w in spec.warnings():
-        click.echo(f"warning: {w}", err=True)
+        warn(w)  # once: the vCenter session repeats the insecure-TLS one
     return spec
 
 
@@ -88,21 +90,20 @@ def plans_cmd(output: str) -> None:
 
     def body() -> None:
         plans = load_size_presets(os.environ.get("VKP_PLANS_FILE") or None)
-        if output == "json":
-            emit_json(
-                {
-                    "ok": True,
-                    "plans": [
-                        {
-                            "name": p.name,
-                            "description": p.description,
-                            **{r: dataclasses.asdict(p.topology.role(r)) for r in ROLES},
-                        }
-                        for p in plans.values()
-                    ],
-                    "minimums": {r: dataclasses.asdict(m) for r, m in ROLE_MINIMUMS.items()},
-                }
-            )
+        if structured(output):
+            doc = {
+                "ok": True,
+                "plans": [
+                    {
+                        "name": p.name,
+                        "description": p.description,
+                        **{r: dataclasses.asdict(p.topology.role(r)) for r in ROLES},
+                    }
+                    for p in plans.values()
+                ],
+                "minimums": {r: dataclasses.asdict(m) for r, m in ROLE_MINIMUMS.items()},
+            }
+            emit(doc, output)
             return
         header = ("PLAN", "ETCD", "MASTER", "WORKER", "DESCRIPTION")
         rows = [
@@ -179,8 +180,8 @@ def plan_cmd(
         spec = load_cluster_spec(spec_file, name, plan_name)
         host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
         plan = make_plan(spec, host_list)
-        if output == "json":
-            emit_json({"ok": True, **plan.to_dict(), "warnings": spec.warnings()})
+        if structured(output):
+            emit({"ok": True, **plan.to_dict(), "warnings": spec.warnings()}, output)
         else:
             click.echo(render_plan(plan))
             click.echo("Nothing was created; create-cluster with the same arguments builds it.", err=True)
@@ -252,9 +253,11 @@ def create_cluster_cmd(
     DRS anti-affinity rules, boots them with cloud-init, and waits until each answers SSH with
     the host key vkp generated for it. Later phases bootstrap etcd, containerd and Kubernetes.
 
-    Credentials come from VKP_VSPHERE_USER / VKP_VSPHERE_PASSWORD (or a prompt), never from
-    the spec. Progress goes to stderr; --output json prints one result document on stdout,
-    also on failure (code, message, hint, phase).
+    Credentials come from VKP_VSPHERE_USER / VKP_VSPHERE_PASSWORD (or a prompt on a
+    terminal), never from the spec; unset without a terminal, or with -o json/yaml, is exit 3
+    naming the variable. Progress goes to stderr; --output json (or yaml) prints one result
+    document on stdout, also on failure (code, message, hint, phase). --dry-run prints the
+    whole plan (VMs, actions, steps) on stdout.
 
     One run per cluster at a time: a second one exits at once (code 15) naming the first.
     Ctrl-C or SIGTERM stops launching work, ends the waits and exits 130 / 143 within
@@ -269,15 +272,18 @@ def create_cluster_cmd(
     """
     from provisioner.plan import make_plan, render_plan
 
+    steps: list[str] = []
+
     def body() -> dict[str, Any]:
         spec = load_cluster_spec(spec_file, name, plan_name)
         plan = make_plan(spec)
-        if output != "json":
-            click.echo(render_plan(plan), err=True)
+        if not structured(output):
+            # A dry run's plan is its output (stdout, `> plan.txt`); a real run's is progress.
+            click.echo(render_plan(plan), err=not dry_run)
         if dry_run:
             from provisioner.cluster import dry_run as show_dry_run
 
-            return show_dry_run(spec, up_to, StderrLog())
+            return show_dry_run(spec, up_to, _dry_run_log(output, steps))
         with _locked(spec.name) as progress:
             _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
             from provisioner.cluster import create_cluster
@@ -285,10 +291,11 @@ def create_cluster_cmd(
             return create_cluster(spec, progress, up_to=up_to, concurrency=concurrency)
 
     result = run(body, output, stoppable=not dry_run, timeout=timeout)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
     elif dry_run:
         click.echo("\n".join(result["actions"]))
+        _echo_steps(steps)
         if "artifacts" in result:
             click.echo(_render_artifacts(result["artifacts"]))
         click.echo("dry run: nothing was contacted or changed", err=True)
@@ -341,8 +348,21 @@ def _render_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _echo_dry_run(actions: list[str]) -> None:
+def _dry_run_log(output: str, steps: list[str]) -> Callable[[str], None]:
+    """Where a dry run's step lines go. In text they are part of what it prints (kept, then
+    printed on stdout after the VM actions, so `--dry-run > plan.txt` holds the whole of it);
+    with -o json/yaml stdout is the one document, so they stay progress on stderr."""
+    return StderrLog() if structured(output) else steps.append
+
+
+def _echo_steps(steps: list[str]) -> None:
+    if steps:
+        click.echo("\n" + "\n".join(steps))
+
+
+def _echo_dry_run(actions: list[str], steps: list[str]) -> None:
     click.echo("\n".join(actions) or "nothing to do")
+    _echo_steps(steps)
     click.echo("dry run: nothing was changed", err=True)
 
 
@@ -379,11 +399,13 @@ def delete_cluster_cmd(
       vkp delete-cluster demo --yes --cluster-id 6f1c2d9e-...   # without local state
       vkp delete-cluster demo --dry-run
     """
+    steps: list[str] = []
+
     def body() -> dict[str, Any]:
         if dry_run:
             from provisioner.cluster import delete_cluster
 
-            return delete_cluster(name, StderrLog(), cluster_id=cluster_id, dry_run=True)
+            return delete_cluster(name, _dry_run_log(output, steps), cluster_id=cluster_id, dry_run=True)
         with _locked(name) as progress:
             _confirm(f"Delete cluster {name} and all its VMs?", yes)
             from provisioner.cluster import delete_cluster
@@ -391,10 +413,10 @@ def delete_cluster_cmd(
             return delete_cluster(name, progress, cluster_id=cluster_id)
 
     result = run(body, output, stoppable=True, timeout=timeout)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
     elif dry_run:
-        _echo_dry_run(result["actions"])
+        _echo_dry_run(result["actions"], steps)
     else:
         d = result["deleted"]
         if not any(d.values()):
@@ -419,8 +441,8 @@ def list_clusters_cmd(output: str) -> None:
     from provisioner.cluster import list_clusters
 
     clusters = run(list_clusters, output)
-    if output == "json":
-        emit_json({"ok": True, "clusters": clusters})
+    if structured(output):
+        emit({"ok": True, "clusters": clusters}, output)
         return
     if not clusters:
         click.echo("no clusters (create one with `vkp create-cluster`)")
@@ -441,8 +463,8 @@ def describe_cluster_cmd(name: str, output: str) -> None:
     from provisioner.cluster import describe_cluster
 
     d = run(lambda: describe_cluster(name), output)
-    if output == "json":
-        emit_json({"ok": True, **d})
+    if structured(output):
+        emit({"ok": True, **d}, output)
         return
     click.echo(f"cluster {d['name']} (id {d['cluster_id']})")
     k8s = d.get("kubernetes") or {}
@@ -480,8 +502,8 @@ def certs_cmd(name: str, output: str) -> None:
     from provisioner.bootstrap.pki import list_certs
 
     certs = run(lambda: list_certs(name), output)
-    if output == "json":
-        emit_json({"ok": True, "cluster": name, "certificates": certs})
+    if structured(output):
+        emit({"ok": True, "cluster": name, "certificates": certs}, output)
         return
     if not certs:
         click.echo(f"no certificates yet for cluster {name} (they are made in the etcd phase)")
@@ -631,11 +653,13 @@ def resize_cmd(
       vkp resize demo --workers 2 --yes -o json
       vkp resize demo --workers 2 --dry-run
     """
+    steps: list[str] = []
+
     def body() -> dict[str, Any]:
         if dry_run:
             from provisioner.cluster import resize_cluster
 
-            return resize_cluster(name, workers, StderrLog(), dry_run=True)
+            return resize_cluster(name, workers, _dry_run_log(output, steps), dry_run=True)
         with _locked(name) as progress:
             _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
             from provisioner.cluster import resize_cluster
@@ -643,10 +667,10 @@ def resize_cmd(
             return resize_cluster(name, workers, progress, concurrency=concurrency)
 
     result = run(body, output, stoppable=True, timeout=timeout)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
     elif dry_run:
-        _echo_dry_run(result["actions"])
+        _echo_dry_run(result["actions"], steps)
     else:
         changes = [f"added {', '.join(result['added'])}"] if result["added"] else []
         changes += [f"removed {', '.join(result['removed'])}"] if result["removed"] else []

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from provisioner import stop
-from provisioner.errors import ProvisionerError
-from provisioner.output import emit_json
+from provisioner.errors import ExitCode, ProvisionerError
+from provisioner.output import FORMATS, current_output, emit, remember_output, structured
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+BUG_HINT = (
+    "this is a bug in vkp, not in your settings: please report it with the command line and "
+    "this output (the traceback is in the run's debug log)"
+)
+
+
+def _output(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    remember_output(value)
+    return value
+
 
 OUTPUT_OPTION = click.option(
     "--output",
     "-o",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(FORMATS),
     default="text",
     show_default=True,
-    help="json prints one machine-readable document on stdout (progress stays on stderr).",
+    callback=_output,
+    help="json or yaml print one machine-readable document on stdout, also on failure "
+    "(progress stays on stderr).",
 )
 
 
@@ -42,10 +59,27 @@ TIMEOUT_OPTION = click.option(
 )
 
 
+def error_doc(error: dict[str, Any], exit_code: int) -> dict[str, Any]:
+    """The one shape of a failure on stdout with -o json/yaml."""
+    return {"ok": False, "error": error, "exit_code": exit_code}
+
+
+def fail_unexpected(exc: BaseException, output: str) -> NoReturn:
+    """An exception vkp did not expect: one line and a hint to report it, never a traceback
+    on the terminal (it goes to the debug log), exit 1."""
+    log.debug("unexpected error", exc_info=exc)
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if structured(output):
+        err = {"type": type(exc).__name__, "code": ExitCode.ERROR, "message": str(exc), "hint": BUG_HINT}
+        emit(error_doc(err | {"unexpected": True}, ExitCode.ERROR), output)
+    click.echo(f"error: {what}\n  hint: {BUG_HINT}", err=True)
+    sys.exit(ExitCode.ERROR)
+
+
 def run(
     fn: Callable[[], T], output: str = "text", *, stoppable: bool = False, timeout: float | None = None
 ) -> T:
-    """Run a command body; turn domain errors into a message (or JSON) and a named exit code.
+    """Run a command body; turn domain errors into a message (or JSON/YAML) and a named exit code.
 
     stoppable: a long run that changes things. SIGINT and SIGTERM then stop it cleanly (the
     phase is recorded as interrupted, exit 130 / 143) and timeout bounds the whole run.
@@ -57,10 +91,72 @@ def run(
     try:
         return fn()
     except ProvisionerError as exc:
-        if output == "json":
-            emit_json({"ok": False, "error": exc.to_dict(), "exit_code": exc.exit_code})
+        if structured(output):
+            emit(error_doc(exc.to_dict(), exc.exit_code), output)
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        if structured(output):
+            err = {"type": "KeyboardInterrupt", "code": ExitCode.INTERRUPTED, "message": "interrupted"}
+            emit(error_doc(err, ExitCode.INTERRUPTED), output)
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
+    except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+        raise  # click's own (a prompt's Ctrl-C, a bad parameter): the group reports them
+    except Exception as exc:  # noqa: BLE001 - the last resort: a message, never a traceback
+        fail_unexpected(exc, output)
+
+
+def output_in_args(args: Sequence[str]) -> str:
+    """The --output a command line asks for, read from its words (for errors raised while it
+    is parsed, before the option's value exists); text when none or not a known format."""
+    value = "text"
+    words = list(args)
+    for i, w in enumerate(words):
+        if w == "--":
+            break  # what follows belongs to a remote command (vkp ssh/etcdctl)
+        if w in ("-o", "--output") and i + 1 < len(words):
+            value = words[i + 1]
+        elif w.startswith("--output="):
+            value = w.split("=", 1)[1]
+        elif w.startswith("-o") and not w.startswith("--") and len(w) > 2:
+            value = w[2:]
+    return value if value in FORMATS else "text"
+
+
+class VkpGroup(click.Group):
+    """The root command: with -o json/yaml, click's usage errors and anything that escaped a
+    command's run() also end as one error document on stdout."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["vkp.argv"] = list(args)
+        with _reported(ctx):
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _reported(ctx):
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _reported(ctx: click.Context) -> Iterator[None]:
+    try:
+        yield
+    except (click.exceptions.Exit, SystemExit, KeyboardInterrupt):
+        raise
+    except click.exceptions.ClickException as exc:
+        output = current_output() or output_in_args(ctx.meta.get("vkp.argv", []))
+        if structured(output):
+            err = {"type": type(exc).__name__, "code": exc.exit_code, "message": exc.format_message()}
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                err["hint"] = f"see `{exc.ctx.command_path} --help`"
+            emit(error_doc(err, exc.exit_code), output)
+        raise
+    except click.exceptions.Abort:
+        output = current_output() or output_in_args(ctx.meta.get("vkp.argv", []))
+        if structured(output):
+            err = {"type": "Aborted", "code": ExitCode.ERROR, "message": "aborted"}
+            emit(error_doc(err, ExitCode.ERROR), output)
+        raise
+    except Exception as exc:  # noqa: BLE001 - outside run(): still a message, not a traceback
+        fail_unexpected(exc, current_output() or output_in_args(ctx.meta.get("vkp.argv", [])))

@@ -69,6 +69,18 @@ class SpecError(ProvisionerError):
         return d
 
 
+class SettingsMissing(SpecError):
+    """Settings the run needs are not set (environment variables such as the vCenter
+    credentials); a spec-class error: nothing was contacted."""
+
+    def __init__(self, problems: list[tuple[str, str]], *, hint: str | None = None) -> None:
+        self.problems = problems
+        lines = [f"{name}: {what}" for name, what in problems]
+        ProvisionerError.__init__(
+            self, "missing settings, nothing was contacted:\n  " + "\n  ".join(lines), hint=hint
+        )
+
+
 class NotFound(ProvisionerError):
     exit_code = ExitCode.NOT_FOUND
 

@@ -12,7 +12,7 @@ from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.errors import LabError
 from provisioner.lab import faults, paths, simulator
 from provisioner.lab import lab as lab_mod
-from provisioner.output import StderrLog, emit_json
+from provisioner.output import StderrLog, emit, structured
 
 T = TypeVar("T")
 
@@ -84,8 +84,8 @@ def up(
     )
     progress = StderrLog()
     state = run(lambda: lab_mod.up(opts, progress), output)
-    if output == "json":
-        emit_json({"ok": True, **{k: v for k, v in state.items() if k != "image_root"}})
+    if structured(output):
+        emit({"ok": True, **{k: v for k, v in state.items() if k != "image_root"}}, output)
     else:
         click.echo(f"lab up: {state['url']}  (thumbprint {state['thumbprint']})")
         click.echo('next: eval "$(vkp lab env)"')
@@ -103,8 +103,8 @@ def down(output: str) -> None:
       vkp lab down
     """
     result = run(lambda: lab_mod.down(StderrLog()), output)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
 
 
 @lab.command()
@@ -117,8 +117,8 @@ def status(output: str) -> None:
       vkp lab status --output json
     """
     st = run(lab_mod.status, output)
-    if output == "json":
-        emit_json(st)
+    if structured(output):
+        emit(st, output)
     else:
         click.echo(lab_mod.render_status(st))
 
@@ -218,8 +218,8 @@ def fault_vsphere(faults_: tuple[str, ...], output: str) -> None:
         return faults.arm_vsphere(paths.RUN, parsed)
 
     state = run(arm, output)
-    if output == "json":
-        emit_json({"ok": True, "armed": [{"method": m, "k": k} for m, k in parsed], **state})
+    if structured(output):
+        emit({"ok": True, "armed": [{"method": m, "k": k} for m, k in parsed], **state}, output)
     else:
         for m, k in parsed:
             click.echo(f"armed: the {_ordinal(k)} call of {m} from now fails")
@@ -240,8 +240,8 @@ def fault_list(output: str) -> None:
         return {**faults.vsphere_state(paths.RUN), "network_down": faults.network_faults(paths.RUN)}
 
     st = run(read, output)
-    if output == "json":
-        emit_json(st)
+    if structured(output):
+        emit(st, output)
         return
     calls = st.get("calls", {})
     for f in st["pending"]:
@@ -272,8 +272,8 @@ def fault_clear(output: str) -> None:
         return faults.clear_vsphere(paths.RUN)
 
     st = run(clear, output)
-    if output == "json":
-        emit_json({"ok": True, **st})
+    if structured(output):
+        emit({"ok": True, **st}, output)
     else:
         click.echo("no vSphere faults armed")
 
@@ -302,8 +302,8 @@ def fault_network(vm: str, seconds: float, wait: bool, output: str) -> None:
       vkp lab fault network vm-57 --seconds 3 --wait
     """
     result = run(lambda: faults.drop_network(*lab_mod.find_vm(vm), seconds, wait=wait), output)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
     elif wait:
         click.echo(f"{result['vm']}: network was down for {seconds:g}s and is back")
     else:

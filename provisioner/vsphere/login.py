@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from provisioner.errors import AuthError, ProvisionerError
+from provisioner.errors import ProvisionerError, SettingsMissing
+from provisioner.output import current_output, structured, warn
 from provisioner.spec import TLS, ClusterSpec, VSphereSpec, spec_from_dict
 from provisioner.state import ClusterState
 from provisioner.vsphere.endpoint import join_server
@@ -24,7 +25,7 @@ _prompted: dict[str, tuple[str, str]] = {}
 def session_for(spec: ClusterSpec, env: Mapping[str, str] | None = None) -> Session:
     """Log in to the spec's vCenter; credentials come from the environment or a prompt, never the file."""
     if spec.vsphere.tls.insecure:
-        print(f"warning: {spec.warnings()[0]}", file=sys.stderr)
+        warn(spec.warnings()[0])  # once per run, however many sessions it opens
     return login(spec.vsphere, env)
 
 
@@ -48,8 +49,8 @@ def vsphere_from_env(env: Mapping[str, str]) -> VSphereSpec:
     """vCenter's address and how to verify it, from VKP_VSPHERE_* alone (no spec at hand)."""
     server = env.get("VKP_VSPHERE_SERVER")
     if not server:
-        raise ProvisionerError(
-            "cannot reach vCenter: no server (the local state is gone or has none)",
+        raise SettingsMissing(
+            [("VKP_VSPHERE_SERVER", "not set, and the cluster's local state (which names vCenter) is gone")],
             hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
         )
     host, port = split_server(server)
@@ -75,9 +76,14 @@ def login(vs: VSphereSpec, env: Mapping[str, str] | None = None) -> Session:
     if (not user or not password) and vs.server in _prompted:
         user, password = user or _prompted[vs.server][0], password or _prompted[vs.server][1]
     if not user or not password:
-        if not sys.stdin.isatty():
-            raise AuthError(
-                f"no vCenter credentials: set {vs.credentials.user_env} and {vs.credentials.password_env}",
+        output = current_output()
+        if not sys.stdin.isatty() or (output is not None and structured(output)):
+            # Nothing was tried, so this is a missing setting (exit 3), not a refusal by vCenter.
+            # With -o json/yaml a program reads the output: it gets an error naming what to set.
+            why = f"with -o {output} vkp does not prompt" if sys.stdin.isatty() else "no terminal to ask on"
+            missing = [(vs.credentials.user_env, user), (vs.credentials.password_env, password)]
+            raise SettingsMissing(
+                [(var, f"not set ({why}): export it for vCenter {vs.server}") for var, v in missing if not v],
                 hint='for the embedded lab: eval "$(vkp lab env)"',
             )
         # Prompts go to stderr: stdout carries the one JSON document of -o json.

@@ -115,7 +115,9 @@ def _ssl_context(server: str, thumbprint: str | None, ca_file: str | None, insec
                 hint="pass a PEM file with vCenter's CA certificate",
             ) from exc
     if insecure:
-        log.warning(
+        # For the log only: the CLI warns the user once per run (output.warn, from the spec's
+        # warnings); at warning level, Python's last-resort handler printed it a second time.
+        log.info(
             "TLS verification of %s is disabled (insecure): anyone on the path can impersonate it",
             server,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -47,6 +48,7 @@ def test_no_verification_choice_is_an_error(vcsim: Any) -> None:
 
 
 def test_insecure_is_an_explicit_opt_in(vcsim: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="provisioner.vsphere.session")
     with connect(vcsim.server, vcsim.user, vcsim.password, insecure=True) as s:
         assert s.content.about.apiType == "VirtualCenter"
     assert any("disabled" in r.message for r in caplog.records)
