@@ -60,7 +60,18 @@ def run(
         if output == "json":
             emit_json({"ok": False, "error": exc.to_dict(), "exit_code": exc.exit_code})
         click.echo(f"error: {exc}", err=True)
+        point_at_run_log(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
+        point_at_run_log("interrupted")
         sys.exit(130)
+
+
+def point_at_run_log(outcome: str) -> None:
+    """After a failed run: record how it ended in its log file, and say on stderr where that is."""
+    from provisioner import logs
+
+    path = logs.failed(outcome)
+    if path is not None:
+        click.echo(f"full log: {path}", err=True)
