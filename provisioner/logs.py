@@ -245,8 +245,11 @@ def configure(*, verbose: int = 0, quiet: bool = False, debug: bool = False) -> 
     if _stderr is not None:
         root.removeHandler(_stderr)
     _stderr = _Stderr()
-    _stderr.setLevel(terminal_level(verbose, quiet, debug))
-    _stderr.setFormatter(_TerminalFormatter("%(levelname_lower)s: %(name)s: %(message)s"))
+    level = terminal_level(verbose, quiet, debug)
+    _stderr.setLevel(level)
+    # `warning: ...` like vkp's other stderr lines; where a line comes from matters when debugging.
+    where = "%(name)s: " if level <= logging.DEBUG else ""
+    _stderr.setFormatter(_TerminalFormatter(f"%(levelname_lower)s: {where}%(message)s"))
     _stderr.addFilter(SecretFilter())
     root.addHandler(_stderr)
     # vkp's own loggers always at debug: the run's file keeps everything; the handlers choose.
@@ -255,6 +258,10 @@ def configure(*, verbose: int = 0, quiet: bool = False, debug: bool = False) -> 
         lg = logging.getLogger(name)
         lg.setLevel(logging.DEBUG)
         lg.propagate = False
+        if not lg.handlers:
+            # Without a run file these have no handler, and logging would print their records
+            # on stderr itself (its "last resort"): the terminal already has them.
+            lg.addHandler(logging.NullHandler())
     paramiko = logging.getLogger("paramiko")
     if _forward is not None:
         paramiko.removeHandler(_forward)
@@ -302,6 +309,8 @@ def run_log_path() -> Path | None:
 
 def failed(message: str) -> Path | None:
     """Record a run's final error in its file only; where that file is, if any."""
+    if _run is None:
+        return None
     logging.getLogger(_OUTCOME).error("%s", message)
     return run_log_path()
 

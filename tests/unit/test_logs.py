@@ -108,9 +108,20 @@ def test_each_flag_sets_what_reaches_stderr(monkeypatch, demo, flags, shown, hid
     assert "-line" not in r.stdout  # stdout is for results only
 
 
-def test_log_lines_name_their_level_and_source(monkeypatch, demo):
+def test_log_lines_name_their_level_and_with_vv_their_source(monkeypatch, demo):
     r = vkp(monkeypatch, *delete("-v"))
+    assert "info: info-line from vkp" in r.stderr.splitlines()
+    r = vkp(monkeypatch, *delete("-vv"))
     assert "info: provisioner.vsphere.session: info-line from vkp" in r.stderr.splitlines()
+
+
+def test_an_error_before_the_cluster_is_known_is_printed_once(monkeypatch, _home):
+    for k in [k for k in os.environ if k.startswith("VKP_") and k != "VKP_STATE_DIR"]:
+        monkeypatch.delenv(k)
+    r = CliRunner().invoke(main, ["create-cluster", "demo", "--yes"], catch_exceptions=False)
+    assert r.exit_code == 3
+    assert r.stderr.count("vsphere.server: required") == 1
+    assert not (_home / "demo").exists()
 
 
 def test_paramiko_lines_are_not_shown_twice_whichever_was_imported_first(monkeypatch, demo):
