@@ -28,7 +28,21 @@ if TYPE_CHECKING:
     cls=VkpGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(package_name="vkp")
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More detail on stderr: -v adds vkp's info lines (certificates issued, vCenter "
+    "re-logins), -vv its debug lines (each SSH attempt).",
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Errors only: no progress lines, no warnings from vkp's log."
+)
+@click.option(
+    "--debug", is_flag=True, help="Everything -vv shows, plus paramiko's (SSH) and pyVmomi's debug lines."
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """vkp stands up Kubernetes clusters on VMware vSphere.
 
     It clones etcd, master and worker VMs from a template through the vSphere API, bootstraps
@@ -41,7 +55,34 @@ def main() -> None:
       vkp lab up
       eval "$(vkp lab env)"
       vkp create-cluster demo --plan dev --yes
+
+    Verbosity options go before the command (`vkp -v create-cluster ...`); log lines go to
+    stderr, so stdout keeps results and `-o json` documents. Whatever they say, each run of
+    create-cluster, delete-cluster, resize, get-credentials, ssh, etcdctl and describe-cluster
+    keeps a full debug log, progress lines included and secrets masked, in
+    $VKP_STATE_DIR/NAME/logs/ (default ~/.vkp/clusters/NAME/logs/; the 20 newest are kept);
+    a failed run prints its path.
     """
+    from provisioner import logs
+
+    if quiet and (verbose or debug):
+        raise click.UsageError("-q cannot be combined with -v or --debug: pick one")
+    logs.configure(verbose=verbose, quiet=quiet, debug=debug)
+    ctx.call_on_close(logs.finish)
+
+
+def _run_log(name: str) -> None:
+    """Keep this run's full log in cluster NAME's state directory (once it exists)."""
+    from provisioner import logs
+
+    logs.cluster_run(name, click.get_current_context().info_name or "vkp")
+
+
+def _progress() -> StderrLog:
+    """A run's progress lines: on stderr unless -q, and always in the run's log file."""
+    from provisioner import logs
+
+    return logs.progress()
 
 
 def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -194,7 +235,7 @@ def _locked(name: str) -> Iterator[StderrLog]:
     """The cluster's run lock, taken before the heavy imports (vSphere, SSH) so that a second
     run is refused at once; the library takes it again (re-entrantly) for its other callers."""
     from provisioner import runlock
-    progress = StderrLog()
+    progress = _progress()
     with runlock.hold(name, runlock.command_line(), log=progress):
         yield progress
 
@@ -276,6 +317,7 @@ def create_cluster_cmd(
 
     def body() -> dict[str, Any]:
         spec = load_cluster_spec(spec_file, name, plan_name)
+        _run_log(spec.name)
         plan = make_plan(spec)
         if not structured(output):
             # A dry run's plan is its output (stdout, `> plan.txt`); a real run's is progress.
@@ -352,7 +394,7 @@ def _dry_run_log(output: str, steps: list[str]) -> Callable[[str], None]:
     """Where a dry run's step lines go. In text they are part of what it prints (kept, then
     printed on stdout after the VM actions, so `--dry-run > plan.txt` holds the whole of it);
     with -o json/yaml stdout is the one document, so they stay progress on stderr."""
-    return StderrLog() if structured(output) else steps.append
+    return _progress() if structured(output) else steps.append
 
 
 def _echo_steps(steps: list[str]) -> None:
@@ -412,6 +454,7 @@ def delete_cluster_cmd(
 
             return delete_cluster(name, progress, cluster_id=cluster_id)
 
+    _run_log(name)
     result = run(body, output, stoppable=True, timeout=timeout)
     if structured(output):
         emit({"ok": True, **result}, output)
@@ -462,6 +505,7 @@ def describe_cluster_cmd(name: str, output: str) -> None:
     """
     from provisioner.cluster import describe_cluster
 
+    _run_log(name)
     d = run(lambda: describe_cluster(name), output)
     if structured(output):
         emit({"ok": True, **d}, output)
@@ -543,6 +587,7 @@ def ssh_cmd(name: str, node: str, command: tuple[str, ...], output: str) -> None
     """
     from provisioner.bootstrap.tools import ssh
 
+    _run_log(name)
     sys.exit(run(lambda: ssh(name, node, _after_dashes(command)), output))
 
 
@@ -567,6 +612,7 @@ def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
 
     args = _after_dashes(args)
 
+    _run_log(name)
     sys.exit(run(lambda: etcdctl(name, args), output))
 
 
@@ -608,6 +654,7 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
         target = default_kubeconfig_path(os.environ) if merge else None
         return get_credentials(name, merge_into=target)
 
+    _run_log(name)
     result = run(body, output)
     if output == "json":
         emit_json({"ok": True, **result})
@@ -666,6 +713,7 @@ def resize_cmd(
 
             return resize_cluster(name, workers, progress, concurrency=concurrency)
 
+    _run_log(name)
     result = run(body, output, stoppable=True, timeout=timeout)
     if structured(output):
         emit({"ok": True, **result}, output)

@@ -73,6 +73,7 @@ def fail_unexpected(exc: BaseException, output: str) -> NoReturn:
         err = {"type": type(exc).__name__, "code": ExitCode.ERROR, "message": str(exc), "hint": BUG_HINT}
         emit(error_doc(err | {"unexpected": True}, ExitCode.ERROR), output)
     click.echo(f"error: {what}\n  hint: {BUG_HINT}", err=True)
+    point_at_run_log(f"error: {what}")
     sys.exit(ExitCode.ERROR)
 
 
@@ -94,12 +95,14 @@ def run(
         if structured(output):
             emit(error_doc(exc.to_dict(), exc.exit_code), output)
         click.echo(f"error: {exc}", err=True)
+        point_at_run_log(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if structured(output):
             err = {"type": "KeyboardInterrupt", "code": ExitCode.INTERRUPTED, "message": "interrupted"}
             emit(error_doc(err, ExitCode.INTERRUPTED), output)
         click.echo("interrupted", err=True)
+        point_at_run_log("interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
         raise  # click's own (a prompt's Ctrl-C, a bad parameter): the group reports them
@@ -160,3 +163,12 @@ def _reported(ctx: click.Context) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - outside run(): still a message, not a traceback
         fail_unexpected(exc, current_output() or output_in_args(ctx.meta.get("vkp.argv", [])))
+
+
+def point_at_run_log(outcome: str) -> None:
+    """After a failed run: record how it ended in its log file, and say on stderr where that is."""
+    from provisioner import logs
+
+    path = logs.failed(outcome)
+    if path is not None:
+        click.echo(f"full log: {path}", err=True)
