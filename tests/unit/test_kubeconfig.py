@@ -406,3 +406,36 @@ def test_cli_merge_flags_need_a_merge(with_pki: ClusterState) -> None:
     for flag in ("--overwrite", "--no-switch"):
         out = _vkp("get-credentials", NAME, flag)
         assert out.exit_code == 2 and f"{flag} applies to a merge" in out.stderr
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+import provisioner.bootstrap.kubeconfig as kc
+real = kc.merge
+def slow(*a, **k):
+    time.sleep(0.5)  # every racer reads before any writes, unless the lock orders them
+    return real(*a, **k)
+kc.merge = slow
+name = sys.argv[2]
+kc.merge_kubeconfig(kc.build_kubeconfig(name, f"https://{name}:6443", b"ca", b"c", b"k"), Path(sys.argv[1]))
+"""
+
+
+def test_concurrent_merges_from_separate_processes(tmp_path: Path) -> None:
+    """Three vkp processes merging at once: every cluster ends up in the file."""
+    import subprocess
+    import sys
+
+    kubeconfig = _write(tmp_path / "config", _other())
+    repo = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(kubeconfig), n], cwd=repo, stderr=subprocess.PIPE)
+        for n in ("one", "two", "three")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    cfg = yaml.safe_load(kubeconfig.read_text())
+    assert sorted(_names(cfg, "contexts")) == ["one", "prod", "staging", "three", "two"]
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600 and not (tmp_path / "config.lock").exists()
