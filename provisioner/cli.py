@@ -624,10 +624,32 @@ def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
 @click.option(
     "--merge",
     is_flag=True,
-    help="Also merge into ~/.kube/config (or $KUBECONFIG's first file) as context NAME.",
+    help="Merge into ~/.kube/config (or $KUBECONFIG's first file) as context NAME and make it current.",
+)
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Merge into PATH instead (implies --merge; created 0600, and its directories 0700, if missing).",
+)
+@click.option(
+    "--switch/--no-switch",
+    default=True,
+    show_default=True,
+    help="Make NAME the current context. --no-switch keeps the current one (NAME becomes current "
+    "only in a file that has none).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a cluster, user or context of the same name that differs (without it, vkp refuses "
+    "and changes nothing).",
 )
 @OUTPUT_OPTION
-def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
+def get_credentials_cmd(
+    name: str, merge: bool, file: Path | None, switch: bool, overwrite: bool, output: str
+) -> None:
     """Write cluster NAME's admin kubeconfig and print its path, or merge it into your kubeconfig.
 
     The kubeconfig is built on this machine from the cluster's own PKI: a client certificate for
@@ -636,23 +658,44 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
     as soon as the PKI does; until the kubernetes phase is done, vkp says so (the API does not
     answer yet).
 
-    With --merge the cluster, user (NAME-admin) and context (NAME) are put into ~/.kube/config,
-    or the first file of $KUBECONFIG: other entries are kept, entries of the same name are
-    replaced, the current context is set only if there was none, and the file is written
-    atomically with mode 0600.
+    With --merge, as `az aks get-credentials` and `gcloud container clusters get-credentials`
+    do, the cluster NAME, the user NAME-admin and the context NAME go into ~/.kube/config, or
+    the first file of $KUBECONFIG, or PATH with --file:
+
+    \b
+    - NAME becomes the current context, so plain `kubectl` talks to it; --no-switch keeps the
+      current context (kubectl --context NAME reaches the cluster).
+    - Other entries and settings in the file are kept.
+    - A cluster, user or context of the same name that differs is not replaced: vkp names the
+      entries, changes nothing and exits 2. --overwrite replaces them. Entries identical to
+      vkp's are no conflict: running the command again changes nothing ("already in").
+    - The write holds <file>.lock, the lock kubectl itself takes, and is atomic (a temporary
+      file renamed over the old one), mode 0600: the file holds a private key.
+
+    With -o json the document has cluster, server, path, context, user and warnings; a merge
+    adds merged_into, changed, switched (NAME became the current context), previous_context
+    (the current context before, or null) and replaced (the entries --overwrite replaced).
 
     \b
     Examples:
       vkp get-credentials demo                       # prints the admin.conf path
       kubectl --kubeconfig "$(vkp get-credentials demo)" get nodes
-      vkp get-credentials demo --merge && kubectl --context demo get nodes
-      vkp get-credentials demo -o json
+      vkp get-credentials demo --merge && kubectl get nodes
+      vkp get-credentials demo --merge --no-switch && kubectl --context demo get nodes
+      vkp get-credentials demo --merge --overwrite   # after re-creating cluster demo
+      vkp get-credentials demo --file ~/.kube/lab.yaml && KUBECONFIG=~/.kube/lab.yaml kubectl get nodes
+      vkp get-credentials demo --merge -o json
     """
     from provisioner.bootstrap.kubeconfig import default_kubeconfig_path, get_credentials
 
+    merge = merge or file is not None
+    if not merge and (overwrite or not switch):
+        flag = "--overwrite" if overwrite else "--no-switch"
+        raise click.UsageError(f"{flag} applies to a merge: add --merge (or --file PATH)")
+
     def body() -> dict[str, Any]:
-        target = default_kubeconfig_path(os.environ) if merge else None
-        return get_credentials(name, merge_into=target)
+        target = (file or default_kubeconfig_path(os.environ)) if merge else None
+        return get_credentials(name, merge_into=target, switch=switch, overwrite=overwrite)
 
     _run_log(name)
     result = run(body, output)
@@ -661,11 +704,21 @@ def get_credentials_cmd(name: str, merge: bool, output: str) -> None:
         return
     for w in result["warnings"]:
         click.echo(f"warning: {w}", err=True)
-    if merge:
-        what = "merged into" if result["changed"] else "already in"
-        click.echo(f"context {result['context']} {what} {result['merged_into']} (server {result['server']})")
-    else:
+    if not merge:
         click.echo(result["path"])
+        return
+    context, target = result["context"], result["merged_into"]
+    for entry in result["replaced"]:
+        click.echo(f"replaced {entry} (--overwrite)", err=True)
+    previous, server = result["previous_context"], result["server"]
+    what = "merged into" if result["changed"] else "already in"
+    click.echo(f"context {context} {what} {target} (server {server})")
+    if result["switched"]:
+        click.echo(f"current context: {context}" + (f" (was {previous})" if previous else ""))
+    elif previous == context:
+        click.echo(f"current context: {context}")
+    else:
+        click.echo(f"current context stays {previous}; use kubectl --context {context}")
 
 
 @main.command("resize")

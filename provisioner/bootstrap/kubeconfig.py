@@ -6,30 +6,76 @@ before the API server is up; it never has to be fetched from a master.
 
     <state>/admin.conf        0600, cluster, user and context named after the cluster
 
-merge_kubeconfig puts the same cluster, user and context into a user's kubeconfig: entries of
-that name are replaced, every other entry is kept, current-context is set only when the file
-had none, and the file is written atomically with mode 0600 (it holds a private key).
+merge_kubeconfig puts the same cluster, user and context into a user's kubeconfig, the way
+`az aks get-credentials` and `gcloud container clusters get-credentials` do:
+
+- every other entry and every top-level key vkp does not know is kept;
+- the current context becomes the cluster's (switch=False keeps the one there is, and sets it
+  only when the file has none);
+- an entry of the same name that differs is a conflict: vkp changes nothing and says which
+  entries, unless overwrite=True replaces them; an identical entry is no conflict, so a re-run
+  changes nothing;
+- the read-modify-write holds `<file>.lock`, the lock file kubectl's client-go takes around its
+  own writes (created exclusively, removed afterwards), so neither vkp runs nor `kubectl config`
+  lose each other's entries;
+- the file is written atomically (temporary file and rename) with mode 0600: it holds a
+  private key.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import yaml
 
 from provisioner.bootstrap.pki import PKIError, ensure_admin
-from provisioner.errors import ProvisionerError
+from provisioner.errors import Busy, ExitCode, ProvisionerError
 from provisioner.plan import make_plan
 from provisioner.spec import PKISpec, spec_from_dict
 from provisioner.state import ClusterState, atomic_write
 
 ADMIN_CONF = "admin.conf"
+# How long a merge waits for another writer's `<file>.lock`. kubectl holds it for milliseconds;
+# a lock still there after this was most likely left by a killed process.
+LOCK_TIMEOUT = 10.0
+_KINDS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
+
+
+class KubeconfigConflict(ProvisionerError):
+    """The kubeconfig already holds differing entries of the names vkp would write.
+
+    Exit code 2 (usage): nothing is wrong with the cluster, its spec or the file; the command
+    line did not say what to do with the existing entries, and a flag (--overwrite) or another
+    target (--file) is the fix, as with click's own usage errors. The spec code (3) would send
+    the user to a cluster spec that is fine.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: Path, conflicts: list[str], context: str) -> None:
+        self.path, self.conflicts = path, conflicts
+        super().__init__(
+            f"{path} already has {_join(conflicts)}, different from what vkp would write; "
+            "vkp changed nothing",
+            hint="replace them with --overwrite (see them first: kubectl config view --kubeconfig "
+            f"{path} --minify --context {context}), or write elsewhere with --file PATH",
+        )
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    changed: bool  # the file was written
+    switched: bool  # current-context is now the cluster's and was not before
+    previous_context: str | None  # current-context before the merge
+    replaced: tuple[str, ...]  # differing entries replaced (overwrite=True), e.g. "cluster 'kc'"
 
 
 @dataclass(frozen=True)
@@ -87,12 +133,51 @@ def _entries(config: Mapping[str, Any], key: str, path: Path) -> list[dict[str, 
     return list(value)
 
 
-def merge(existing: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """existing with new's clusters, users and contexts put in by name. Pure."""
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _difference(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What differs, in words and without key material (the message may land in a CI log)."""
+    before, after = old.get(kind), new.get(kind)
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "has no settings" if not before else "is not a mapping"
+    if kind == "cluster" and before.get("server") != after.get("server"):
+        return f"server {before.get('server')}, vkp's is {after.get('server')}"
+    if kind == "context" and (before.get("cluster"), before.get("user")) != (after["cluster"], after["user"]):
+        return (
+            f"cluster {before.get('cluster')!r} and user {before.get('user')!r}, vkp's are "
+            f"{after['cluster']!r} and {after['user']!r}"
+        )
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return "different " + ", ".join(keys)
+
+
+def conflicts(existing: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> list[str]:
+    """new's entries that existing holds under the same name with other settings. Pure.
+
+    An entry equal to vkp's is no conflict: re-running get-credentials is harmless.
+    """
+    found = []
+    for key, kind in _KINDS:
+        for entry in new[key]:
+            for old in _entries(existing, key, path):
+                if old.get("name") == entry["name"] and old != entry:
+                    found.append(f"{kind} {entry['name']!r} ({_difference(kind, old, entry)})")
+                    break
+    return found
+
+
+def merge(
+    existing: Mapping[str, Any], new: Mapping[str, Any], path: Path, *, switch: bool = True
+) -> dict[str, Any]:
+    """existing with new's clusters, users and contexts put in by name, replacing same-name
+    entries; current-context becomes new's (with switch=False only when existing has none).
+    Every other key of existing is kept, in its place. Pure."""
     out = dict(existing)
     out.setdefault("apiVersion", "v1")
     out.setdefault("kind", "Config")
-    for key in ("clusters", "users", "contexts"):
+    for key, _ in _KINDS:
         entries = _entries(existing, key, path)
         for entry in new[key]:
             for i, old in enumerate(entries):
@@ -102,7 +187,7 @@ def merge(existing: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> di
             else:
                 entries.append(entry)
         out[key] = entries
-    if not existing.get("current-context"):
+    if switch or not existing.get("current-context"):
         out["current-context"] = new["current-context"]
     return out
 
@@ -115,8 +200,65 @@ def default_kubeconfig_path(env: Mapping[str, str]) -> Path:
     return Path.home() / ".kube" / "config"
 
 
-def merge_kubeconfig(config: Mapping[str, Any], path: Path) -> bool:
-    """Merge config into the kubeconfig at path (created 0600 if absent); True if it changed."""
+def _make_parents(directory: Path) -> None:
+    """Create directory and its missing parents, each 0700 (mkdir -p would leave them 0755)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another merge made it meanwhile
+            d.mkdir(mode=0o700)
+
+
+def lock_path(path: Path) -> Path:
+    """The lock kubectl takes: `<file>.lock` next to the file as named (not where a symlink
+    points), created exclusively and removed when done."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    lock = lock_path(path)
+    # A marker file (O_EXCL), not flock: that is client-go's protocol, and a lock file left in
+    # place would make every later `kubectl config` fail with "file exists".
+    soft = filelock.SoftFileLock(str(lock), timeout=timeout)
+    try:
+        soft.acquire()
+    except filelock.Timeout:
+        raise Busy(
+            f"{lock} has been held for {timeout:g}s: another kubectl or vkp is writing {path}",
+            hint=f"run the command again; if nothing else writes {path}, the lock was left by a killed "
+            f"process: remove {lock}",
+        ) from None
+    try:
+        yield
+    finally:
+        soft.release()
+
+
+def merge_kubeconfig(
+    config: Mapping[str, Any],
+    path: Path,
+    *,
+    switch: bool = True,
+    overwrite: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> MergeResult:
+    """Merge config into the kubeconfig at path (created 0600, parents 0700, if absent).
+
+    Raises KubeconfigConflict, leaving the file untouched, when path holds differing entries of
+    the same names and overwrite is False.
+    """
+    if not path.parent.exists():
+        _make_parents(path.parent)
+    with _locked(path, lock_timeout):
+        return _merge_locked(config, path, switch=switch, overwrite=overwrite)
+
+
+def _merge_locked(config: Mapping[str, Any], path: Path, *, switch: bool, overwrite: bool) -> MergeResult:
     # A symlinked kubeconfig (dotfile managers) stays a symlink: write where it points.
     target = path.resolve() if path.is_symlink() else path
     existing: dict[str, Any] = {}
@@ -134,13 +276,26 @@ def merge_kubeconfig(config: Mapping[str, Any], path: Path) -> bool:
         if loaded is not None and not isinstance(loaded, dict):
             raise ProvisionerError(f"{target} is not a kubeconfig (a YAML mapping); vkp leaves it as it is")
         existing = loaded or {}
-    merged = dump(merge(existing, config, target))
+    found = conflicts(existing, config, target)
+    if found and not overwrite:
+        raise KubeconfigConflict(target, found, config["current-context"])
+    previous = existing.get("current-context") or None
+    merged_config = merge(existing, config, target, switch=switch)
+    current = merged_config.get("current-context")
+    result = MergeResult(
+        changed=True,
+        switched=current == config["current-context"] and previous != current,
+        previous_context=previous,
+        replaced=tuple(found),
+    )
+    merged = dump(merged_config)
+    # Unchanged content is not rewritten (its inode and mtime stay), unless only its mode is wrong.
     if merged == before and (target.stat().st_mode & 0o777) == 0o600:
-        return False
+        return dataclasses.replace(result, changed=False)
     if not target.parent.exists():
-        target.parent.mkdir(mode=0o700, parents=True)
+        _make_parents(target.parent)
     atomic_write(target, merged, 0o600)
-    return True
+    return result
 
 
 # -- get-credentials --------------------------------------------------------------------------
@@ -161,7 +316,9 @@ def admin_kubeconfig(state: ClusterState) -> tuple[dict[str, Any], str]:
     return config, server
 
 
-def get_credentials(name: str, *, merge_into: Path | None = None) -> dict[str, Any]:
+def get_credentials(
+    name: str, *, merge_into: Path | None = None, switch: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
     """`vkp get-credentials`: write <state>/admin.conf (0600), and merge it into merge_into."""
     state = ClusterState.load(name)
     config, server = admin_kubeconfig(state)
@@ -181,8 +338,12 @@ def get_credentials(name: str, *, merge_into: Path | None = None) -> dict[str, A
         "warnings": [],
     }
     if merge_into is not None:
+        merged = merge_kubeconfig(config, merge_into, switch=switch, overwrite=overwrite)
         result["merged_into"] = str(merge_into)
-        result["changed"] = merge_kubeconfig(config, merge_into)
+        result["changed"] = merged.changed
+        result["switched"] = merged.switched
+        result["previous_context"] = merged.previous_context
+        result["replaced"] = list(merged.replaced)
     phase = state.phase("kubernetes")
     if phase is None or phase.status != "done":
         status = "has not run" if phase is None else f"is {phase.status}"

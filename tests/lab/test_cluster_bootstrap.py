@@ -277,6 +277,36 @@ def test_6_interrupted_during_kubeadm_init_then_converges(env: dict[str, str]) -
     assert r.returncode == 0, r.stderr
     env["KUBECONFIG"] = json.loads(r.stdout)["path"]
     assert ready_nodes(env) == dict.fromkeys(KUBE_NODES, "v1.20.2")
+    # The README's quick start: merged into a kubeconfig that already holds other contexts, the
+    # cluster becomes the current context, so plain `kubectl get nodes` reaches it.
+    operator = Path(env["VKP_STATE_DIR"]).parent / "operator-kube" / "config"
+    operator.parent.mkdir(mode=0o700, exist_ok=True)
+    others = [("prod", "https://192.0.2.1:6443"), ("staging", "https://192.0.2.2:6443")]
+    operator.write_text(json.dumps({  # JSON is YAML: kubectl reads it as is
+        "apiVersion": "v1", "kind": "Config", "current-context": "prod",
+        "clusters": [{"name": n, "cluster": {"server": url}} for n, url in others],
+        "users": [{"name": n, "user": {"token": "not-a-real-token"}} for n, _ in others],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": n}} for n, _ in others],
+    }))  # fmt: skip
+    mine = {**env, "KUBECONFIG": str(operator)}
+    r = vkp(mine, "get-credentials", "lab", "--merge", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    merged = json.loads(r.stdout)
+    assert merged["merged_into"] == str(operator)
+    assert (merged["switched"], merged["previous_context"]) == (True, "prod")
+
+    def plain_kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        # No --kubeconfig, no --context: what a user types after the merge.
+        kubectl_bin = str(paths.BIN / "kubectl")
+        return subprocess.run([kubectl_bin, *args], env=mine, capture_output=True, text=True, timeout=180)
+
+    r = plain_kubectl("get", "nodes", "-o", "name")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(f"node/{n}" for n in KUBE_NODES)
+    r = plain_kubectl("config", "get-contexts", "-o", "name")
+    assert sorted(r.stdout.split()) == ["lab", "prod", "staging"], "the other contexts are kept"
+    r = vkp(mine, "get-credentials", "lab", "--merge")
+    assert r.returncode == 0 and "already in" in r.stdout, r.stdout + r.stderr
     for node in KUBE_NODES:
         r = on_node(env, node, "sudo ls /etc/kubernetes/vkp")
         assert r.returncode == 0 and "kubeadm-" not in r.stdout, (node, "a file holding the token is left")
