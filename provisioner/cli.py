@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from provisioner import logs
 from provisioner.bootstrap.playbook import create_phases
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, VkpGroup, run
-from provisioner.output import StderrLog, emit, emit_json, structured, warn
+from provisioner.output import StderrLog, emit, structured, warn
 
 if TYPE_CHECKING:
     from provisioner.spec import ClusterSpec
@@ -63,8 +64,6 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     $VKP_STATE_DIR/NAME/logs/ (default ~/.vkp/clusters/NAME/logs/; the 20 newest are kept);
     a failed run prints its path.
     """
-    from provisioner import logs
-
     if quiet and (verbose or debug):
         raise click.UsageError("-q cannot be combined with -v or --debug: pick one")
     logs.configure(verbose=verbose, quiet=quiet, debug=debug)
@@ -73,15 +72,11 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 def _run_log(name: str) -> None:
     """Keep this run's full log in cluster NAME's state directory (once it exists)."""
-    from provisioner import logs
-
     logs.cluster_run(name, click.get_current_context().info_name or "vkp")
 
 
 def _progress() -> StderrLog:
     """A run's progress lines: on stderr unless -q, and always in the run's log file."""
-    from provisioner import logs
-
     return logs.progress()
 
 
@@ -699,8 +694,8 @@ def get_credentials_cmd(
 
     _run_log(name)
     result = run(body, output)
-    if output == "json":
-        emit_json({"ok": True, **result})
+    if structured(output):
+        emit({"ok": True, **result}, output)
         return
     for w in result["warnings"]:
         click.echo(f"warning: {w}", err=True)

@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from provisioner import stop
+from provisioner import logs, stop
 from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.output import FORMATS, current_output, emit, remember_output, structured
 
@@ -167,8 +167,6 @@ def _reported(ctx: click.Context) -> Iterator[None]:
 
 def point_at_run_log(outcome: str) -> None:
     """After a failed run: record how it ended in its log file, and say on stderr where that is."""
-    from provisioner import logs
-
     path = logs.failed(outcome)
     if path is not None:
         click.echo(f"full log: {path}", err=True)
