@@ -115,11 +115,16 @@ def fingerprint(key: paramiko.PKey) -> str:
     return str(key.fingerprint)
 
 
+# What paramiko says when authentication ended without an answer to the key; a refused key is
+# "Authentication failed." alone.
+_AUTH_CUT_SHORT = ("Authentication timeout.", "Authentication failed: transport shut down or saw EOF")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Failures that mean 'sshd is not answering yet', worth another try before the deadline."""
-    if isinstance(exc, AuthenticationException) and str(exc) == "Authentication timeout.":
-        # paramiko's auth_timeout: sshd did not answer in time (busy, or restarting), which says
-        # nothing about the key.
+    if isinstance(exc, AuthenticationException) and str(exc) in _AUTH_CUT_SHORT:
+        # sshd did not answer the key in time, or closed the connection before it did (busy:
+        # MaxStartups, LoginGraceTime; or restarting): that says nothing about the key.
         return True
     if isinstance(exc, HostKeyMismatch | BadHostKeyException | AuthenticationException):
         return False

@@ -313,4 +313,6 @@ def test_an_auth_timeout_is_retried_a_refused_key_is_not() -> None:
 
     # What paramiko raises when sshd does not answer the key in time (a busy or restarting node).
     assert is_transient(AuthenticationException("Authentication timeout."))
+    # ...or closes the connection before answering it (a busy sshd under MaxStartups).
+    assert is_transient(AuthenticationException("Authentication failed: transport shut down or saw EOF"))
     assert not is_transient(AuthenticationException("Authentication failed."))
