@@ -325,7 +325,7 @@ def test_the_health_result_reaches_the_report(tmp_path: Path, monkeypatch: pytes
 
 
 def test_create_cluster_shows_the_health_and_dns_lines() -> None:
-    from provisioner.cli import _render_result
+    from provisioner.cli.lifecycle import _render_result
 
     result = {
         "cluster": "demo",

@@ -1,0 +1,217 @@
+"""Commands that read: plans, the sample spec, a plan, the clusters and their certificates."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import click
+
+from provisioner.cli.root import keep_run_log, load_cluster_spec, main, spec_options
+from provisioner.cli_common import OUTPUT_OPTION, run
+from provisioner.output import emit, structured
+
+
+@main.command("plans")
+@OUTPUT_OPTION
+def plans_cmd(output: str) -> None:
+    """List the named plans: how many etcd, master and worker VMs, and their sizes.
+
+    A spec names a plan (`plan: small`) and overrides only what it needs under `topology:`;
+    `--plan` on the command line wins over the spec. Site plans: point VKP_PLANS_FILE at a copy
+    of inventory/plans.yaml.
+
+    \b
+    Example:
+      vkp plans
+      vkp create-cluster demo --plan small
+    """
+    from provisioner.spec import ROLE_MINIMUMS, ROLES, load_size_presets
+
+    def body() -> None:
+        plans = load_size_presets(os.environ.get("VKP_PLANS_FILE") or None)
+        if structured(output):
+            doc = {
+                "ok": True,
+                "plans": [
+                    {
+                        "name": p.name,
+                        "description": p.description,
+                        **{r: dataclasses.asdict(p.topology.role(r)) for r in ROLES},
+                    }
+                    for p in plans.values()
+                ],
+                "minimums": {r: dataclasses.asdict(m) for r, m in ROLE_MINIMUMS.items()},
+            }
+            emit(doc, output)
+            return
+        header = ("PLAN", "ETCD", "MASTER", "WORKER", "DESCRIPTION")
+        rows = [
+            (
+                p.name,
+                *(
+                    f"{rs.count} x {rs.cpus} vCPU {rs.memory_mb} MB {rs.disk_gb} GB"
+                    for rs in (p.topology.role(r) for r in ROLES)
+                ),
+                p.description,
+            )
+            for p in plans.values()
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, *rows]:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        mins = ", ".join(
+            f"{r} {m.cpus} vCPU/{m.memory_mb} MB/{m.disk_gb} GB" for r, m in ROLE_MINIMUMS.items()
+        )
+        click.echo(f"\nMinimum per VM: {mins}.")
+
+    run(body, output)
+
+
+@main.group("spec")
+def spec_group() -> None:
+    """Spec files that ship with vkp, to copy and edit."""
+
+
+@spec_group.command("sample")
+@click.option("--lab", is_flag=True, help="The embedded lab's spec (what `vkp lab up` is made for) instead.")
+def spec_sample_cmd(lab: bool) -> None:
+    """Print the commented sample spec for a real vCenter: every option, each at its default.
+
+    \b
+    Example:
+      vkp spec sample > cluster.yaml      # edit, then:
+      vkp plan -f cluster.yaml
+    """
+    from provisioner import resources
+
+    click.echo((resources.LAB_SPEC if lab else resources.SAMPLE_SPEC).read_text(), nl=False)
+
+
+@main.command("plan")
+@spec_options
+@click.option(
+    "--hosts",
+    metavar="H1,H2,...",
+    help="ESXi host names to preview placement on; create-cluster uses the cluster's real hosts.",
+)
+@OUTPUT_OPTION
+def plan_cmd(
+    spec_file: Path | None, name: str | None, plan_name: str | None, hosts: str | None, output: str
+) -> None:
+    """Show what create-cluster would build, without contacting vCenter or creating anything.
+
+    Prints every VM in creation order (etcd, masters, workers) with its role, size, address and
+    ESXi host, the API endpoint, the VM folder and the anti-affinity rules. The spec is
+    validated first; every problem is listed with its field path (exit code 3).
+
+    Settings come from the spec file (-f), then from VKP_* environment variables for anything
+    it leaves out (`vkp lab env` sets them for the lab); NAME and --plan override the file.
+
+    \b
+    Examples:
+      vkp plan -f inventory/lab.yaml
+      vkp plan demo --plan small                 # everything else from VKP_* variables
+      vkp plan -f cluster.yaml --hosts esx-1,esx-2,esx-3 -o json
+    """
+    from provisioner.plan import make_plan, render_plan
+
+    def body() -> None:
+        spec = load_cluster_spec(spec_file, name, plan_name)
+        host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
+        plan = make_plan(spec, host_list)
+        if structured(output):
+            emit({"ok": True, **plan.to_dict(), "warnings": spec.warnings()}, output)
+        else:
+            click.echo(render_plan(plan))
+            click.echo("Nothing was created; create-cluster with the same arguments builds it.", err=True)
+
+    run(body, output)
+
+
+@main.command("list-clusters")
+@OUTPUT_OPTION
+def list_clusters_cmd(output: str) -> None:
+    """List the clusters this machine manages (from the local state directory).
+
+    \b
+    Example:
+      vkp list-clusters -o json
+    """
+    from provisioner.cluster import list_clusters
+
+    clusters = run(list_clusters, output)
+    if structured(output):
+        emit({"ok": True, "clusters": clusters}, output)
+        return
+    if not clusters:
+        click.echo("no clusters (create one with `vkp create-cluster`)")
+    for c in clusters:
+        click.echo(f"{c['name']:<24} {c['nodes']:>3} nodes  last phase: {c['last_phase'] or '-'}")
+
+
+@main.command("describe-cluster")
+@click.argument("name")
+@OUTPUT_OPTION
+def describe_cluster_cmd(name: str, output: str) -> None:
+    """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files.
+
+    \b
+    Example:
+      vkp describe-cluster demo -o json
+    """
+    from provisioner.cluster import describe_cluster
+
+    keep_run_log(name)
+    d = run(lambda: describe_cluster(name), output)
+    if structured(output):
+        emit({"ok": True, **d}, output)
+        return
+    click.echo(f"cluster {d['name']} (id {d['cluster_id']})")
+    k8s = d.get("kubernetes") or {}
+    if k8s:
+        click.echo(f"  kubernetes {k8s['version']} at {k8s['endpoint']} (phase {k8s['phase']})")
+        if "readyz" in k8s:
+            click.echo(f"  API /readyz: {k8s['readyz']}")
+        for node, ready in (k8s.get("nodes") or {}).items():
+            click.echo(f"  node {node}: {ready}")
+    for n in d["nodes"]:
+        click.echo(
+            f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-':<14} {n['moid']}"
+        )
+    for ph in d["phases"]:
+        secs = f"{ph['seconds']:.1f}s" if ph.get("seconds") is not None else ""
+        click.echo(f"  phase {ph['name']:<11} {ph['status']:<8} {secs}")
+    click.echo(f"state dir: {d['state_dir']}")
+
+
+@main.command("certs")
+@click.argument("name")
+@OUTPUT_OPTION
+def certs_cmd(name: str, output: str) -> None:
+    """List a cluster's certificates (CAs, etcd server, peer and client certs) with their expiry.
+
+    Leaf certificates last one year and CAs ten; a re-run of create-cluster reissues a leaf that
+    expires within 30 days (or whose node address changed) from the same CA. Private keys are
+    never printed.
+
+    \b
+    Examples:
+      vkp certs demo
+      vkp certs demo -o json
+    """
+    from provisioner.bootstrap.pki import list_certs
+
+    certs = run(lambda: list_certs(name), output)
+    if structured(output):
+        emit({"ok": True, "cluster": name, "certificates": certs}, output)
+        return
+    if not certs:
+        click.echo(f"no certificates yet for cluster {name} (they are made in the etcd phase)")
+        return
+    header = ("NAME", "SUBJECT", "EXPIRES", "DAYS LEFT")
+    rows = [(c["name"], c["subject"], c["not_after"][:10], str(c["days_left"])) for c in certs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
