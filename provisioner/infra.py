@@ -47,6 +47,50 @@ class NodeOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SeenNode:
+    """A machine the infrastructure holds for a cluster, as it reports it (no local state needed)."""
+
+    name: str
+    role: str | None  # from the machine's mark; None when it carries none
+    power_state: str | None
+    address: str | None
+    # "guest": reported by the running guest; "config": the address vkp gave it at creation.
+    address_source: str | None
+    host: str | None  # the physical host it runs on
+    machine_id: str  # the infrastructure's id for it (a vSphere moid)
+    path: str | None  # where it is in the infrastructure's inventory
+
+
+@dataclass(frozen=True)
+class SeenRule:
+    """A placement rule of a cluster (vSphere: a DRS anti-affinity rule)."""
+
+    name: str
+    where: str  # the compute cluster it is on
+    members: tuple[str, ...]  # the machines it keeps apart, by name
+
+
+@dataclass
+class SeenCluster:
+    """One cluster id as the infrastructure knows it, read from the marks vkp puts on objects."""
+
+    name: str
+    cluster_id: str
+    nodes: list[SeenNode] = field(default_factory=list)
+    rules: list[SeenRule] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # where its machines live
+    datacenters: list[str] = field(default_factory=list)
+
+    def roles(self) -> dict[str, int]:
+        """How many machines of each role, etcd, master, worker first."""
+        order = {"etcd": 0, "master": 1, "worker": 2}
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.role or "unmarked"] = counts.get(n.role or "unmarked", 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
+
+
 class Holdings(Protocol):
     """What an infrastructure holds for one cluster id (machines, rules, folders...)."""
 
@@ -94,6 +138,14 @@ class Provider(Protocol):
         """The machines of these nodes (of this cluster id only), to destroy on a shrink."""
         ...
 
+    def survey(self) -> list[SeenCluster]:
+        """Every cluster the infrastructure holds anything of, by name and id; read-only."""
+        ...
+
+    def where(self) -> str:
+        """The infrastructure this provider is bound to, as a user names it (vCenter's address)."""
+        ...
+
 
 class Infrastructure(Protocol):
     def open(
@@ -106,6 +158,10 @@ class Infrastructure(Protocol):
         self, name: str, env: Mapping[str, str] | None = None
     ) -> AbstractContextManager[Provider]:
         """A session for an existing cluster: its saved spec's, else the environment's."""
+        ...
+
+    def open_env(self, env: Mapping[str, str] | None = None) -> AbstractContextManager[Provider]:
+        """A session from the environment alone (no cluster named, no spec)."""
         ...
 
     def planned_actions(self, spec: ClusterSpec, plan: Plan) -> list[str]:

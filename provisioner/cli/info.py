@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -131,14 +133,41 @@ def plan_cmd(
 
 
 @main.command("list-clusters")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Every vkp cluster in the vCenter VKP_VSPHERE_* names, also those made on other machines.",
+)
 @OUTPUT_OPTION
-def list_clusters_cmd(output: str) -> None:
-    """List the clusters this machine manages (from the local state directory).
+def list_clusters_cmd(all_: bool, output: str) -> None:
+    """List the clusters this machine manages (from the local state directory), or with --all
+    every vkp cluster in vCenter.
+
+    --all reads vCenter (read-only, one inventory query) for the marks vkp puts on each
+    cluster's VMs, DRS rules and folders, so it also finds clusters created on another machine
+    or with another VKP_STATE_DIR. vCenter is the one VKP_VSPHERE_SERVER names (with
+    VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT, as delete-cluster uses
+    without local state). Each cluster is "local" when this machine has its state (same name and
+    id), else "remote": `vkp state import` brings its state here, `delete-cluster` works either
+    way. Local clusters vCenter holds nothing of are listed last, as "not in this vCenter".
 
     \b
-    Example:
+    Examples:
       vkp list-clusters -o json
+      vkp list-clusters --all
+      vkp list-clusters --all -o json | jq -r '.clusters[] | select(.state == "remote") | .name'
     """
+    if all_:
+        from provisioner.fleet import list_all
+
+        found = run(list_all, output)
+        if structured(output):
+            emit({"ok": True, **found}, output)
+            return
+        _echo_all_clusters(found)
+        return
+
     from provisioner.cluster import list_clusters
 
     clusters = run(list_clusters, output)
@@ -151,22 +180,82 @@ def list_clusters_cmd(output: str) -> None:
         click.echo(f"{c['name']:<24} {c['nodes']:>3} nodes  last phase: {c['last_phase'] or '-'}")
 
 
+def _echo_all_clusters(found: dict[str, Any]) -> None:
+    clusters = found["clusters"]
+    if not clusters:
+        click.echo(f"no vkp clusters in {found['where']} and none on this machine")
+        return
+    header = ("NAME", "CLUSTER ID", "VMS", "FOLDER", "STATE")
+    rows = [
+        (
+            c["name"],
+            c["cluster_id"],
+            ", ".join(f"{n} {role}" for role, n in c["vms"].items()) or "-",
+            ", ".join(c["folders"]) or ("(not in this vCenter)" if not c["in_vcenter"] else "-"),
+            c["state"],
+        )
+        for c in clusters
+    ]
+    _table(header, rows)
+    click.echo(f"(read from {found['where']})", err=True)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
 @main.command("describe-cluster")
 @click.argument("name")
+@click.option(
+    "--from-vcenter",
+    is_flag=True,
+    help="Show what vCenter holds of the cluster even when this machine has its local state.",
+)
+@click.option(
+    "--cluster-id",
+    metavar="ID",
+    help="Which cluster, when vCenter holds several of this name (implies --from-vcenter unless "
+    "it is this machine's).",
+)
 @OUTPUT_OPTION
-def describe_cluster_cmd(name: str, output: str) -> None:
+def describe_cluster_cmd(name: str, from_vcenter: bool, cluster_id: str | None, output: str) -> None:
     """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files.
 
+    With the cluster's local state, this reads it (and the API's readiness). Without local
+    state (a cluster made on another machine), or with --from-vcenter, it reads vCenter instead:
+    each VM vkp marked as the cluster's with its role, power state, address (as the guest
+    reports it, else the one vkp gave it), ESXi host and moid, the DRS rules, the folder and the
+    cluster id. vCenter is the saved spec's, or without local state the one VKP_VSPHERE_SERVER
+    names. If vCenter holds several clusters of the name, they are listed and --cluster-id
+    says which (exit 4 until it does).
+
     \b
-    Example:
+    Examples:
       vkp describe-cluster demo -o json
+      vkp describe-cluster demo --from-vcenter
+      vkp describe-cluster demo --cluster-id 6f1c2c3e-...   # one of several named demo
     """
     from provisioner.cluster import describe_cluster
+    from provisioner.state import ClusterState
 
     keep_run_log(name)
-    d = run(lambda: describe_cluster(name), output)
+
+    def body() -> dict[str, Any]:
+        local = ClusterState.exists(name)
+        if local and not from_vcenter and cluster_id in (None, ClusterState.load(name).cluster_id):
+            return describe_cluster(name)
+        from provisioner.fleet import describe_from_infra
+
+        return describe_from_infra(name, cluster_id)
+
+    d = run(body, output)
     if structured(output):
         emit({"ok": True, **d}, output)
+        return
+    if "source" in d:
+        _echo_from_vcenter(d)
         return
     click.echo(f"cluster {d['name']} (id {d['cluster_id']})")
     k8s = d.get("kubernetes") or {}
@@ -184,6 +273,33 @@ def describe_cluster_cmd(name: str, output: str) -> None:
         secs = f"{ph['seconds']:.1f}s" if ph.get("seconds") is not None else ""
         click.echo(f"  phase {ph['name']:<11} {ph['status']:<8} {secs}")
     click.echo(f"state dir: {d['state_dir']}")
+
+
+def _echo_from_vcenter(d: dict[str, Any]) -> None:
+    where = "this machine has its local state" if d["state"] == "local" else "no local state on this machine"
+    click.echo(f"cluster {d['name']} (id {d['cluster_id']}), from {d['source']}; {where}")
+    click.echo(f"  folder: {', '.join(d['folders']) or '-'}")
+    header = ("  VM", "ROLE", "POWER", "ADDRESS", "ESXI HOST", "MOID")
+    rows = [
+        (
+            f"  {n['name']}",
+            n["role"] or "-",
+            n["power_state"] or "-",
+            (n["address"] or "-") + (" (config)" if n["address_source"] == "config" else ""),
+            n["esxi_host"] or "-",
+            n["moid"],
+        )
+        for n in d["nodes"]
+    ]
+    _table(header, rows)
+    for r in d["rules"]:
+        click.echo(f"  DRS rule {r['name']} on {r['where']}: {', '.join(r['members'])}")
+    if d["state"] == "remote":
+        click.echo(
+            f"its keys and PKI are on the machine that made it: `vkp state export {d['name']}` there, "
+            "`vkp state import FILE` here",
+            err=True,
+        )
 
 
 @main.command("certs")

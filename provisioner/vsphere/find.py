@@ -46,16 +46,19 @@ class Located:
 # -- the PropertyCollector ----------------------------------------------------------------------
 
 
+def view_object_spec(view: Any) -> Any:
+    """An ObjectSpec for every object in a ContainerView (the view itself skipped)."""
+    return _pcq.ObjectSpec(
+        obj=view,
+        skip=True,
+        selectSet=[_pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
+    )
+
+
 def view_filter_spec(view: Any, types: Sequence[Any], props: Sequence[str]) -> Any:
     """A FilterSpec for props of every object in a ContainerView (the view itself skipped)."""
     return _pcq.FilterSpec(
-        objectSet=[
-            _pcq.ObjectSpec(
-                obj=view,
-                skip=True,
-                selectSet=[_pcq.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
-            )
-        ],
+        objectSet=[view_object_spec(view)],
         propSet=[_pcq.PropertySpec(type=t, pathSet=list(props)) for t in types],
     )
 
@@ -109,7 +112,7 @@ def inventory_path(obj: Any) -> str:
     return "/" + "/".join(reversed(names))
 
 
-class _Tree:
+class PathTree:
     """Names and parents of a set of entities, read at once, from which paths are computed."""
 
     def __init__(self, props: dict[Any, dict[str, Any]]) -> None:
@@ -142,7 +145,7 @@ def _located(content: Any, container: Any, types: Sequence[Any]) -> tuple[list[L
     """Every object of types under container with its path, and container's path (one round trip)."""
     wanted = list(types)
     props = retrieve(content, content.rootFolder, _unique(wanted + _PATH_TYPES), ["name", "parent"])
-    tree = _Tree(props)
+    tree = PathTree(props)
     container_path = tree.path(container)
     if container_path is None:
         raise vmodl.fault.ManagedObjectNotFound(obj=container, msg="the container was deleted")

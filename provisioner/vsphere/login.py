@@ -45,12 +45,20 @@ def session_for_cluster(name: str, env: Mapping[str, str] | None = None) -> Sess
     return login(vsphere_from_env(env), env)
 
 
-def vsphere_from_env(env: Mapping[str, str]) -> VSphereSpec:
+def session_for_env(env: Mapping[str, str] | None = None) -> Session:
+    """The vCenter VKP_VSPHERE_* names, for what concerns no one cluster (list-clusters --all)."""
+    env = os.environ if env is None else env
+    return login(vsphere_from_env(env, why="it names the vCenter to look in"), env)
+
+
+def vsphere_from_env(
+    env: Mapping[str, str], *, why: str = "and the cluster's local state (which names vCenter) is gone"
+) -> VSphereSpec:
     """vCenter's address and how to verify it, from VKP_VSPHERE_* alone (no spec at hand)."""
     server = env.get("VKP_VSPHERE_SERVER")
     if not server:
         raise SettingsMissing(
-            [("VKP_VSPHERE_SERVER", "not set, and the cluster's local state (which names vCenter) is gone")],
+            [("VKP_VSPHERE_SERVER", f"not set, {why}")],
             hint="set VKP_VSPHERE_SERVER, VKP_VSPHERE_USER, VKP_VSPHERE_PASSWORD and VKP_VSPHERE_THUMBPRINT",
         )
     host, port = split_server(server)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner import stop
-from provisioner.infra import Holdings, Log, NodeCheck, NodeOutcome
+from provisioner.infra import Holdings, Log, NodeCheck, NodeOutcome, SeenCluster
 from provisioner.plan import Plan
 from provisioner.spec import ClusterSpec
 from provisioner.state import ClusterState
-from provisioner.vsphere import find, login, machines, ownership, placement, vms, waits
+from provisioner.vsphere import census, find, login, machines, ownership, placement, vms, waits
 from provisioner.vsphere.session import Session
 
 DESTROY_SECONDS = 600
@@ -55,6 +55,12 @@ class VSphereProvider:
     def find_nodes(self, name: str, cluster_id: str, nodes: list[str]) -> ownership.Owned:
         by_name = {vm.name: vm for vm in ownership.find_owned(self.session.content, name, cluster_id).vms}
         return ownership.Owned(vms=[by_name[n] for n in nodes if n in by_name])
+
+    def survey(self) -> list[SeenCluster]:
+        return census.survey(self.session.content)
+
+    def where(self) -> str:
+        return f"vCenter {self.session.server}"
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,11 @@ class VSphere:
     @contextmanager
     def open_cluster(self, name: str, env: Mapping[str, str] | None = None) -> Iterator[VSphereProvider]:
         with login.session_for_cluster(name, env) as session:
+            yield VSphereProvider(session)
+
+    @contextmanager
+    def open_env(self, env: Mapping[str, str] | None = None) -> Iterator[VSphereProvider]:
+        with login.session_for_env(env) as session:
             yield VSphereProvider(session)
 
     def planned_actions(self, spec: ClusterSpec, plan: Plan) -> list[str]:
