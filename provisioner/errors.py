@@ -28,6 +28,7 @@ class ExitCode:
     TIMEOUT = 13  # a deadline passed (guest address, SSH, health)
     ABORTED = 14  # the user declined the confirmation
     BUSY = 15  # another run holds the cluster's lock
+    HANDOVER = 16  # a state file does not open: wrong passphrase, changed, cut short, not one
     INTERRUPTED = 130  # SIGINT (SIGTERM: 143); the phase is recorded as interrupted
 
 

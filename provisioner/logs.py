@@ -43,8 +43,8 @@ _PEM_KEY = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*\Z)", re.DOTALL
 )
 # Environment variables whose values are passwords (VKP_VSPHERE_PASSWORD, or whatever a spec's
-# vsphere.password_env names, as long as it says so).
-_PASSWORD_ENV = re.compile(r"PASSWORD|PASSWD")
+# vsphere.password_env names, as long as it says so), or a state file's VKP_STATE_PASSPHRASE.
+_PASSWORD_ENV = re.compile(r"PASSWORD|PASSWD|PASSPHRASE")
 
 
 def _passwords() -> set[str]:
