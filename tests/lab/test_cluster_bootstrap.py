@@ -6,8 +6,9 @@ killed mid-phase that resumes, a re-run that changes nothing, the Kubernetes pha
 clearly without artifacts, an etcd member brought back after its VM went down; then the lab's
 own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three Ready nodes,
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
-NodePort, a re-run that changes nothing, workers added and drained away, and at last a node
-whose host key changed refused.
+NodePort, a re-run that changes nothing, workers added and drained away, the cluster handed
+to another machine (an empty state directory) that sees it in vCenter, imports its state and
+uses it, a node whose host key changed refused, and at last the delete from that other machine.
 """
 
 from __future__ import annotations
@@ -498,6 +499,71 @@ def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], l
     assert r.returncode == 0, r.stderr
 
 
+# The machine that takes the cluster over: the same vCenter settings, an empty state directory.
+HANDOVER_PASSPHRASE = "lab handover passphrase, not a secret"
+
+
+@pytest.fixture(scope="module")
+def elsewhere(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        **env,
+        "VKP_STATE_DIR": str(tmp_path_factory.mktemp("elsewhere")),
+        "VKP_STATE_PASSPHRASE": HANDOVER_PASSPHRASE,
+    }
+
+
+def test_11b_another_machine_lists_describes_and_imports(
+    env: dict[str, str], elsewhere: dict[str, str], tmp_path: Path
+) -> None:
+    made = state(env)
+    roles: dict[str, int] = {}
+    for n in made.nodes.values():
+        roles[n.role] = roles.get(n.role, 0) + 1
+
+    # Before the handover the other machine sees the cluster in vCenter, not as its own.
+    r = vkp(elsewhere, "list-clusters", "--all", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    (row,) = [c for c in json.loads(r.stdout)["clusters"] if c["name"] == "lab"]
+    assert (row["cluster_id"], row["state"], row["in_vcenter"]) == (made.cluster_id, "remote", True)
+    assert row["vms"] == roles
+    r = vkp(elsewhere, "describe-cluster", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    assert seen["cluster_id"] == made.cluster_id and seen["state"] == "remote"
+    assert {n["name"]: (n["role"], n["address"]) for n in seen["nodes"]} == {
+        n.name: (n.role, n.address) for n in made.nodes.values()
+    }
+    assert all(n["power_state"] == "poweredOn" and n["esxi_host"] for n in seen["nodes"]), seen["nodes"]
+
+    out = tmp_path / "lab.vkpstate"
+    exporter = {**env, "VKP_STATE_PASSPHRASE": HANDOVER_PASSPHRASE}
+    r = vkp(exporter, "state", "export", "lab", "--file", str(out))
+    assert r.returncode == 0, r.stderr
+    r = vkp(elsewhere, "state", "import", str(out), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cluster_id"] == made.cluster_id
+
+    r = vkp(elsewhere, "list-clusters", "-o", "json")
+    listed = json.loads(r.stdout)["clusters"]
+    assert [(c["name"], c["cluster_id"]) for c in listed] == [("lab", made.cluster_id)]
+    r = vkp(elsewhere, "list-clusters", "--all", "-o", "json")
+    (row,) = [c for c in json.loads(r.stdout)["clusters"] if c["name"] == "lab"]
+    assert row["state"] == "local"
+    r = vkp(elsewhere, "describe-cluster", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    described = json.loads(r.stdout)
+    assert described["state_dir"].startswith(elsewhere["VKP_STATE_DIR"])
+    assert sorted(n["name"] for n in described["nodes"]) == sorted(made.nodes)
+    # The imported PKI and keys work from here: the API answers its admin, the nodes their key.
+    assert described["kubernetes"].get("readyz") == "ok", described["kubernetes"]
+    r = vkp(elsewhere, "get-credentials", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    nodes = kube_json({**elsewhere, "KUBECONFIG": json.loads(r.stdout)["path"]}, "get", "nodes")
+    assert sorted(n["metadata"]["name"] for n in nodes["items"]) == sorted(KUBE_NODES)
+    r = vkp(elsewhere, "ssh", "lab", "lab-master-1", "--", "true")
+    assert r.returncode == 0, r.stderr
+
+
 def test_11_changed_host_key_is_refused(env: dict[str, str]) -> None:
     swap = (
         "sudo ssh-keygen -q -t ed25519 -N '' -f /tmp/other && "
@@ -513,13 +579,14 @@ def test_11_changed_host_key_is_refused(env: dict[str, str]) -> None:
     assert r.returncode == ExitCode.HOST_KEY, "vkp ssh must refuse the node too"
 
 
-def test_12_delete_leaves_nothing(env: dict[str, str], lab: LabHandle) -> None:
-    r = vkp(env, "delete-cluster", "lab", "--dry-run")
+def test_12_delete_leaves_nothing(env: dict[str, str], elsewhere: dict[str, str], lab: LabHandle) -> None:
+    # The machine that took the cluster over (test_11b) deletes it.
+    r = vkp(elsewhere, "delete-cluster", "lab", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert all(f"lab-{n}" in r.stdout for n in ("etcd-1", "master-1", "worker-1", "worker-2")), r.stdout
     assert "remove folder /" in r.stdout and "remove the local state" in r.stdout, r.stdout
-    assert state(env).nodes, "a dry run deletes nothing"
-    r = vkp(env, "delete-cluster", "lab", "--yes", "-o", "json")
+    assert state(elsewhere).nodes, "a dry run deletes nothing"
+    r = vkp(elsewhere, "delete-cluster", "lab", "--yes", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["leftovers"] == []
     with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
@@ -527,5 +594,11 @@ def test_12_delete_leaves_nothing(env: dict[str, str], lab: LabHandle) -> None:
         names = [v.name for v in view.view if v.name.startswith("lab-")]
         view.Destroy()
     assert names == []
-    r = vkp(env, "delete-cluster", "lab", "--yes")
+    assert not (Path(elsewhere["VKP_STATE_DIR"]) / "lab").exists()
+    r = vkp(elsewhere, "delete-cluster", "lab", "--yes")
     assert r.returncode == 0, "a second delete is a no-op"
+    # The machine that made it finds nothing left in vCenter and drops its own stale state.
+    r = vkp(env, "delete-cluster", "lab", "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deleted"] == {"vms": 0, "rules": 0, "folders": 0}
+    assert not (Path(env["VKP_STATE_DIR"]) / "lab").exists()
