@@ -18,13 +18,13 @@ from click.testing import CliRunner, Result
 from provisioner import cluster
 from provisioner.cli import main
 from provisioner.plan import make_plan
-from provisioner.vsphere import find, ownership, placement, vms
+from provisioner.vsphere import find, ownership, placement, specs, vms, waits
 from provisioner.vsphere.provider import VSPHERE
 from tests.vcsim import test_provider as provider_suite
 from tests.vcsim import test_vsphere_layer as layer
 from tests.vcsim.test_ownership import make_cluster
 from tests.vcsim.test_provider import create, make_spec
-from tests.vcsim.test_vsphere_layer import Inventory
+from tests.vcsim.test_vsphere_layer import Inventory, node_spec, soon
 
 pytestmark = pytest.mark.vcsim
 
@@ -115,13 +115,21 @@ def test_two_clusters_of_one_name_need_a_cluster_id(
 ) -> None:
     name = f"twin-{uuid.uuid4().hex[:6]}"
     ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
-    make_cluster(inv, vms.create_folder(workdir, "team-a"), name, ours, vm_count=2)
+    folder_a = make_cluster(inv, vms.create_folder(workdir, "team-a"), name, ours, vm_count=2)
     make_cluster(inv, vms.create_folder(workdir, "team-b"), name, theirs, vm_count=3)
+    # A worker that never booted: no address from a guest, only the one vkp gave it.
+    metadata = (
+        "instance-id: w1\nlocal-hostname: w1\nnetwork:\n  version: 2\n  ethernets:\n"
+        "    id0:\n      addresses: ['198.18.9.7/24']\n"
+    )
+    extra = specs.ownership_extra_config(name, ours, "worker") | specs.guestinfo_extra_config(metadata, "")
+    task = vms.clone(inv.template, folder_a, f"{name}-worker-1", node_spec(inv, inv.hosts[0], extra))
+    waits.wait_for_tasks(inv.content, [task], deadline=soon())
     elsewhere = env | {"VKP_STATE_DIR": str(tmp_path / "elsewhere")}
 
     listed = doc(vkp(elsewhere, "list-clusters", "--all", "-o", "json"))["clusters"]
     assert {c["cluster_id"]: c["vms"] for c in listed if c["name"] == name} == {
-        ours: {"etcd": 2},
+        ours: {"etcd": 2, "worker": 1},
         theirs: {"etcd": 3},
     }
 
@@ -135,6 +143,17 @@ def test_two_clusters_of_one_name_need_a_cluster_id(
     d = doc(picked)
     assert d["cluster_id"] == theirs and len(d["nodes"]) == 3
     assert d["folders"] == [f"{find.inventory_path(workdir)}/team-b/vkp/{name}"]
+
+    (worker,) = [
+        n
+        for n in doc(vkp(elsewhere, "describe-cluster", name, "--cluster-id", ours, "-o", "json"))["nodes"]
+        if n["role"] == "worker"
+    ]
+    assert (worker["address"], worker["address_source"], worker["power_state"]) == (
+        "198.18.9.7",
+        "config",
+        "poweredOff",
+    )
 
     unknown = vkp(elsewhere, "describe-cluster", name, "--cluster-id", str(uuid.uuid4()), "-o", "json")
     assert unknown.exit_code == 4 and "list-clusters --all" in doc(unknown)["error"]["hint"]
