@@ -150,7 +150,8 @@ def test_an_unexpected_error_after_the_command_body_is_still_a_message(
     import provisioner.cluster
 
     # describe_cluster answers, but without the keys the text view reads: the error is raised
-    # while printing, outside run().
+    # while printing, outside run(). The cluster has local state, so the local view is asked.
+    ClusterState.create_or_load("demo")
     monkeypatch.setattr(provisioner.cluster, "describe_cluster", lambda name: {})
     r = vkp("describe-cluster", "demo")
     assert r.exit_code == ExitCode.ERROR
