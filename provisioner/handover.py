@@ -206,6 +206,7 @@ def export_state(
             f"{target} already exists; vkp does not replace it",
             hint="remove it, or name another file with --file",
         )
+    ClusterState.load(name)  # NotFound before anyone is asked for a passphrase
     secret = passphrase(env, confirm=True)
     with runlock.hold(name, runlock.command_line(), log=log):
         state = ClusterState.load(name)
