@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -123,4 +122,3 @@ def delete_cmd(name: str, timeout: float | None, output: str) -> None:
         click.echo(f"namespace {NAMESPACE} deleted from cluster {name} ({result['seconds']}s)")
     else:
         click.echo(f"nothing to delete: cluster {name} has no namespace {NAMESPACE}")
-    sys.stdout.flush()
