@@ -104,7 +104,9 @@ class KubeAPI:
             ctx.load_cert_chain(cert_path, key_path)
         self._ctx = ctx
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         what = f"{method} {self.server}{path}"
         conn = interruptible.HTTPSConnection(
             self.host, self.port, context=self._ctx, timeout=self.timeout, what=what
@@ -113,7 +115,7 @@ class KubeAPI:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Accept": "application/json"}
             if payload is not None:
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = content_type
             resp, raw = interruptible.exchange(conn, method, path, payload, headers)
         except (OSError, http.client.HTTPException) as exc:
             # ssl errors are OSErrors; their text names the certificate problem, never key material.
@@ -151,6 +153,34 @@ class KubeAPI:
             # The API echoes names, never Secret data, in its error messages.
             raise KubeAPIError(f"POST {self.server}{path}: HTTP {status}: {_message(data)}")
         return True
+
+    def apply(self, path: str, obj: dict[str, Any], manager: str = CLIENT_CN) -> Any:
+        """Server-side apply of obj at path (the object's own URL): created if absent, else its
+        fields that obj sets are made so, and the fields others own are left alone."""
+        query = f"?fieldManager={manager}&force=true"
+        # JSON is YAML: the apply patch type takes either.
+        status, data = self.request("PATCH", path + query, obj, content_type="application/apply-patch+yaml")
+        if status not in (200, 201):
+            raise KubeAPIError(f"apply {self.server}{path}: HTTP {status}: {_message(data)}")
+        return data
+
+    def delete(self, path: str) -> bool:
+        """DELETE path; True if a deletion started, False if there was nothing (404)."""
+        status, data = self.request("DELETE", path)
+        if status == 404:
+            return False
+        if status not in (200, 202):
+            raise KubeAPIError(f"DELETE {self.server}{path}: HTTP {status}: {_message(data)}")
+        return True
+
+    def find(self, path: str) -> Any:
+        """GET path; None when it is not there (404)."""
+        status, data = self.request("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise KubeAPIError(f"GET {self.server}{path}: HTTP {status}: {_message(data)}")
+        return data
 
 
 def _message(data: Any) -> str:

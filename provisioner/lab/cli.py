@@ -162,6 +162,8 @@ def env() -> None:
 def prepare() -> None:
     """Install the lab's Debian packages and build the simulator and guest image, without starting.
 
+    Also builds the lab's Kubernetes and the sample app's images (`vkp sample-app deploy`) into
+    the image tarballs its nodes import. Each is cached and rebuilt only when its recipe changes.
     Useful before running the test suite or on a machine image being baked.
 
     \b

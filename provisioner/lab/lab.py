@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from provisioner.errors import LabError
-from provisioner.lab import faults, host, image, kubebuild, network, paths, prereqs, simulator
+from provisioner.lab import appimages, faults, host, image, kubebuild, network, paths, prereqs, simulator
 from provisioner.lab import guest as guests
 
 if TYPE_CHECKING:
@@ -222,6 +222,8 @@ def prepare(log: Log) -> tuple[Path, Path]:
     t = time.monotonic()
     record = kubebuild.build(paths.CACHE / "kubernetes", paths.ARTIFACTS, log)
     log(f"Kubernetes v{record['version']} artifacts ready ({time.monotonic() - t:.1f}s): {paths.ARTIFACTS}")
+    # After the Kubernetes build: it replaces the image tarballs directory when it reassembles.
+    appimages.build(paths.ARTIFACTS, paths.CACHE / "kubernetes", log)
     return binary, root
 
 

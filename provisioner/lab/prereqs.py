@@ -28,6 +28,11 @@ PACKAGES: dict[str, str] = {
     "busybox-static": "/bin/busybox",  # the sample workload image
     "containernetworking-plugins": "/usr/lib/cni/bridge",  # the CNI plugins tarball
     "iptables": "/usr/sbin/xtables-legacy-multi",  # kube-proxy's image
+    # The sample app's images (provisioner/lab/appimages.py): python3 with its whole standard
+    # library (python3-minimal alone lacks http.server), and redis-server, whose service the
+    # lab never starts on this machine.
+    "python3": "/usr/bin/pydoc3",
+    "redis-server": "/usr/bin/redis-server",
 }
 
 

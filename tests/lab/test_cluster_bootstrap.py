@@ -6,14 +6,16 @@ killed mid-phase that resumes, a re-run that changes nothing, the Kubernetes pha
 clearly without artifacts, an etcd member brought back after its VM went down; then the lab's
 own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three Ready nodes,
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
-NodePort, a re-run that changes nothing, workers added and drained away, the cluster handed
-to another machine (an empty state directory) that sees it in vCenter, imports its state and
-uses it, a node whose host key changed refused, and at last the delete from that other machine.
+NodePort, vkp's sample app keeping a vote while its API pods are replaced, a re-run that
+changes nothing, workers added and drained away, the cluster handed to another machine (an
+empty state directory) that sees it in vCenter, imports its state and uses it, a node whose
+host key changed refused, and at last the delete from that other machine.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -428,6 +430,70 @@ def test_8_an_app_served_across_nodes(env: dict[str, str]) -> None:
     for node in KUBE_NODES:
         answer = http_get(st.nodes[node].address, port)
         assert "200 OK" in answer and any(n in answer for n in names), (node, answer)
+
+
+SAMPLE = "vkp-sample"
+
+
+def http_call(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
+    """(status, body) of one request to url (http://host:port/) from this machine."""
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def api_pods(env: dict[str, str]) -> set[str]:
+    pods = kube_json(env, "get", "pods", "-n", SAMPLE, "-l", "app.kubernetes.io/component=api")["items"]
+    return {p["metadata"]["name"] for p in pods}
+
+
+def test_8b_sample_app_keeps_votes_when_the_api_pod_goes(env: dict[str, str]) -> None:
+    r = vkp(env, "sample-app", "deploy", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr + kubectl(env, "describe", "pods", "-n", SAMPLE).stdout[-3000:]
+    deployed = json.loads(r.stdout)
+    assert deployed["warnings"] == [], deployed
+    workers = {state(env).nodes[n].address for n in WORKERS}
+    url = deployed["url"]
+    assert url.removeprefix("http://").split(":")[0] in workers, url
+    assert deployed["deployments"] == {"redis": "1/1", "api": "2/2", "ui": "1/1"}
+    # The page, and a vote through its form, from this machine through the NodePort.
+    page = http_get(url.removeprefix("http://").split(":")[0], deployed["node_port"])
+    assert "200 OK" in page and "La Tavola" in page, page
+    status, _ = http_call(url, "POST", "/vote", b"id=sakura")
+    assert status == 303
+    status, body = http_call(url, "POST", "/api/restaurants/sakura/vote", b"")
+    assert status == 200 and json.loads(body)["votes"] == 2, body
+    before = api_pods(env)
+    assert len(before) == 2
+    r = kubectl(env, "delete", "pods", "-n", SAMPLE, "-l", "app.kubernetes.io/component=api", "--wait=true")
+    assert r.returncode == 0, r.stderr
+    r = kubectl(env, "rollout", "status", "-n", SAMPLE, "deployment/api", "--timeout=180s")
+    assert r.returncode == 0, r.stderr
+    assert not before & api_pods(env), "the API pods are new ones"
+
+    def votes() -> dict[str, int] | None:
+        try:
+            status, body = http_call(url, "GET", "/api/votes")
+        except OSError:
+            return None  # the Service's endpoints and rules are still catching up
+        return json.loads(body)["votes"] if status == 200 else None
+
+    assert wait_for("the votes read through the NodePort", votes, timeout=60) == {"sakura": 2}
+    status, page = http_call(url, "GET", "/")
+    assert status == 200 and 'id="votes-sakura">2<' in page
+    # Gone, and gone again: the second delete is a no-op.
+    r = vkp(env, "sample-app", "delete", "lab", "-o", "json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deleted"] is True, r.stdout + r.stderr
+    r = kubectl(env, "get", "namespace", SAMPLE)
+    assert r.returncode != 0 and "NotFound" in r.stderr, r.stdout + r.stderr
+    r = vkp(env, "sample-app", "delete", "lab", "-o", "json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deleted"] is False, r.stdout + r.stderr
 
 
 def test_9_rerun_of_the_whole_cluster_changes_nothing(env: dict[str, str]) -> None:
