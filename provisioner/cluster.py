@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from provisioner import infra, runlock, stop
+from provisioner import infra, runlock, stop, view
 from provisioner.bootstrap import kube_api
 from provisioner.bootstrap.phases import remove_workers, run_bootstrap
 from provisioner.bootstrap.pki import load_pki
@@ -41,11 +41,13 @@ def _phase(
         seconds = time.monotonic() - t
         status = ended_status(exc)
         state.record_phase(name, status, seconds, str(exc).splitlines()[0])
+        view.phase(name, status, seconds)
         phases.append({"name": name, "seconds": round(seconds, 2), "status": status})
         exc.phase = exc.phase or name
         raise
     seconds = time.monotonic() - t
     state.record_phase(name, "done", seconds, None)
+    view.phase(name, "done", seconds)
     phases.append({"name": name, "seconds": round(seconds, 2), "status": "done"})
     log(f"phase {name}: done in {seconds:.1f}s")
     return result
@@ -226,7 +228,15 @@ def delete_cluster(
                 log(f"nothing of cluster {name} found in vCenter")
             else:
                 log(f"cluster {name} (id {cid}): {owned.summary()}")
-            kept = provider.destroy(owned, log)
+                for rec in sorted((local.nodes if local else {}).values(), key=_node_order):
+                    view.node(rec.name, rec.role)
+            t = time.monotonic()
+            try:
+                kept = provider.destroy(owned, log)
+            except (Exception, KeyboardInterrupt) as exc:
+                view.phase("delete", ended_status(exc), time.monotonic() - t)
+                raise
+            view.phase("delete", "done", time.monotonic() - t)
             leftovers = provider.find_owned(name, cid).names()
         if local is not None:
             local.remove()
@@ -242,6 +252,10 @@ def delete_cluster(
         "kept_folders": kept,
         "leftovers": leftovers,
     }
+
+
+def _node_order(n: Any) -> tuple[int, str]:
+    return (ROLE_ORDER.get(n.role, 9), n.name)
 
 
 def _local_state(name: str, cluster_id: str | None) -> ClusterState | None:
@@ -308,7 +322,7 @@ def describe_cluster(name: str) -> dict[str, Any]:
                 "moid": n.moid,
                 "instance_uuid": n.instance_uuid,
             }
-            for n in sorted(st.nodes.values(), key=lambda n: (ROLE_ORDER.get(n.role, 9), n.name))
+            for n in sorted(st.nodes.values(), key=_node_order)
         ],
         "phases": [dataclasses.asdict(p) for p in st.phases()],
         "state_dir": str(st.path),

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from provisioner import view
 from provisioner.errors import SSHError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
@@ -199,9 +200,10 @@ def ssh_check(spec: ClusterSpec, state: ClusterState, cluster: str) -> NodeCheck
                 raise SSHError(f"{node.name} ({node.address}) answers as {result.stdout.strip()!r}")
             # sshd answers before cloud-init is done with the node (it even restarts sshd):
             # bootstrapping then would race with it. retry_safe: the wait may span that restart.
-            done = conn.run(
-                Cmd("cloud-init", "status", "--wait"), check=False, timeout=deadline, retry_safe=True
-            )
+            with view.waiting(node.name, "waiting for cloud-init to finish", deadline):
+                done = conn.run(
+                    Cmd("cloud-init", "status", "--wait"), check=False, timeout=deadline, retry_safe=True
+                )
             if done.exit_status not in (0, 2):  # 2: done, with recoverable errors (cloud-init 23.4+)
                 said = (done.stdout + done.stderr).strip()[-400:]
                 raise SSHError(

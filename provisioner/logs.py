@@ -346,3 +346,8 @@ class RunLog(StderrLog):
 
 def progress() -> RunLog:
     return RunLog()
+
+
+def record(text: str) -> None:
+    """Write text (the recap) to the run's file only, as the progress lines are."""
+    logging.getLogger(_PROGRESS).info("%s", mask(text))

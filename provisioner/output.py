@@ -15,6 +15,8 @@ from typing import Any
 import click
 import yaml
 
+from provisioner import view
+
 # The formats of --output: text for people, the others one document on stdout for programs.
 FORMATS = ("text", "json", "yaml")
 STRUCTURED = ("json", "yaml")
@@ -24,7 +26,8 @@ _WARNED_KEY = "vkp.warned"
 
 
 class StderrLog:
-    """A run's log callable: each message goes to stderr with the seconds since it started."""
+    """A run's log callable: each message goes to stderr with the seconds since it started
+    (above the live table when one is drawn: provisioner/view)."""
 
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -38,7 +41,7 @@ class StderrLog:
         if self.quiet:
             return
         with self._lock:
-            print(f"[{self.elapsed():6.1f}s] {message}", file=sys.stderr, flush=True)
+            view.line(f"[{self.elapsed():6.1f}s] {message}")
 
 
 def emit_json(doc: Any) -> None:

@@ -33,6 +33,8 @@ _timeout_seconds: float | None = None
 _callbacks: dict[int, Callable[[], None]] = {}
 _next_id = 0
 _timer: threading.Timer | None = None
+# What must run even on a second Ctrl-C's immediate exit (the live view gives the cursor back).
+_hard_exit: Callable[[], None] | None = None
 
 
 class _Shield(threading.local):
@@ -170,6 +172,12 @@ def shielded() -> Iterator[None]:
         _shield.on = before
 
 
+def before_hard_exit(fn: Callable[[], None] | None) -> None:
+    """Call fn (None: nothing) just before a second SIGINT exits the process at once."""
+    global _hard_exit
+    _hard_exit = fn
+
+
 def install_signal_handlers() -> None:
     """First SIGINT/SIGTERM: stop the run gracefully. A second SIGINT: exit at once.
 
@@ -180,6 +188,9 @@ def install_signal_handlers() -> None:
     def handler(signum: int, _frame: Any) -> None:
         if _event.is_set() and "signal" in _reason:
             if signum == signal.SIGINT:
+                if _hard_exit is not None:
+                    with contextlib.suppress(Exception):
+                        _hard_exit()
                 os.write(2, b"\nsecond interrupt: exiting now; re-run the command to resume\n")
                 os._exit(130)
             return

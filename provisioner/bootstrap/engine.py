@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from provisioner import stop
+from provisioner import stop, view
 from provisioner.errors import ArtifactError, ProvisionerError
 from provisioner.ssh.commands import COMMAND_TIMEOUT, MASK, Cmd, Result, bounded, sudo
 
@@ -486,6 +486,24 @@ def describe_run(action: Run) -> str:
     return f"run {action.cmd.masked()}{' (as root)' if action.root else ''}{stdin}"
 
 
+def command_words(cmd: Cmd) -> str:
+    """What a command is, in a couple of words for the live view: 'kubeadm init', 'apt-get
+    install', 'a shell script' (never an argument's value: those may be secret or long)."""
+    words: list[str] = []
+    for a in cmd.args:
+        if not isinstance(a, str) or a.startswith("-") or "=" in a or a in ("env", "sudo", "timeout"):
+            continue
+        word = a.rsplit("/", 1)[-1] if not words else a
+        if not word.replace("-", "").replace("_", "").isalnum():
+            continue  # an option's value (a path, a namespace), not a subcommand
+        if word == "sh" and not words:
+            return "a shell script"
+        words.append(word)
+        if len(words) == 2:
+            break
+    return " ".join(words) or "a command"
+
+
 _DIR_SCRIPT = r"""
 set -eu
 d=$1 mode=$2 owner=$3 changed=no
@@ -600,13 +618,14 @@ class Executor:
             if self.dry_run:
                 return Result(0, "", ""), action.changes
             assert self.conn is not None
-            res = self.conn.run(
-                self._root(action.cmd) if action.root else action.cmd,
-                check=action.check,
-                timeout=action.timeout,
-                stdin=action.stdin,
-                retry_safe=action.retry_safe,
-            )
+            with view.waiting(result.host, command_words(action.cmd), action.timeout):
+                res = self.conn.run(
+                    self._root(action.cmd) if action.root else action.cmd,
+                    check=action.check,
+                    timeout=action.timeout,
+                    stdin=action.stdin,
+                    retry_safe=action.retry_safe,
+                )
             return res, action.changes and res.ok
         raise TypeError(f"a step yielded {action!r}, which is not an action")
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from provisioner import resources, stop
+from provisioner import resources, stop, view
 from provisioner.bootstrap.artifacts import probe_source
 from provisioner.bootstrap.engine import Cluster, PKISource
 from provisioner.bootstrap.pki import ensure_pki, load_pki
@@ -81,9 +81,20 @@ def connect_all(spec: ClusterSpec, state: ClusterState, nodes: list[NodePlan]) -
         for n in nodes
     }
     errors: list[ProvisionerError] = []
+
+    def open_one(conn: Connection) -> None:
+        view.step(conn.name, "connect")
+        try:
+            with view.waiting(conn.name, "waiting for SSH", CONNECT_DEADLINE):
+                conn.open()
+        except BaseException as exc:
+            view.done(conn.name, "connect", "interrupted" if stop.is_stop(exc) else "failed")
+            raise
+        view.done(conn.name, "connect", "connected")
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(conns)))) as pool:
-            futures = {name: pool.submit(c.open) for name, c in conns.items()}
+            futures = {name: pool.submit(open_one, c) for name, c in conns.items()}
             for _name, fut in futures.items():
                 try:
                     fut.result()
@@ -222,6 +233,9 @@ def _execute(
         hosts += [n for n in play.hosts.select(cluster.plan) if n not in hosts]
     started = time.monotonic()
     conns: dict[str, Connection] = {}
+    if not dry_run:
+        for n in hosts:
+            view.node(n.name, n.role)
     if not dry_run and hosts:
         log(f"connecting to {len(hosts)} node(s)")
         conns = connect_all(cluster.spec, cluster.state, hosts)

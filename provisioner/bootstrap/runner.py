@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner import stop
+from provisioner import stop, view
 from provisioner.bootstrap.engine import (
     ArtifactNeed,
     Cluster,
@@ -297,12 +297,14 @@ def _run_host(
         if sdef.name in skip:
             results.append(StepResult(sdef.name, node.name, status="skipped"))
             progress.step_done(play.name, node.name, sdef.name)
+            view.done(node.name, sdef.name, "skipped")
             log(f"  {node.name:<24} {sdef.name:<22} skipped (done by the interrupted run)")
             continue
         if stop.stopping():
             # Not started: the next run resumes here.
             progress.failed(play.name, node.name, sdef.name, "not started: the run was stopping")
             break
+        view.step(node.name, sdef.name, phase=play.phase)
         if facts is None:
             if dry_run or conn is None:
                 facts = Facts.unknown()
@@ -321,6 +323,7 @@ def _run_host(
                     )
                     results.append(res)
                     _log_result(log, res, dry_run)
+                    view.done(node.name, sdef.name, "failed")
                     progress.failed(play.name, node.name, sdef.name, res.error or "")
                     break
                 results.append(
@@ -330,6 +333,8 @@ def _run_host(
                 )
         res = Executor(conn, facts, dry_run=dry_run).run_step(sdef, sdef.fn(node, cluster, facts), node.name)
         results.append(res)
+        # A step the run's stop cut short did not fail on its own: the recap does not count it.
+        view.done(node.name, sdef.name, "interrupted" if stop.is_stop(res.exception) else res.status)
         _log_result(log, res, dry_run)
         if res.status == "failed":
             progress.failed(play.name, node.name, sdef.name, res.error or "")
@@ -352,11 +357,14 @@ def _run_local(
 ) -> StepResult:
     if sdef.name in progress.steps_done_before(play.name, "local"):
         progress.step_done(play.name, "local", sdef.name)
+        view.done("local", sdef.name, "skipped")
         return StepResult(sdef.name, "local", status="skipped")
     if stop.stopping():
         progress.failed(play.name, "local", sdef.name, "not started: the run was stopping")
         return StepResult(sdef.name, "local", status="skipped")
+    view.step("local", sdef.name, phase=play.phase)
     res = Executor(None, Facts.unknown(), dry_run=dry_run).run_step(sdef, sdef.fn(nodes, cluster), "local")
+    view.done("local", sdef.name, res.status)
     _log_result(log, res, dry_run)
     if res.status == "failed":
         progress.failed(play.name, "local", sdef.name, res.error or "")
@@ -474,6 +482,8 @@ def run_playbook(
         phase_ended = status != "running"
         if status != "running":
             report.phase_seconds[phase] = round(seconds or 0.0, 3)
+        if not dry_run:
+            view.phase(phase, status, seconds)
         if on_phase is not None:
             on_phase(phase, status, seconds, detail)
 

@@ -31,6 +31,29 @@ def _locked(name: str) -> Iterator[StderrLog]:
         yield progress
 
 
+@contextlib.contextmanager
+def _shown(output: str) -> Iterator[dict[str, Any]]:
+    """Show the run's progress (live table or plain lines, see provisioner/view) for the block;
+    yields the recap it fills when the block ends: per node ok/changed/failed/skipped counts
+    and the phase times, printed on stderr in text mode (after the live view is gone, even on a
+    failure), kept in the run's log file in any case, and put in the result document by callers."""
+    from provisioner import view
+
+    recap: dict[str, Any] = {}
+    board: view.Board | None = None
+    try:
+        with view.session(quiet=logs.quiet()) as board:
+            yield recap
+    finally:
+        if board is not None:
+            recap.update(board.recap())
+            if recap["hosts"]:
+                text = view.format_recap(recap)
+                logs.record(text)
+                if not structured(output) and not logs.quiet():
+                    click.echo(text, err=True)
+
+
 def _confirm(question: str, yes: bool) -> None:
     from provisioner.errors import Aborted
 
@@ -121,7 +144,9 @@ def create_cluster_cmd(
             _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
             from provisioner.cluster import create_cluster
 
-            return create_cluster(spec, progress, up_to=up_to, concurrency=concurrency)
+            with _shown(output) as recap:
+                made = create_cluster(spec, progress, up_to=up_to, concurrency=concurrency)
+            return {**made, "recap": recap}
 
     result = run(body, output, stoppable=not dry_run, timeout=timeout)
     if structured(output):
@@ -243,7 +268,9 @@ def delete_cluster_cmd(
             _confirm(f"Delete cluster {name} and all its VMs?", yes)
             from provisioner.cluster import delete_cluster
 
-            return delete_cluster(name, progress, cluster_id=cluster_id)
+            with _shown(output) as recap:
+                deleted = delete_cluster(name, progress, cluster_id=cluster_id)
+            return {**deleted, "recap": recap}
 
     keep_run_log(name)
     result = run(body, output, stoppable=True, timeout=timeout)
@@ -306,7 +333,9 @@ def resize_cmd(
             _confirm(f"Resize cluster {name} to {workers} worker(s)?", yes)
             from provisioner.cluster import resize_cluster
 
-            return resize_cluster(name, workers, progress, concurrency=concurrency)
+            with _shown(output) as recap:
+                resized = resize_cluster(name, workers, progress, concurrency=concurrency)
+            return {**resized, "recap": recap}
 
     keep_run_log(name)
     result = run(body, output, stoppable=True, timeout=timeout)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from provisioner import logs
+from provisioner import logs, view
 from provisioner.cli_common import VkpGroup
 from provisioner.output import warn
 
@@ -34,8 +34,18 @@ if TYPE_CHECKING:
 @click.option(
     "--debug", is_flag=True, help="Everything -vv shows, plus paramiko's (SSH) and pyVmomi's debug lines."
 )
+@click.option(
+    "--progress",
+    type=click.Choice(view.MODES),
+    default="auto",
+    show_default=True,
+    envvar="VKP_PROGRESS",
+    help="How progress is shown on stderr: rich, a live table of the nodes (step, what each waits "
+    "for and how long); plain, timestamped lines; auto, rich on a terminal unless NO_COLOR is "
+    "set, plain otherwise (pipes, CI). Either ends with a recap per node. Also VKP_PROGRESS.",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool, progress: str) -> None:
     """vkp stands up Kubernetes clusters on VMware vSphere.
 
     It clones etcd, master and worker VMs from a template through the vSphere API, bootstraps
@@ -48,6 +58,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
       vkp lab up
       eval "$(vkp lab env)"
       vkp create-cluster demo --plan dev --yes
+      vkp --progress plain create-cluster demo --plan dev --yes 2> create.log
 
     Verbosity options go before the command (`vkp -v create-cluster ...`); log lines go to
     stderr, so stdout keeps results and `-o json` documents. Whatever they say, each run of
@@ -59,6 +70,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     if quiet and (verbose or debug):
         raise click.UsageError("-q cannot be combined with -v or --debug: pick one")
     logs.configure(verbose=verbose, quiet=quiet, debug=debug)
+    view.configure(progress)
     ctx.call_on_close(logs.finish)
 
 

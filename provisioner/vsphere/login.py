@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from provisioner import view
 from provisioner.errors import ProvisionerError, SettingsMissing
 from provisioner.output import current_output, structured, warn
 from provisioner.spec import TLS, ClusterSpec, VSphereSpec, spec_from_dict
@@ -94,12 +95,14 @@ def login(vs: VSphereSpec, env: Mapping[str, str] | None = None) -> Session:
                 [(var, f"not set ({why}): export it for vCenter {vs.server}") for var, v in missing if not v],
                 hint='for the embedded lab: eval "$(vkp lab env)"',
             )
-        # Prompts go to stderr: stdout carries the one JSON document of -o json.
-        if not user:
-            sys.stderr.write(f"vCenter user for {vs.server}: ")
-            sys.stderr.flush()
-            user = sys.stdin.readline().strip()
-        password = password or getpass.getpass(f"password for {user}@{vs.server}: ", stream=sys.stderr)
+        # Prompts go to stderr: stdout carries the one JSON document of -o json. A live view
+        # (a resize's second session) would draw over them.
+        with view.paused():
+            if not user:
+                sys.stderr.write(f"vCenter user for {vs.server}: ")
+                sys.stderr.flush()
+                user = sys.stdin.readline().strip()
+            password = password or getpass.getpass(f"password for {user}@{vs.server}: ", stream=sys.stderr)
         _prompted[vs.server] = (user, password)
     return connect(
         join_server(vs.server, vs.port),

@@ -23,7 +23,7 @@ from typing import Any
 
 from pyVmomi import vim
 
-from provisioner import stop
+from provisioner import stop, view
 from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.errors import Interrupted, PreflightError, ProvisionerError
 from provisioner.infra import NodeCheck, NodeOutcome
@@ -168,6 +168,19 @@ class EraseUserdata:
 Action = (
     Clone | Resize | ProbeFirstBoot | WriteCloudInit | PowerOn | WaitForAddress | CheckNode | EraseUserdata
 )
+
+
+# What the live view calls each action, and whether doing it changes the VM (the recap's counts).
+STEP_NAMES: dict[type, tuple[str, bool]] = {
+    Clone: ("clone", True),
+    Resize: ("resize", True),
+    ProbeFirstBoot: ("probe first boot", False),
+    WriteCloudInit: ("write cloud-init", True),
+    PowerOn: ("power on", True),
+    WaitForAddress: ("guest address", False),
+    CheckNode: ("check SSH", False),
+    EraseUserdata: ("erase user data", True),
+}
 
 
 def node_actions(node: NodePlan, facts: VMFacts) -> Generator[Action, Any, None]:
@@ -398,6 +411,8 @@ class VMPhase:
             ownership.mark_folder(content, self.inv.folder, self.plan.cluster, self.state.cluster_id)
         outcomes: list[NodeOutcome] = []
         errors: list[ProvisionerError] = []
+        for n in self.plan.nodes:
+            view.node(n.name, n.role)
         with ThreadPoolExecutor(max_workers=max(1, len(self.plan.nodes))) as pool:
             futures = {pool.submit(self._node, n, owned.get(n.name)): n for n in self.plan.nodes}
             for fut in as_completed(futures):
@@ -493,14 +508,20 @@ class VMPhase:
                 break
             if isinstance(action, WriteCloudInit):
                 userdata = True
+            label, changes = STEP_NAMES[type(action)]
+            view.step(node.name, label, phase="vms")
             try:
                 outcome = self._do(action, node, out, facts, booting)
-            except BaseException:
+            except BaseException as exc:
                 # Whatever failed, and however (a stop, a task, the check): user data carries
                 # the node's private host key and must not stay in the VM's properties.
+                view.done(node.name, label, "interrupted" if stop.is_stop(exc) else "failed")
                 if userdata and out.machine is not None:
                     self._erase_userdata(node, out.machine)
                 raise
+            # A first boot probed in vain ends with the VM powered off: a change.
+            changes = changes or (isinstance(action, ProbeFirstBoot) and outcome is False)
+            view.done(node.name, label, "changed" if changes else "ok")
             if isinstance(action, Clone):
                 facts = outcome
             elif isinstance(action, EraseUserdata):
@@ -547,12 +568,14 @@ class VMPhase:
             out.seconds["power_on"] = time.monotonic() - booting.get("since", t)
             self.log(f"{node.name}: powered on")
         elif isinstance(action, WaitForAddress):
-            waits.wait_for_guest_ip(
-                self.session.content, vm, expected=action.address, deadline=time.monotonic() + self.deadline
-            )
+            what = f"waiting for VMware Tools to report {action.address}"
+            with view.waiting(node.name, what, self.deadline):
+                deadline = time.monotonic() + self.deadline
+                waits.wait_for_guest_ip(self.session.content, vm, expected=action.address, deadline=deadline)
             out.seconds["address"] = time.monotonic() - t
         elif isinstance(action, CheckNode):
-            self.check(node, self.deadline)
+            with view.waiting(node.name, "waiting for SSH (host key pinned)", self.deadline):
+                self.check(node, self.deadline)
             out.seconds["ssh"] = time.monotonic() - t
         elif isinstance(action, EraseUserdata):
             self._call(lambda: vms.reconfigure(vm, specs.redact_userdata_spec(verified=True)))
@@ -582,8 +605,11 @@ class VMPhase:
         is powered off, so the caller boots it again with fresh data."""
         try:
             probe_deadline = time.monotonic() + UNVERIFIED_PROBE_SECONDS
-            waits.wait_for_guest_ip(self.session.content, vm, expected=node.address, deadline=probe_deadline)
-            self.check(node, UNVERIFIED_PROBE_SECONDS)
+            with view.waiting(node.name, "waiting for its first boot to answer", UNVERIFIED_PROBE_SECONDS):
+                waits.wait_for_guest_ip(
+                    self.session.content, vm, expected=node.address, deadline=probe_deadline
+                )
+                self.check(node, UNVERIFIED_PROBE_SECONDS)
             return True
         except ProvisionerError as exc:
             if isinstance(exc, Interrupted) or stop.stopping():

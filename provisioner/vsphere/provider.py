@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner import stop
+from provisioner import stop, view
 from provisioner.infra import Holdings, Log, NodeCheck, NodeOutcome, SeenCluster
 from provisioner.plan import Plan
 from provisioner.spec import ClusterSpec
@@ -89,10 +89,22 @@ def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Eff
     names = {vm: str(p.get("name", vm._moId)) for vm, p in props.items()}
     on = [vm for vm, p in props.items() if p.get("runtime.powerState") == "poweredOn"]
 
-    def each(fn: Callable[..., bool], vms_: list[Any]) -> Callable[[float], str | None]:
+    def each(fn: Callable[..., bool], vms_: list[Any], step: str) -> Callable[[float], str | None]:
+        def one(vm: Any, deadline: float) -> None:
+            name = names[vm]
+            view.step(name, step, phase="delete")
+            try:
+                with view.waiting(name, f"waiting for vCenter to {step} it", deadline - time.monotonic()):
+                    did = session.call(fn, content, vm, deadline=deadline)
+            except BaseException as exc:
+                view.done(name, step, "interrupted" if stop.is_stop(exc) else "failed")
+                raise
+            # False: already done (off, or gone), which the recap counts as ok.
+            view.done(name, step, "changed" if did else "ok")
+
         def run(deadline: float) -> str | None:
             with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda vm: session.call(fn, content, vm, deadline=deadline), vms_))
+                list(pool.map(lambda vm: one(vm, deadline), vms_))
             return None
 
         return run
@@ -101,14 +113,14 @@ def destroy_effects(session: Session, owned: ownership.Owned) -> tuple[list[_Eff
         effects.append(
             _Effect(
                 f"power off {len(on)} VM(s): {', '.join(names[vm] for vm in on)}",
-                each(waits.power_off_and_wait, on),
+                each(waits.power_off_and_wait, on, "power off"),
             )
         )
     if owned.vms:
         effects.append(
             _Effect(
                 f"destroy {len(owned.vms)} VM(s): {', '.join(names[vm] for vm in owned.vms)}",
-                each(waits.destroy_and_wait, owned.vms),
+                each(waits.destroy_and_wait, owned.vms, "destroy"),
             )
         )
     by_cluster: dict[Any, list[Any]] = {}

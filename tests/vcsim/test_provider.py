@@ -22,7 +22,7 @@ import pytest
 
 from provisioner import cluster
 from provisioner.errors import ProvisionerError, SSHError
-from provisioner.plan import NodePlan
+from provisioner.plan import NodePlan, make_plan
 from provisioner.spec import load_spec
 from provisioner.state import ClusterState
 from provisioner.vsphere import find, ownership, placement, specs
@@ -295,3 +295,40 @@ def test_a_node_that_fails_its_check_keeps_no_host_key_in_vcenter(env: dict[str,
     assert failed["extra"].get(specs.NODE_VERIFIED) != "TRUE", "the next run must check it again"
     assert other["extra"].get(specs.NODE_VERIFIED) == "TRUE"
     cluster.delete_cluster(spec.name, print, env=env)
+
+
+def test_the_progress_view_follows_each_vm_and_its_recap_counts_what_changed(
+    env: dict[str, str], guests: Any
+) -> None:
+    """What the live view and the recap of create-cluster and delete-cluster show for the VM
+    phase: a row per node with its role, its steps in phase vms, and ok/changed counts; a
+    re-run changes nothing."""
+    from provisioner import view
+
+    spec = make_spec(env, "dev")
+    state = ClusterState.create_or_load(spec.name)
+    state.save_spec(spec.to_dict())
+    expected_rows = [(n.name, n.role) for n in make_plan(spec).nodes]
+    with VSPHERE.open(spec, env) as p:
+        with view.session(quiet=True) as first:
+            p.machines(spec, state, print, concurrency=4, check=Checked())
+        rows = first.rows()
+        assert [(r.name, r.role) for r in rows] == expected_rows
+        assert {r.phase for r in rows} == {"vms"}
+        # The last step: the user data (with the host key) erased once the node answered.
+        assert {(r.step, r.status) for r in rows} == {("erase user data", "changed")}
+        for name, counts in first.recap()["hosts"].items():
+            # clone, cloud-init, power on, erase (and a resize if the clone kept the template's
+            # size) changed it; the address and the SSH check only looked.
+            assert counts["changed"] >= 4 and counts["ok"] == 2 and counts["failed"] == 0, (name, counts)
+        with view.session(quiet=True) as again:
+            p.machines(spec, state, print, concurrency=4, check=Checked())
+        assert all(
+            c == {"ok": 2, "changed": 0, "failed": 0, "skipped": 0} for c in again.recap()["hosts"].values()
+        )
+    with view.session(quiet=True) as deleted:
+        cluster.delete_cluster(spec.name, print, env=env)
+    recap = deleted.recap()
+    # Each VM powered off, then destroyed.
+    assert recap["hosts"] == {n: {"ok": 0, "changed": 2, "failed": 0, "skipped": 0} for n, _ in expected_rows}
+    assert [p["name"] for p in recap["phases"]] == ["delete"]
