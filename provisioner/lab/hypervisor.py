@@ -28,7 +28,8 @@ import yaml
 from pyVmomi import vim, vmodl
 
 from provisioner.lab import guest as guests
-from provisioner.lab import guestinfo, paths
+from provisioner.lab import paths
+from provisioner.vsphere import guestinfo
 from provisioner.vsphere.find import view_filter_spec
 from provisioner.vsphere.session import Session, connect
 

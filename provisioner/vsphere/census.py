@@ -14,8 +14,13 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from provisioner.infra import SeenCluster, SeenNode, SeenRule
-from provisioner.lab import guestinfo  # pure: reads guestinfo the way cloud-init does
-from provisioner.vsphere import find, ownership, placement, specs
+from provisioner.vsphere import (
+    find,
+    guestinfo,  # pure: reads guestinfo the way cloud-init does
+    ownership,
+    placement,
+    specs,
+)
 
 _pcq = vmodl.query.PropertyCollector
 

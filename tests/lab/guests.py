@@ -12,10 +12,11 @@ import yaml
 from provisioner.bootstrap.cloudinit import cloud_init_documents
 from provisioner.errors import SSHError
 from provisioner.lab import guest as lab_guest
-from provisioner.lab import guestinfo, paths
+from provisioner.lab import paths
 from provisioner.ssh.commands import Cmd
 from provisioner.ssh.connector import Connection
 from provisioner.state import ClusterState
+from provisioner.vsphere import guestinfo
 
 
 def answers(ip: str) -> bool:

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from provisioner.lab import guestinfo
+from provisioner.vsphere import guestinfo
 
 
 def b64(s: str) -> str:

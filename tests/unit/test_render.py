@@ -112,7 +112,7 @@ def test_userdata_document(docs):
 
 def test_documents_are_what_the_lab_reads(docs):
     # The lab decodes guestinfo the way cloud-init's VMware datasource does.
-    from provisioner.lab import guestinfo
+    from provisioner.vsphere import guestinfo
 
     meta_text, user_text, *_ = docs
     data = guestinfo.parse({"guestinfo.metadata": meta_text, "guestinfo.userdata": user_text}, "vm-1")

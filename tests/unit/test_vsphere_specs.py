@@ -7,8 +7,7 @@ import base64
 import pytest
 from pyVmomi import vim
 
-from provisioner.lab import guestinfo
-from provisioner.vsphere import specs
+from provisioner.vsphere import guestinfo, specs
 
 TEMPLATE_MAC = "00:50:56:aa:bb:cc"
 

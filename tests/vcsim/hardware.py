@@ -18,8 +18,7 @@ from typing import Any
 
 from pyVmomi import vim
 
-from provisioner.lab import guestinfo
-from provisioner.vsphere import find, waits
+from provisioner.vsphere import find, guestinfo, waits
 from provisioner.vsphere.session import Session, connect
 
 

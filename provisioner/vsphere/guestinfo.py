@@ -2,8 +2,9 @@
 
 A real VM's cloud-init reads guestinfo.metadata / guestinfo.userdata (and their .encoding
 keys) from VMware Tools; the lab's guests have no Tools, so the hypervisor bridge turns the
-same keys into a NoCloud seed. Keeping the decoding here, pure, means the lab reads exactly
-what the provisioner wrote and nothing else.
+same keys into a NoCloud seed. Kept pure and beside the code that writes the keys, so the lab
+reads exactly what the provisioner wrote, and the census (describe-cluster from vCenter) reads
+a never-booted VM's address from the same data.
 """
 
 from __future__ import annotations
