@@ -5,7 +5,7 @@ in one place (cli_common.run), so scripts can rely on them. The group is in root
 here adds the commands of one concern to it when imported.
 """
 
-from provisioner.cli import access, info, lifecycle  # noqa: F401  (they register their commands)
+from provisioner.cli import access, completion, info, lifecycle  # noqa: F401  (they register their commands)
 from provisioner.cli.root import main
 from provisioner.lab import cli as lab_cli
 

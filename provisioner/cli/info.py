@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, load_cluster_spec, main, spec_options
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit, structured
@@ -152,7 +153,7 @@ def list_clusters_cmd(output: str) -> None:
 
 
 @main.command("describe-cluster")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @OUTPUT_OPTION
 def describe_cluster_cmd(name: str, output: str) -> None:
     """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files.
@@ -187,7 +188,7 @@ def describe_cluster_cmd(name: str, output: str) -> None:
 
 
 @main.command("certs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @OUTPUT_OPTION
 def certs_cmd(name: str, output: str) -> None:
     """List a cluster's certificates (CAs, etcd server, peer and client certs) with their expiry.
