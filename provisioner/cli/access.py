@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from provisioner.cli.completers import complete_cluster, complete_node
 from provisioner.cli.root import keep_run_log, main
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit, structured
@@ -23,8 +24,8 @@ def _after_dashes(args: tuple[str, ...]) -> tuple[str, ...]:
 
 @main.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @OUTPUT_OPTION
-@click.argument("name")
-@click.argument("node")
+@click.argument("name", shell_complete=complete_cluster)
+@click.argument("node", shell_complete=complete_node)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh_cmd(name: str, node: str, command: tuple[str, ...], output: str) -> None:
     """Open a shell on NODE of cluster NAME, or run COMMAND there (after --).
@@ -47,7 +48,7 @@ def ssh_cmd(name: str, node: str, command: tuple[str, ...], output: str) -> None
 
 @main.command("etcdctl", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @OUTPUT_OPTION
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
 def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
     """Run etcdctl (API v3) against the etcd members of cluster NAME.
@@ -74,7 +75,7 @@ def etcdctl_cmd(name: str, args: tuple[str, ...], output: str) -> None:
 
 
 @main.command("get-credentials")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option(
     "--merge",
     is_flag=True,

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, load_cluster_spec, main, spec_options
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit, structured
@@ -207,7 +208,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 @main.command("describe-cluster")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option(
     "--from-vcenter",
     is_flag=True,
@@ -303,7 +304,7 @@ def _echo_from_vcenter(d: dict[str, Any]) -> None:
 
 
 @main.command("certs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @OUTPUT_OPTION
 def certs_cmd(name: str, output: str) -> None:
     """List a cluster's certificates (CAs, etcd server, peer and client certs) with their expiry.

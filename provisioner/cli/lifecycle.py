@@ -16,6 +16,7 @@ import click
 
 from provisioner import logs
 from provisioner.bootstrap.playbook import create_phases
+from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, load_cluster_spec, main, spec_options
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
 from provisioner.output import StderrLog, emit, structured
@@ -225,7 +226,7 @@ def _echo_dry_run(actions: list[str], steps: list[str]) -> None:
 
 
 @main.command("delete-cluster")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(
     "--dry-run", is_flag=True, help="List what would be destroyed (read from vCenter); change nothing."
@@ -291,7 +292,7 @@ def delete_cluster_cmd(
 
 
 @main.command("resize")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option("--workers", type=click.IntRange(1, 1000), required=True, help="The number of workers wanted.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option(

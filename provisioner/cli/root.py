@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provisioner import logs, view
+from provisioner.cli.completers import complete_cluster, complete_plan
 from provisioner.cli_common import VkpGroup
 from provisioner.output import warn
 
@@ -86,8 +87,9 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "plan_name",
         metavar="PLAN",
         help="Named plan (see `vkp plans`); overrides the spec's plan:.",
+        shell_complete=complete_plan,
     )(fn)
-    fn = click.argument("name", required=False)(fn)
+    fn = click.argument("name", required=False, shell_complete=complete_cluster)(fn)
     return click.option(
         "-f",
         "--file",

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from provisioner import logs
+from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, main
 from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
 from provisioner.output import emit, structured
@@ -38,7 +39,7 @@ def sample_app() -> None:
 
 
 @sample_app.command("deploy")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option(
     "--image-repository",
     metavar="REPO",
@@ -94,7 +95,7 @@ def deploy_cmd(name: str, image_repository: str, timeout: float | None, output: 
 
 
 @sample_app.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @TIMEOUT_OPTION
 @OUTPUT_OPTION
 def delete_cmd(name: str, timeout: float | None, output: str) -> None:

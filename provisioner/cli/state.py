@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from provisioner import logs
+from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, main
 from provisioner.cli_common import OUTPUT_OPTION, run
 from provisioner.output import emit, structured
@@ -26,7 +27,7 @@ def state_group() -> None:
 
 
 @state_group.command("export")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_cluster)
 @click.option(
     "--file",
     "file",
