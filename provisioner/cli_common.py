@@ -92,11 +92,7 @@ def run(
     try:
         return fn()
     except ProvisionerError as exc:
-        if structured(output):
-            emit(error_doc(exc.to_dict(), exc.exit_code), output)
-        click.echo(f"error: {exc}", err=True)
-        point_at_run_log(f"error: {exc}")
-        sys.exit(exc.exit_code)
+        fail(exc, output)
     except KeyboardInterrupt:
         if structured(output):
             err = {"type": "KeyboardInterrupt", "code": ExitCode.INTERRUPTED, "message": "interrupted"}
@@ -107,7 +103,30 @@ def run(
     except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
         raise  # click's own (a prompt's Ctrl-C, a bad parameter): the group reports them
     except Exception as exc:  # noqa: BLE001 - the last resort: a message, never a traceback
+        known = _vcenter_fault(exc)
+        if known is not None:
+            log.debug("vCenter fault", exc_info=exc)
+            fail(known, output)
         fail_unexpected(exc, output)
+
+
+def fail(exc: ProvisionerError, output: str) -> NoReturn:
+    """A domain error: its message (or one document), the run log's path, its exit code."""
+    if structured(output):
+        emit(error_doc(exc.to_dict(), exc.exit_code), output)
+    click.echo(f"error: {exc}", err=True)
+    point_at_run_log(f"error: {exc}")
+    sys.exit(exc.exit_code)
+
+
+def _vcenter_fault(exc: BaseException) -> ProvisionerError | None:
+    # A fault raised by a vCenter call itself (NoPermission, mostly). Looked at only when
+    # pyVmomi is loaded, so commands that never talk to vCenter do not import it.
+    if "pyVmomi" not in sys.modules:
+        return None
+    from provisioner.vsphere.faults import as_error
+
+    return as_error(exc)
 
 
 def output_in_args(args: Sequence[str]) -> str:

@@ -29,6 +29,7 @@ from pyVmomi import vim, vmodl
 from provisioner import stop
 from provisioner.errors import TaskFailed, Timeout, VSphereError
 from provisioner.vsphere import vms
+from provisioner.vsphere.faults import fault_text
 
 _pcq = vmodl.query.PropertyCollector
 # Short enough that Ctrl-C ends a wait within the 5 s a user waits; one cheap call per slice.
@@ -61,15 +62,6 @@ class TasksFailed(TaskFailed):
     @property
     def fault(self) -> Any:
         return self.failures[0].fault
-
-
-def fault_text(fault: Any) -> str:
-    """vCenter's fault type and message, e.g. "vim.fault.DuplicateName: The name 'x' already exists."."""
-    # pyVmomi names fault classes "vim.fault.X" / "vmodl.fault.X": the name to look up in
-    # the API reference. msg carries the LocalizedMethodFault's localizedMessage.
-    kind = type(fault).__name__
-    msg = getattr(fault, "msg", None) or ""
-    return f"{kind}: {msg}" if msg else kind
 
 
 def _content(si_or_content: Any) -> Any:
