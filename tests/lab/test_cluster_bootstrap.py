@@ -328,6 +328,16 @@ def test_6_interrupted_during_kubeadm_init_then_converges(env: dict[str, str]) -
     for t in tokens:
         secret = base64.b64decode(t["data"]["token-secret"]).decode()
         assert secret not in logged
+    # Each run kept its full debug log, and none holds the vCenter password or a private key.
+    run_logs = sorted((state_dir / "lab" / "logs").glob("*.log"))
+    assert any("create-cluster" in p.name for p in run_logs), run_logs
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in run_logs)
+    log_text = "".join(p.read_text(errors="replace") for p in run_logs)
+    assert " DEBUG " in log_text, "the run logs hold vkp's debug lines whatever -v said"
+    assert env["VKP_VSPHERE_PASSWORD"] not in log_text
+    for key in state_dir.rglob("*.key"):
+        body = [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
+        assert body and not any(ln in log_text for ln in body), f"a line of {key.name} is in a run log"
 
 
 def test_7_api_server_uses_the_external_etcd(env: dict[str, str]) -> None:
