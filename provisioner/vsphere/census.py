@@ -56,15 +56,7 @@ def _snapshot(content: Any) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
                 _pcq.PropertySpec(type=vim.CustomFieldsManager, pathSet=["field"]),
             ],
         )
-        collector = content.propertyCollector
-        out: dict[Any, dict[str, Any]] = {}
-        result = collector.RetrievePropertiesEx([spec], _pcq.RetrieveOptions())
-        while result is not None:
-            for oc in result.objects or []:
-                out.setdefault(oc.obj, {}).update({p.name: p.val for p in oc.propSet or []})
-            if not result.token:
-                break
-            result = collector.ContinueRetrievePropertiesEx(result.token)
+        out = find.retrieve_pages(content.propertyCollector, spec)
     finally:
         view.Destroy()
     defs = out.pop(fields_of, {}).get("field") or []

@@ -72,19 +72,22 @@ def retrieve(
     """
     view = content.viewManager.CreateContainerView(container, list(types), recursive)
     try:
-        spec = view_filter_spec(view, types, props)
-        collector = content.propertyCollector
-        out: dict[Any, dict[str, Any]] = {}
-        result = collector.RetrievePropertiesEx([spec], _pcq.RetrieveOptions())
-        while result is not None:
-            for oc in result.objects or []:
-                out.setdefault(oc.obj, {}).update({p.name: p.val for p in oc.propSet or []})
-            if not result.token:
-                break
-            result = collector.ContinueRetrievePropertiesEx(result.token)
-        return out
+        return retrieve_pages(content.propertyCollector, view_filter_spec(view, types, props))
     finally:
         view.Destroy()
+
+
+def retrieve_pages(collector: Any, spec: Any) -> dict[Any, dict[str, Any]]:
+    """Every object spec selects with its properties, all pages of the answer read."""
+    out: dict[Any, dict[str, Any]] = {}
+    result = collector.RetrievePropertiesEx([spec], _pcq.RetrieveOptions())
+    while result is not None:
+        for oc in result.objects or []:
+            out.setdefault(oc.obj, {}).update({p.name: p.val for p in oc.propSet or []})
+        if not result.token:
+            break
+        result = collector.ContinueRetrievePropertiesEx(result.token)
+    return out
 
 
 def content_of(obj: Any) -> Any:
