@@ -94,7 +94,7 @@ def restore_etcd(name: str, source: Path, log: Log, *, dry_run: bool = False) ->
             f"{res['host']}: {a}"
             for play in report["plays"]
             for res in play["results"]
-            for a in res["actions"]
+            for a in res.get("actions", [])
         ]
         return {**result, "dry_run": True, "resumes": resumes, "actions": actions, "report": report}
     started = time.monotonic()
