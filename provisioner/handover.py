@@ -60,7 +60,8 @@ _TAG = 16
 MIN_PASSPHRASE = 12
 # A path inside the state: plain names, no "..", nothing hidden (locks, temporary files).
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=-]{0,254}")
-SKIPPED_DIRS = ("logs",)
+# Snapshots (vkp etcd snapshot) are as large as etcd's database: backups, not state.
+SKIPPED_DIRS = ("logs", "snapshots")
 
 Log = Callable[[str], None]
 

@@ -7,9 +7,10 @@ clearly without artifacts, an etcd member brought back after its VM went down; t
 own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three Ready nodes,
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
 NodePort, vkp's sample app keeping a vote while its API pods are replaced, a re-run that
-changes nothing, workers added and drained away, the cluster handed to another machine (an
-empty state directory) that sees it in vCenter, imports its state and uses it, a node whose
-host key changed refused, and at last the delete from that other machine.
+changes nothing, workers added and drained away, etcd restored from a snapshot, the cluster
+handed to another machine (an empty state directory) that sees it in vCenter, imports its
+state and uses it, a node whose host key changed refused, and at last the delete from that
+other machine.
 """
 
 from __future__ import annotations
@@ -574,6 +575,50 @@ def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], l
     r = kubectl(env, "rollout", "status", "deployment/vkp-web", "--timeout=60s")
     assert r.returncode == 0, r.stderr
 
+
+
+def test_10a_etcd_snapshot_and_restore(env: dict[str, str], tmp_path: Path) -> None:
+    assert kubectl(env, "create", "configmap", "cm-before", "--from-literal=at=before").returncode == 0
+    r = vkp(env, "etcd", "snapshot", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    snap = json.loads(r.stdout)
+    path = Path(snap["path"])
+    assert path.is_file() and path.stat().st_mode & 0o777 == 0o600, snap
+    assert snap["revision"] > 0 and snap["keys"] > 0, snap
+    assert json.loads(Path(f"{path}.json").read_text())["cluster_id"] == state(env).cluster_id
+    assert kubectl(env, "delete", "configmap", "cm-before").returncode == 0
+    assert kubectl(env, "create", "configmap", "cm-after", "--from-literal=at=after").returncode == 0
+
+    # Another cluster's snapshot (its metadata says so) is refused before anything is touched.
+    other = tmp_path / "other.db"
+    shutil.copyfile(path, other)
+    shutil.copyfile(f"{path}.sha256", f"{other}.sha256")
+    meta = json.loads(Path(f"{path}.json").read_text())
+    Path(f"{other}.json").write_text(json.dumps({**meta, "cluster": "prod", "cluster_id": "not-lab"}))
+    r = vkp(env, "etcd", "restore", "lab", "--from", str(other), "--yes", "-o", "json")
+    assert r.returncode == ExitCode.PREFLIGHT and "snapshot of cluster 'prod'" in r.stdout, r.stdout
+
+    r = vkp(env, "etcd", "restore", "lab", "--from", str(path), "--yes", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    restored = json.loads(r.stdout)
+    names = {cm["metadata"]["name"] for cm in kube_json(env, "get", "configmaps")["items"]}
+    assert "cm-before" in names and "cm-after" not in names, names
+
+    def all_ready() -> bool:
+        try:
+            return sorted(ready_nodes(env)) == KUBE_NODES
+        except AssertionError:  # the API still coming back
+            return False
+
+    wait_for("every node Ready after the restore", all_ready)
+    report = etcd_report(env)
+    assert report.ok and sorted(m.name for m in report.members) == ETCD
+    # The data from before the restore is kept on every member, not deleted.
+    for member in ETCD:
+        assert on_node(env, member, f"sudo test -d {restored['backup_dir']}/member").returncode == 0
+    assert kubectl(env, "delete", "configmap", "cm-before").returncode == 0
+    print(f"etcd snapshot: {snap['seconds']:.1f}s ({snap['keys']} keys, revision {snap['revision']}); "
+          f"restore: {restored['seconds']:.1f}s")  # fmt: skip
 
 # The machine that takes the cluster over: the same vCenter settings, an empty state directory.
 HANDOVER_PASSPHRASE = "lab handover passphrase, not a secret"

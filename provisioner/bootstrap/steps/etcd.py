@@ -66,6 +66,11 @@ def client_endpoints(cluster: Cluster) -> list[str]:
     return [url(n.address, CLIENT_PORT) for n in cluster.plan.by_role("etcd")]
 
 
+def initial_cluster(cluster: Cluster) -> str:
+    """etcd's --initial-cluster: every planned member's name and peer URL."""
+    return ",".join(f"{m.name}={url(m.address, PEER_PORT)}" for m in cluster.plan.by_role("etcd"))
+
+
 def _cert_files(node: NodePlan) -> list[tuple[str, str, str]]:
     """(PKI name, path on the node, "cert" | "key")."""
     return [
@@ -98,7 +103,6 @@ def _certs(node: NodePlan, cluster: Cluster) -> StepGen:
 
 def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
     """(etcd.conf.yml, etcd.service) for a member. Pure."""
-    members = cluster.plan.by_role("etcd")
     common = {"name": node.name, "cluster": cluster.plan.cluster}
     config = render(
         "etcd/etcd.conf.yml.j2",
@@ -108,7 +112,7 @@ def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
         peer_url=url(node.address, PEER_PORT),
         client_url=url(node.address, CLIENT_PORT),
         local_client_url=url("127.0.0.1", CLIENT_PORT),
-        initial_cluster=",".join(f"{m.name}={url(m.address, PEER_PORT)}" for m in members),
+        initial_cluster=initial_cluster(cluster),
         # Unique per cluster, so members of two clusters sharing a network never join each other.
         cluster_token=f"vkp-{cluster.plan.cluster}-{cluster.cluster_id}",
         heartbeat_interval=cluster.spec.etcd.heartbeat_interval,
