@@ -30,6 +30,8 @@ class FakeHost:
         self.commands: list[str] = []
         self.fail: dict[str, Result] = {}  # substring of a masked command -> its result
         self.round_trips = 0
+        # Shared by the hosts of a test that checks the order of commands across nodes.
+        self.timeline: list[str] | None = None
 
     # -- what Connection offers --------------------------------------------------------------
 
@@ -45,6 +47,8 @@ class FakeHost:
         self.round_trips += 1
         shown = cmd.masked()
         self.commands.append(shown)
+        if self.timeline is not None:
+            self.timeline.append(f"{self.name}: {shown}")
         result = self._answer(cmd)
         for needle, res in self.fail.items():
             if needle in shown:
@@ -96,6 +100,9 @@ class FakeHost:
             changed = self.dirs.get(path) != (mode, owner)
             self.dirs[path] = (mode, owner)
             return Result(0, "yes\n" if changed else "no\n", "")
+        if args[:3] == ["rm", "-f", "--"]:
+            for path in args[3:]:
+                self.files.pop(path, None)
         return self._command(args)
 
     def _command(self, args: list[str]) -> Result:
