@@ -71,12 +71,12 @@ def renew_leaves(
         raise PKIError(f"{', '.join(unknown)}: not a certificate vkp issues for cluster {state.name}")
     now = dt.datetime.now(dt.UTC)
     out: list[dict[str, Any]] = []
+    # CAs first, outside the lock: they are only read, and a missing one stops the run before
+    # any leaf is written.
+    cas = {i: _existing_ca(pki, i, now) for i in dict.fromkeys(profiles[n].issuer for n in names)}
     with file_lock(root):
-        cas: dict[str, tuple[x509.Certificate, PrivateKey]] = {}
         for name in names:
             profile = profiles[name]
-            if profile.issuer not in cas:
-                cas[profile.issuer] = _existing_ca(pki, profile.issuer, now)
             ca_cert, ca_key = cas[profile.issuer]
             before = serial_hex(_load_cert(pki.path(name))) if pki.path(name).is_file() else None
             key = _new_key(pki_spec)

@@ -60,6 +60,8 @@ class FakeHost:
     def put(self, data: bytes, path: str, *, mode: int, owner: str | None = None) -> bool:
         self.round_trips += 1
         self.commands.append(f"put {path}")
+        if self.timeline is not None:
+            self.timeline.append(f"{self.name}: put {path}")
         new = (data, format(mode, "o"), owner or "root:root")
         changed = self.files.get(path) != new
         self.files[path] = new

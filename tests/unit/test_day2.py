@@ -439,7 +439,9 @@ def test_run_day2_connects_only_to_the_hosts_its_plays_name(
 def test_run_day2_refuses_an_unknown_playbook_or_other_params_before_connecting(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path)
     assert cluster.state is not None
-    with pytest.raises(PlaybookError, match="no day-2 playbook 'remove-worker'; there are: certs-renew, remove-workers"):
+    with pytest.raises(
+        PlaybookError, match="no day-2 playbook 'remove-worker'; there are: certs-renew, remove-workers"
+    ):
         phases.run_day2("remove-worker", cluster.spec, cluster.plan, cluster.state, params={}, log=quiet)
     with pytest.raises(PlaybookError, match="no day-2 playbook 'cluster'"):
         phases.run_day2("cluster", cluster.spec, cluster.plan, cluster.state, params={}, log=quiet)

@@ -214,7 +214,7 @@ def start(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         )
 
 
-def wait_cluster_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) -> object:
+def wait_cluster_healthy(cluster: Cluster, deadline: float | None = None) -> object:
     """Every member healthy, the member list as planned, a write read back; retried until the
     deadline (members that just started may still be electing a leader)."""
     endpoints = client_endpoints(cluster)
@@ -222,7 +222,7 @@ def wait_cluster_healthy(cluster: Cluster, deadline: float = HEALTH_DEADLINE) ->
     return retry_call(
         lambda: check_cluster(endpoints, expected, cluster.pki),  # type: ignore[arg-type]
         retry_on=lambda e: isinstance(e, EtcdUnhealthy | EtcdError),
-        deadline=deadline,
+        deadline=HEALTH_DEADLINE if deadline is None else deadline,
         initial=0.5,
         maximum=3.0,
         what=f"etcd health at {', '.join(endpoints)}",

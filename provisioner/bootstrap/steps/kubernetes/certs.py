@@ -129,7 +129,8 @@ def renew_certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     yield Local(
         f"wait for {url}/readyz (the new API server)", api_back, report=f"apiserver-restart:{node.name}"
     )
-    if not facts.known or facts.file(KUBE_VIP_MANIFEST).kind == "file":
+    kube_vip = cluster.plan.api_endpoint.mode == "kube-vip"
+    if kube_vip and (not facts.known or facts.file(KUBE_VIP_MANIFEST).kind == "file"):
         # kube-vip holds admin.conf's old client certificate in memory until it restarts.
         yield Run(restart_container("kube-vip"), timeout=CONTAINER_WAIT + 30)
         endpoint = cluster.plan.api_endpoint.url
