@@ -102,10 +102,15 @@ class FakeHost:
             changed = self.dirs.get(path) != (mode, owner)
             self.dirs[path] = (mode, owner)
             return Result(0, "yes\n" if changed else "no\n", "")
-        if args[:3] == ["rm", "-f", "--"]:
-            for path in args[3:]:
-                self.files.pop(path, None)
         return self._command(args)
+
+    def remove(self, args: list[str]) -> Result | None:
+        """For subclasses that model removals: `rm -f -- PATH...` takes the files away."""
+        if args[:3] != ["rm", "-f", "--"]:
+            return None
+        for path in args[3:]:
+            self.files.pop(path, None)
+        return Result(0, "", "")
 
     def _command(self, args: list[str]) -> Result:
         return Result(0, "", "")

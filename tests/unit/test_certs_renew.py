@@ -44,6 +44,8 @@ class Node(fakes.FakeHost):
         pass
 
     def _command(self, args: list[str]) -> Result:
+        if (removed := self.remove(args)) is not None:
+            return removed
         if args[:2] == ["sh", "-c"] and "systemctl restart" in args[2]:
             return Result(0, "restarted\n", "")
         return Result(0, "", "")
@@ -278,3 +280,37 @@ def test_restart_script_is_valid_shell() -> None:
     assert isinstance(cmd, Cmd)
     r = fakes.run_locally(Cmd("sh", "-n", "-c", cmd.args[2]))
     assert r.ok, r.stderr
+
+
+def test_the_cli_keeps_vkp_certs_name_and_adds_renew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from provisioner.cli import main
+
+    w = World(tmp_path, monkeypatch)
+    listed = CliRunner().invoke(main, ["certs", "demo", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    names = [c["name"] for c in json.loads(listed.stdout)["certificates"]]
+    assert names[:3] == ["ca", "etcd-ca", "front-proxy-ca"]
+    text = CliRunner().invoke(main, ["certs", "demo"])
+    assert text.exit_code == 0 and "etcd-server-demo-etcd-1" in text.stdout
+
+    nothing = CliRunner().invoke(main, ["certs", "renew", "demo"])
+    assert nothing.exit_code == 2 and "--etcd, --kubernetes, or --all" in nothing.output
+    before = w.serials()
+    dry = CliRunner().invoke(main, ["certs", "renew", "demo", "--all", "--dry-run", "-o", "json"])
+    assert dry.exit_code == 0, dry.output
+    doc = json.loads(dry.stdout)
+    assert doc["ok"] and doc["dry_run"] and doc["parts"] == ["etcd", "kubernetes"]
+    assert w.serials() == before
+
+    done = CliRunner().invoke(main, ["certs", "renew", "demo", "--etcd", "--yes", "-o", "json"])
+    assert done.exit_code == 0, done.output
+    renewed = {r["name"]: r["serial"] for r in json.loads(done.stdout)["renewed"]}
+    after = {
+        c["name"]: c["serial"]
+        for c in json.loads(CliRunner().invoke(main, ["certs", "demo", "-o", "json"]).stdout)["certificates"]
+    }
+    assert after["etcd-server-demo-etcd-1"] == renewed["etcd-server-demo-etcd-1"]
+    assert int(after["etcd-server-demo-etcd-1"], 16) == w.serials()["etcd-server-demo-etcd-1"]
+    assert w.serials()["etcd-server-demo-etcd-1"] != before["etcd-server-demo-etcd-1"]

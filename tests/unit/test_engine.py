@@ -81,6 +81,8 @@ class FakeHost(fakes.FakeHost):
         return Result(0, "", "")
 
     def _command(self, args: list[str]) -> Result:
+        if (removed := self.remove(args)) is not None:
+            return removed
         if args[:2] == ["sh", "-c"] and "systemctl restart" in args[2]:
             svc = args[4]
             if self.services.get(svc, ServiceFact()).is_active:
