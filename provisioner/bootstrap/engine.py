@@ -86,9 +86,14 @@ class EnsureDir:
 @dataclass(frozen=True)
 class Restart:
     """Restart service if an earlier action of the same step changed something and the service is
-    running (a stopped service is left to the step that starts it). Outcome: True if restarted."""
+    running (a stopped service is left to the step that starts it). Outcome: True if restarted.
+
+    always: restart a running service even if this step changed nothing (a restart an earlier
+    step or run left pending, which the step read from its facts).
+    """
 
     service: str
+    always: bool = False
 
 
 @dataclass(frozen=True)
@@ -602,7 +607,7 @@ class Executor:
         if isinstance(action, EnsureDir):
             return self._ensure_dir(action, result)
         if isinstance(action, Restart):
-            if not changed_so_far:
+            if not (changed_so_far or action.always):
                 return False, False
             result.actions.append(f"restart {action.service} (if running)")
             if self.dry_run:

@@ -159,8 +159,11 @@ def run_day2(
     params: Mapping[str, Any],
     log: Log,
     dry_run: bool = False,
+    phases: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster, all its phases.
+    """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster: all its phases, or
+    those of phases, in the playbook's order (which phases run must follow from params, which
+    key the resume record).
 
     params are what its steps act on (remove-workers: {"nodes": [names]}); they must be exactly
     the ones the playbook's header declares. Connections are opened only to the nodes its plays
@@ -186,9 +189,16 @@ def run_day2(
         json.dumps(dict(params), sort_keys=True)
     except TypeError as exc:
         raise PlaybookError(f"playbook {playbook.name}: parameters must be JSON values: {exc}") from None
+    wanted = list(playbook.phases) if phases is None else [p for p in playbook.phases if p in phases]
+    unknown = sorted(set(phases or ()) - set(playbook.phases))
+    if unknown or not wanted:
+        raise PlaybookError(
+            f"playbook {playbook.name} has no phase {', '.join(unknown) or '(none given)'}; "
+            f"its phases: {', '.join(playbook.phases)}"
+        )
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
-    return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
+    return _execute(playbook, cluster, [wanted], log=log, dry_run=dry_run)
 
 
 REMOVE_WORKERS = "remove-workers"

@@ -53,6 +53,7 @@ class CertInfo:
     days_left: int
     sans: list[str]
     path: Path
+    serial: str = ""  # hex, upper case, as `openssl x509 -serial` prints it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class CertInfo:
             "days_left": self.days_left,
             "sans": list(self.sans),
             "path": str(self.path),
+            "serial": self.serial,
         }
 
 
@@ -170,6 +172,7 @@ class PKI:
                     days_left=(not_after - now).days,
                     sans=sorted(_sans(cert)),
                     path=self.path(name),
+                    serial=serial_hex(cert),
                 )
             )
         return out
@@ -239,6 +242,12 @@ def ensure_admin(state: ClusterState, pki_spec: PKISpec) -> PKI:
         ca_cert, ca_key = _load_cert(pki.path("ca")), _load_key(pki.key_path("ca"))
         _ensure_leaf(pki, ADMIN_PROFILE, ca_cert, ca_key, pki_spec, now)
     return pki
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial number as `openssl x509 -noout -serial` prints it (upper-case hex, even length)."""
+    text = format(cert.serial_number, "X")
+    return text if len(text) % 2 == 0 else "0" + text
 
 
 def _leaf_profiles(plan: Plan) -> list[_Profile]:

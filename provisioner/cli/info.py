@@ -1,4 +1,4 @@
-"""Commands that read: plans, the sample spec, a plan, the clusters and their certificates."""
+"""Commands that read: plans, the sample spec, a plan, the clusters (certificates: certs.py)."""
 
 from __future__ import annotations
 
@@ -301,34 +301,3 @@ def _echo_from_vcenter(d: dict[str, Any]) -> None:
             "`vkp state import FILE` here",
             err=True,
         )
-
-
-@main.command("certs")
-@click.argument("name", shell_complete=complete_cluster)
-@OUTPUT_OPTION
-def certs_cmd(name: str, output: str) -> None:
-    """List a cluster's certificates (CAs, etcd server, peer and client certs) with their expiry.
-
-    Leaf certificates last one year and CAs ten; a re-run of create-cluster reissues a leaf that
-    expires within 30 days (or whose node address changed) from the same CA. Private keys are
-    never printed.
-
-    \b
-    Examples:
-      vkp certs demo
-      vkp certs demo -o json
-    """
-    from provisioner.bootstrap.pki import list_certs
-
-    certs = run(lambda: list_certs(name), output)
-    if structured(output):
-        emit({"ok": True, "cluster": name, "certificates": certs}, output)
-        return
-    if not certs:
-        click.echo(f"no certificates yet for cluster {name} (they are made in the etcd phase)")
-        return
-    header = ("NAME", "SUBJECT", "EXPIRES", "DAYS LEFT")
-    rows = [(c["name"], c["subject"], c["not_after"][:10], str(c["days_left"])) for c in certs]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -7,10 +7,10 @@ clearly without artifacts, an etcd member brought back after its VM went down; t
 own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three Ready nodes,
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
 NodePort, vkp's sample app keeping a vote while its API pods are replaced, a re-run that
-changes nothing, workers added and drained away, etcd restored from a snapshot, the cluster
-handed to another machine (an empty state directory) that sees it in vCenter, imports its
-state and uses it, a node whose host key changed refused, and at last the delete from that
-other machine.
+changes nothing, workers added and drained away, etcd restored from a snapshot, certificates
+renewed one node at a time under etcd writes and API calls, the cluster handed to another
+machine (an empty state directory) that sees it in vCenter, imports its state and uses it, a
+node whose host key changed refused, and at last the delete from that other machine.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from provisioner.bootstrap.etcd_client import check_cluster
+from provisioner.bootstrap.etcd_client import EtcdClient, check_cluster
 from provisioner.bootstrap.pki import load_pki
 from provisioner.errors import ExitCode
 from provisioner.lab import kubebuild, paths
@@ -576,7 +577,6 @@ def test_10_resize_adds_a_ready_worker_and_drains_it_away(env: dict[str, str], l
     assert r.returncode == 0, r.stderr
 
 
-
 def test_10a_etcd_snapshot_and_restore(env: dict[str, str], tmp_path: Path) -> None:
     assert kubectl(env, "create", "configmap", "cm-before", "--from-literal=at=before").returncode == 0
     r = vkp(env, "etcd", "snapshot", "lab", "-o", "json")
@@ -619,6 +619,143 @@ def test_10a_etcd_snapshot_and_restore(env: dict[str, str], tmp_path: Path) -> N
     assert kubectl(env, "delete", "configmap", "cm-before").returncode == 0
     print(f"etcd snapshot: {snap['seconds']:.1f}s ({snap['keys']} keys, revision {snap['revision']}); "
           f"restore: {restored['seconds']:.1f}s")  # fmt: skip
+
+
+def node_serial(env: dict[str, str], node: str, path: str) -> str:
+    """The serial of the certificate at path on node, as openssl prints it (upper-case hex)."""
+    r = on_node(env, node, f"sudo openssl x509 -noout -serial -in {path}")
+    assert r.returncode == 0 and r.stdout.startswith("serial="), (node, path, r.stdout, r.stderr)
+    return r.stdout.strip().split("=", 1)[1]
+
+
+def all_serials(env: dict[str, str]) -> dict[tuple[str, str], str]:
+    out = {}
+    for node in ETCD:
+        for f in ("server.crt", "peer.crt"):
+            out[(node, f)] = node_serial(env, node, f"/etc/etcd/pki/{f}")
+    for f in ("apiserver.crt", "apiserver-etcd-client.crt", "apiserver-kubelet-client.crt"):
+        out[("lab-master-1", f)] = node_serial(env, "lab-master-1", f"/etc/kubernetes/pki/{f}")
+    return out
+
+
+def etcd_started_at(env: dict[str, str], node: str) -> int:
+    """When the member's etcd last started, in seconds since the epoch (the lab's guests share
+    the host's clock, so members compare)."""
+    r = on_node(env, node, 'date -d "$(systemctl show etcd -p ActiveEnterTimestamp --value)" +%s')
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+class Probe:
+    """A loop in the background: etcd writes (through whichever member answers, as a client with
+    every endpoint does) or `kubectl get nodes`; counts failures and the longest failed stretch."""
+
+    def __init__(self, name: str, attempt: Any) -> None:
+        self.name, self.attempt = name, attempt
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                self.attempt()
+            except Exception as exc:  # noqa: BLE001 - every failure counts, whatever it is
+                self.failed += 1
+                self.errors.append(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                failing_since = t if failing_since is None else failing_since
+                self.longest = max(self.longest, time.monotonic() - failing_since)
+            else:
+                self.ok += 1
+                failing_since = None
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def summary(self) -> str:
+        return (f"{self.name}: {self.ok} ok, {self.failed} failed, longest failure {self.longest:.1f}s"
+                + (f"; e.g. {self.errors[0]}" if self.errors else ""))  # fmt: skip
+
+
+def test_10b_certificates_renewed_one_node_at_a_time(env: dict[str, str]) -> None:
+    before_serials = all_serials(env)
+    before = {c["name"]: c for c in json.loads(vkp(env, "certs", "lab", "-o", "json").stdout)["certificates"]}
+    st = state(env)
+    pki = load_pki(st)
+    # Clients made now keep the current vkp client certificate in memory (still valid after the
+    # renewal: same CA); reading the files while the run replaces them would be the test's fault.
+    clients = [
+        EtcdClient(f"https://{st.nodes[n].address}:2379", pki.path("etcd-ca"), pki.path("vkp-etcd-client"),
+                   pki.key_path("vkp-etcd-client"), timeout=2)
+        for n in ETCD
+    ]  # fmt: skip
+    writes = 0
+
+    def etcd_write() -> None:
+        nonlocal writes
+        writes += 1
+        errors = []
+        for c in clients:
+            try:
+                c.put("vkp/lab-renewal-probe", str(writes))
+                return
+            except Exception as exc:  # noqa: BLE001 - the next member may answer
+                errors.append(f"{c.endpoint}: {exc}")
+        raise RuntimeError("; ".join(errors))
+
+    def get_nodes() -> None:
+        r = kubectl(env, "get", "nodes", "--request-timeout=3s")
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr.strip() or f"exit {r.returncode}")
+
+    started_wall = time.time()
+    t = time.monotonic()
+    with Probe("etcd writes", etcd_write) as etcd_probe, Probe("kubectl get nodes", get_nodes) as api_probe:
+        r = vkp(env, "certs", "renew", "lab", "--all", "--yes", "-o", "json")
+    seconds = time.monotonic() - t
+    print(f"vkp certs renew lab --all: {seconds:.1f}s")
+    print(etcd_probe.summary())
+    print(api_probe.summary())
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    print(f"API server back after its restart: {result['apiserver_restart_seconds']}")
+
+    # New serials everywhere, and vkp certs shows the later expiry.
+    after_serials = all_serials(env)
+    same = [k for k, v in after_serials.items() if before_serials[k] == v]
+    assert not same, f"certificates not renewed on the nodes: {same}"
+    after = {c["name"]: c for c in json.loads(vkp(env, "certs", "lab", "-o", "json").stdout)["certificates"]}
+    renewed = ("etcd-server-lab-etcd-1", "etcd-peer-lab-etcd-3", "apiserver-etcd-client", "vkp-etcd-client")
+    for name in renewed:
+        assert after[name]["not_after"] > before[name]["not_after"], name
+        assert after[name]["serial"] != before[name]["serial"], name
+    for ca in ("ca", "etcd-ca", "front-proxy-ca"):
+        assert after[ca]["serial"] == before[ca]["serial"], ca
+    assert after["etcd-server-lab-etcd-2"]["serial"] == after_serials[("lab-etcd-2", "server.crt")]
+
+    # One member at a time: restarted in order, apart, and etcd never unwritable for long.
+    assert result["restarts"] == [f"{n}:etcd" for n in ETCD], result["restarts"]
+    starts = [etcd_started_at(env, n) for n in ETCD]
+    assert starts == sorted(starts) and starts[0] >= int(started_wall) - 1, starts
+    assert etcd_probe.ok > 0 and etcd_probe.longest < 5.0, etcd_probe.summary()
+    # One master: its API server's restart is a gap, which must stay short.
+    assert api_probe.ok > 0 and api_probe.longest < 60.0, api_probe.summary()
+    assert any("one master" in n for n in result["notes"]), result["notes"]
+
+    # The cluster is as the next tests need it.
+    assert sorted(m.name for m in etcd_report(env).members) == ETCD
+    assert wait_for("every node Ready", lambda: sorted(ready_nodes(env)) == KUBE_NODES, 120)
+
 
 # The machine that takes the cluster over: the same vCenter settings, an empty state directory.
 HANDOVER_PASSPHRASE = "lab handover passphrase, not a secret"

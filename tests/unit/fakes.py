@@ -30,6 +30,8 @@ class FakeHost:
         self.commands: list[str] = []
         self.fail: dict[str, Result] = {}  # substring of a masked command -> its result
         self.round_trips = 0
+        # Shared by the hosts of a test that checks the order of commands across nodes.
+        self.timeline: list[str] | None = None
 
     # -- what Connection offers --------------------------------------------------------------
 
@@ -45,6 +47,8 @@ class FakeHost:
         self.round_trips += 1
         shown = cmd.masked()
         self.commands.append(shown)
+        if self.timeline is not None:
+            self.timeline.append(f"{self.name}: {shown}")
         result = self._answer(cmd)
         for needle, res in self.fail.items():
             if needle in shown:
@@ -56,6 +60,8 @@ class FakeHost:
     def put(self, data: bytes, path: str, *, mode: int, owner: str | None = None) -> bool:
         self.round_trips += 1
         self.commands.append(f"put {path}")
+        if self.timeline is not None:
+            self.timeline.append(f"{self.name}: put {path}")
         new = (data, format(mode, "o"), owner or "root:root")
         changed = self.files.get(path) != new
         self.files[path] = new
@@ -97,6 +103,14 @@ class FakeHost:
             self.dirs[path] = (mode, owner)
             return Result(0, "yes\n" if changed else "no\n", "")
         return self._command(args)
+
+    def remove(self, args: list[str]) -> Result | None:
+        """For subclasses that model removals: `rm -f -- PATH...` takes the files away."""
+        if args[:3] != ["rm", "-f", "--"]:
+            return None
+        for path in args[3:]:
+            self.files.pop(path, None)
+        return Result(0, "", "")
 
     def _command(self, args: list[str]) -> Result:
         return Result(0, "", "")

@@ -57,7 +57,7 @@ def complete(line: str) -> tuple[list[str], str]:
     "line",
     [
         "vkp describe-cluster ",
-        "vkp certs ",
+        "vkp certs renew ",
         "vkp delete-cluster ",
         "vkp resize ",
         "vkp get-credentials ",
@@ -69,6 +69,13 @@ def complete(line: str) -> tuple[list[str], str]:
 )
 def test_every_cluster_command_completes_cluster_names(home: Path, line: str) -> None:
     assert complete(line) == (["alpha", "demo"], "")
+
+
+def test_certs_completes_cluster_names_for_its_list_and_its_subcommands(home: Path) -> None:
+    # `vkp certs NAME` lists NAME's certificates: names first, then what else certs does.
+    assert complete("vkp certs ") == (["alpha", "demo", "list", "renew"], "")
+    assert complete("vkp certs de")[0] == ["demo"]
+    assert complete("vkp certs re")[0] == ["renew"]
 
 
 def test_a_prefix_narrows_the_cluster_names(home: Path) -> None:

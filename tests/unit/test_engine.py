@@ -32,6 +32,7 @@ from provisioner.bootstrap.engine import (
     parse_facts,
     step,
 )
+from provisioner.bootstrap.etcd_client import EtcdUnhealthy, HealthReport
 from provisioner.bootstrap.phases import PLAYBOOK, phases_up_to, run_bootstrap
 from provisioner.bootstrap.playbook import (
     HostSelector,
@@ -42,6 +43,7 @@ from provisioner.bootstrap.playbook import (
 )
 from provisioner.bootstrap.render import TemplateError, render
 from provisioner.bootstrap.runner import PlayFailed, run_playbook
+from provisioner.bootstrap.steps import etcd as etcd_steps
 from provisioner.bootstrap.tools import etcdctl_bundle, etcdctl_command
 from provisioner.errors import ExitCode
 from provisioner.plan import Plan, make_plan
@@ -79,6 +81,8 @@ class FakeHost(fakes.FakeHost):
         return Result(0, "", "")
 
     def _command(self, args: list[str]) -> Result:
+        if (removed := self.remove(args)) is not None:
+            return removed
         if args[:2] == ["sh", "-c"] and "systemctl restart" in args[2]:
             svc = args[4]
             if self.services.get(svc, ServiceFact()).is_active:
@@ -184,6 +188,7 @@ def test_the_cluster_playbook_loads_in_phase_order() -> None:
     assert [(p.name, p.phase) for p in pb.plays] == [
         ("etcd-common", "etcd"),
         ("etcd", "etcd"),
+        ("etcd-roll", "etcd"),
         ("etcd-health", "etcd"),
         ("runtime-common", "runtime"),
         ("containerd", "runtime"),
@@ -201,6 +206,7 @@ def test_the_cluster_playbook_loads_in_phase_order() -> None:
     ]
     assert pb.plays[1].steps == ("etcd.configure", "etcd.start")
     assert pb.plays[1].serial is None  # members start together
+    assert (pb.plays[2].steps, pb.plays[2].serial) == (("etcd.roll",), 1)  # and restart one by one
 
 
 def test_an_unknown_step_names_file_play_and_step_before_anything_runs(tmp_path: Path) -> None:
@@ -304,6 +310,29 @@ def etcd_playbook() -> Playbook:
     )
 
 
+def rolling_etcd_playbook() -> Playbook:
+    """The etcd plays as cluster.yaml has them: configure and start together, then the roll."""
+    return playbook_of(
+        [
+            {"play": "etcd", "phase": "etcd", "hosts": "etcd", "steps": ["etcd.configure", "etcd.start"]},
+            {"play": "etcd-roll", "phase": "etcd", "hosts": "etcd", "serial": 1, "steps": ["etcd.roll"]},
+        ]
+    )
+
+
+@pytest.fixture
+def etcd_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The etcd health checks asked, each as "health <addresses>"; every one answers healthy."""
+    asked: list[str] = []
+
+    def check(endpoints: list[str], expected: list[str], pki: Any) -> str:
+        asked.append("health " + " ".join(e.split("//")[1].split(":")[0] for e in endpoints))
+        return "healthy"
+
+    monkeypatch.setattr(etcd_steps, "check_cluster", check)
+    return asked
+
+
 def test_etcd_steps_change_once_then_report_ok_without_commands(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path)
     hosts = hosts_for(cluster.plan)
@@ -332,20 +361,87 @@ def test_etcd_steps_change_once_then_report_ok_without_commands(tmp_path: Path) 
     assert h.services["etcd"].started == started
 
 
-def test_a_changed_setting_rewrites_the_config_and_restarts_the_running_member(tmp_path: Path) -> None:
+def test_a_changed_setting_restarts_the_running_members_one_at_a_time_with_health_between(
+    tmp_path: Path, etcd_checks: list[str]
+) -> None:
     cluster = make_cluster(tmp_path)
     hosts = hosts_for(cluster.plan)
-    run_playbook(etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
+    first = run_playbook(rolling_etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
+    assert first.restarts == [] and etcd_checks == []  # a first start: together, nothing to roll
     slower = replace(
         cluster, spec=replace(cluster.spec, etcd=EtcdSpec(heartbeat_interval=200, election_timeout=2000))
     )
-    report = run_playbook(etcd_playbook(), slower, hosts, phases={"etcd"}, log=quiet)
-    assert sorted(report.restarts) == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
+    for h in hosts.values():
+        h.commands.clear()
+        h.timeline = etcd_checks  # one timeline: each host's commands among the health checks
+    report = run_playbook(rolling_etcd_playbook(), slower, hosts, phases={"etcd"}, log=quiet)
+    assert report.restarts == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
     by_step = {s["step"]: s for s in report.plays[0].step_summary()}
     assert by_step["etcd.configure"]["changed"] == 3
     assert "heartbeat-interval: 200" in hosts["demo-etcd-2"].files["/etc/etcd/etcd.conf.yml"][0].decode()
     # The unit did not change, so no daemon-reload.
-    assert not any("daemon-reload" in c for c in hosts["demo-etcd-2"].commands[-6:])
+    assert not any("daemon-reload" in c for c in hosts["demo-etcd-2"].commands)
+    # Each member: the two others healthy, its restart, the three healthy; then the next one.
+    rolled = [t for t in etcd_checks if t.startswith("health") or "systemctl restart" in t]
+    a, b, c = "198.18.0.10", "198.18.0.11", "198.18.0.12"
+    assert [t if t.startswith("health") else t.split(":")[0] for t in rolled] == [
+        f"health {b} {c}", "demo-etcd-1", f"health {a} {b} {c}",
+        f"health {a} {c}", "demo-etcd-2", f"health {a} {b} {c}",
+        f"health {a} {b}", "demo-etcd-3", f"health {a} {b} {c}",
+    ]  # fmt: skip
+    assert all(etcd_steps.RESTART_PENDING not in h.files for h in hosts.values())
+
+
+def test_no_member_restarts_while_another_is_unhealthy_and_the_next_run_restarts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = make_cluster(tmp_path)
+    hosts = hosts_for(cluster.plan)
+    monkeypatch.setattr(etcd_steps, "check_cluster", lambda eps, names, pki: "healthy")
+    run_playbook(rolling_etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
+
+    def etcd_2_down(endpoints: list[str], expected: list[str], pki: Any) -> str:
+        down = "https://198.18.0.11:2379"
+        if down in endpoints:
+            raise EtcdUnhealthy(
+                HealthReport(endpoints={down: "connection refused"}, problems=[f"{down}: down"])
+            )
+        return "healthy"
+
+    monkeypatch.setattr(etcd_steps, "check_cluster", etcd_2_down)
+    slower = replace(cluster, spec=replace(cluster.spec, etcd=EtcdSpec(heartbeat_interval=200)))
+    for h in hosts.values():
+        h.commands.clear()
+    with pytest.raises(PlayFailed) as ei:
+        run_playbook(rolling_etcd_playbook(), slower, hosts, phases={"etcd"}, log=quiet)
+    assert "demo-etcd-1 was not restarted: the other members must be healthy first" in str(ei.value)
+    assert "198.18.0.11:2379: down" in str(ei.value)
+    assert not any("systemctl restart" in c for h in hosts.values() for c in h.commands)
+    # The new configuration is on every member, each marked for the restart still owed to it.
+    assert all(etcd_steps.RESTART_PENDING in hosts[n.name].files for n in cluster.plan.by_role("etcd"))
+
+    monkeypatch.setattr(etcd_steps, "check_cluster", lambda eps, names, pki: "healthy")
+    again = run_playbook(rolling_etcd_playbook(), slower, hosts, phases={"etcd"}, log=quiet)
+    assert again.resumed_from is not None and again.resumed_from["step"] == "etcd.roll"
+    assert again.restarts == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
+    assert all(etcd_steps.RESTART_PENDING not in h.files for h in hosts.values())
+
+
+def test_a_stopped_member_marked_for_a_restart_is_left_to_etcd_start(
+    tmp_path: Path, etcd_checks: list[str]
+) -> None:
+    cluster = make_cluster(tmp_path)
+    hosts = hosts_for(cluster.plan)
+    run_playbook(rolling_etcd_playbook(), cluster, hosts, phases={"etcd"}, log=quiet)
+    h = hosts["demo-etcd-2"]
+    h.files[etcd_steps.RESTART_PENDING] = (b"pending\n", "644", "root:root")
+    h.services["etcd"] = replace(h.services["etcd"], active="failed")
+    pb = playbook_of(
+        [{"play": "etcd-roll", "phase": "etcd", "hosts": "etcd", "serial": 1, "steps": ["etcd.roll"]}]
+    )
+    report = run_playbook(pb, cluster, hosts, phases={"etcd"}, log=quiet)
+    assert report.restarts == [] and etcd_checks == []
+    assert etcd_steps.RESTART_PENDING not in h.files
 
 
 def test_a_stopped_member_is_started_not_restarted(tmp_path: Path) -> None:

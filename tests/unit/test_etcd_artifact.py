@@ -20,6 +20,7 @@ from provisioner.bootstrap import runner
 from provisioner.bootstrap.engine import Check, Cluster, Executor, Facts, ServiceFact
 from provisioner.bootstrap.playbook import parse_playbook
 from provisioner.bootstrap.runner import PlayFailed, run_playbook
+from provisioner.bootstrap.steps import etcd as etcd_steps
 from provisioner.bootstrap.steps import registry
 from provisioner.bootstrap.steps.artifacts import ETCD_RELEASE_FILE
 from provisioner.errors import ArtifactError, ExitCode
@@ -423,14 +424,28 @@ def test_local_release_is_pushed_verified_installed_and_run_from_usr_local_bin(t
     assert h.commands == ["facts", "facts"]  # one per play; the tarball is not pushed again
 
 
-def test_a_new_release_is_installed_and_restarts_the_running_member(tmp_path: Path) -> None:
+def test_a_new_release_is_installed_and_restarts_the_running_members_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _release(tmp_path / "release")
     cluster = _cluster(tmp_path, f"local:{tmp_path / 'release'}")
     hosts = _hosts(cluster)
-    run_playbook(PLAYBOOK, cluster, hosts, phases={"etcd"}, log=_quiet)
+    rolling = parse_playbook(
+        [*PLAYS, {"play": "roll", "phase": "etcd", "hosts": "etcd", "serial": 1, "steps": ["etcd.roll"]}],
+        source="etcd.yaml",
+        digest="rolling",
+    )
+    timeline: list[str] = []
+    monkeypatch.setattr(etcd_steps, "check_cluster", lambda eps, names, pki: timeline.append("health"))
+    run_playbook(rolling, cluster, hosts, phases={"etcd"}, log=_quiet)
     _release(tmp_path / "release", _tarball_other())  # another build under the same name
-    report = run_playbook(PLAYBOOK, cluster, hosts, phases={"etcd"}, log=_quiet)
-    assert sorted(report.restarts) == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
+    for h in hosts.values():
+        h.timeline = timeline
+    report = run_playbook(rolling, cluster, hosts, phases={"etcd"}, log=_quiet)
+    assert report.restarts == [f"demo-etcd-{i}:etcd" for i in (1, 2, 3)]
+    restarts = [i for i, t in enumerate(timeline) if "systemctl restart" in t]
+    # A health check before and after each restart: never two members down at once.
+    assert all(timeline[i - 1] == "health" and timeline[i + 1] == "health" for i in restarts)
     assert hosts["demo-etcd-1"].files["/usr/local/bin/etcd"][0] == b"#!/bin/sh\necho etcd 3.5.16-patched\n"
 
 

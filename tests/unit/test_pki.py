@@ -354,3 +354,58 @@ def test_vkp_certs_text_and_json(state: ClusterState, plan: Plan) -> None:
     assert d["ok"] is True and len(d["certificates"]) == 3 + len(LEAVES)
     r = CliRunner().invoke(main, ["certs", "nosuch"], env=env)
     assert r.exit_code == ExitCode.NOT_FOUND
+
+
+# -- renewal (vkp certs renew) ----------------------------------------------------------------
+
+
+def test_renewal_issues_new_keys_and_serials_from_the_unchanged_cas(
+    pki: PKI, state: ClusterState, plan: Plan
+) -> None:
+    from provisioner.bootstrap.pki_renew import renew_leaves, renewable
+
+    names = renewable(plan, ["etcd", "kubernetes"])
+    assert set(names) == set(LEAVES) | {"admin"}
+    before = snapshot(pki.root)
+    old = {n: cert(pki, n) for n in names if pki.path(n).is_file()}
+    renewed = renew_leaves(state, plan, PKISpec(), names)
+
+    after = snapshot(pki.root)
+    for ca in ("ca.crt", "ca.key", "etcd/ca.crt", "etcd/ca.key", "front-proxy-ca.crt", "sa.key"):
+        assert after[ca] == before[ca], ca  # not even rewritten
+    by_name = {r["name"]: r for r in renewed}
+    now = dt.datetime.now(dt.UTC)
+    for name in names:
+        new = cert(pki, name)
+        issuer = "etcd-ca" if name.startswith("etcd-") or "etcd-client" in name else "ca"
+        new.verify_directly_issued_by(cert(pki, issuer))
+        assert (new.not_valid_after_utc - now).days in (364, 365)
+        assert by_name[name]["serial"] == format(new.serial_number, "X").zfill(len(by_name[name]["serial"]))
+        if name in old:
+            assert new.serial_number != old[name].serial_number
+            assert by_name[name]["serial_before"] != by_name[name]["serial"]
+            assert new.public_key() != old[name].public_key()
+            assert new.subject == old[name].subject and pki_mod._sans(new) == pki_mod._sans(old[name])
+    assert {c["name"]: c["serial"] for c in list_certs("demo")}["etcd-server-demo-etcd-1"] == (
+        by_name["etcd-server-demo-etcd-1"]["serial"]
+    )
+    # What the next create-cluster run sees: nothing to reissue.
+    assert ensure_pki(state, plan, PKISpec()).changes == []
+
+
+def test_renewal_never_makes_a_ca(state: ClusterState, plan: Plan) -> None:
+    from provisioner.bootstrap.pki_renew import renew_leaves
+
+    with pytest.raises(PKIError, match="the etcd-ca CA is missing") as ei:
+        renew_leaves(state, plan, PKISpec(), ["etcd-server-demo-etcd-1"])
+    assert "never makes one" in (ei.value.hint or "")
+    assert not (state.path / "pki" / "etcd" / "ca.key").exists()
+
+
+def test_renewal_refuses_a_name_vkp_does_not_issue(pki: PKI, state: ClusterState, plan: Plan) -> None:
+    from provisioner.bootstrap.pki_renew import renew_leaves, renewable
+
+    with pytest.raises(PKIError, match="etcd-server-nosuch: not a certificate vkp issues"):
+        renew_leaves(state, plan, PKISpec(), ["etcd-server-nosuch"])
+    with pytest.raises(ValueError, match="unknown part"):
+        renewable(plan, ["vsphere"])

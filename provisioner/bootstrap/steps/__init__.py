@@ -2,13 +2,14 @@
 
 import provisioner.bootstrap.steps.nodes  # noqa: F401  (kubernetes.drain, a day-2 step)
 from provisioner.bootstrap.engine import STEPS, StepDef
-from provisioner.bootstrap.steps import artifacts, cni, common, containerd, etcd, etcd_restore, health
+from provisioner.bootstrap.steps import artifacts, certs, cni, common, containerd, etcd, etcd_restore, health
 from provisioner.bootstrap.steps.cni import bridge
+from provisioner.bootstrap.steps.kubernetes import certs as kubernetes_certs
 from provisioner.bootstrap.steps.kubernetes import control_plane, endpoint, token, vsphere
 
 __all__ = [
-    "artifacts", "bridge", "cni", "common", "containerd", "control_plane", "endpoint", "etcd",
-    "etcd_restore", "health", "registry", "token", "vsphere",
+    "artifacts", "bridge", "certs", "cni", "common", "containerd", "control_plane", "endpoint",
+    "etcd", "etcd_restore", "health", "kubernetes_certs", "registry", "token", "vsphere",
 ]  # fmt: skip
 
 
