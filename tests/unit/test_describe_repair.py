@@ -2,6 +2,7 @@
 
 vCenter, etcd and the API are stand-ins: a provider whose census holds the cluster's VMs (or
 not), etcd members that answer healthy, unhealthy or not at all, and describe's Kubernetes view.
+Also here: a create-cluster that fails once the cluster exists offers `vkp support-bundle`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import provisioner.cluster
 from provisioner.bootstrap import etcd_client
 from provisioner.bootstrap.etcd_client import EtcdError, Member
 from provisioner.bootstrap.pki import load_pki
-from provisioner.errors import SSHError
+from provisioner.errors import ExitCode, SSHError
 from provisioner.infra import SeenCluster, SeenNode
 from provisioner.spec import load_spec
 from provisioner.state import ClusterState, NodeRecord
@@ -219,3 +220,33 @@ def test_phases_not_done_are_skipped(world: World) -> None:
     doc = json.loads(describe("-o", "json", env=CREDS).stdout)
     assert doc["checks"]["etcd"]["status"] == doc["checks"]["kubernetes"]["status"] == "skipped"
     assert doc["needs_repair"] == []
+
+
+# -- a failed create offers the bundle ---------------------------------------------------------
+
+
+def test_a_create_that_fails_after_the_cluster_exists_offers_a_support_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VKP_STATE_DIR", str(tmp_path / "state"))
+    env = LAB_ENV | {"VKP_STATE_DIR": str(tmp_path / "state")}
+    made = []
+
+    def failing(spec: Any, log: Any, **_: Any) -> dict[str, Any]:
+        if made:
+            ClusterState.create_or_load(spec.name).save_spec(spec.to_dict())
+        raise SSHError("demo-etcd-1: `systemctl start etcd` exited 1")
+
+    monkeypatch.setattr(provisioner.cluster, "create_cluster", failing)
+    # Before the cluster exists (no session to vCenter yet): nothing to bundle, nothing offered.
+    r = _vkp("create-cluster", "demo", "--plan", "dev", "--yes", env=env)
+    assert r.exit_code == ExitCode.SSH and "support-bundle" not in r.stderr
+    made.append(True)
+    r = _vkp("create-cluster", "demo", "--plan", "dev", "--yes", env=env)
+    assert r.exit_code == ExitCode.SSH
+    assert "  bug report: `vkp support-bundle demo` bundles the logs" in r.stderr
+    r = _vkp("create-cluster", "demo", "--plan", "dev", "--yes", "-o", "json", env=env)
+    assert json.loads(r.stdout)["error"]["support_bundle"] == "vkp support-bundle demo"
+    # Other commands failing on it do not offer it.
+    r = _vkp("certs", "nope", env=env)
+    assert r.exit_code == ExitCode.NOT_FOUND and "support-bundle" not in r.stderr
