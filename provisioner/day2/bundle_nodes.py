@@ -62,6 +62,11 @@ for f in "$@" /etc/kubernetes/manifests/*.yaml; do
   echo
 done
 """
+# $1 bytes, $2 path: its last bytes; exit 3 when there is no such file (written down as skipped).
+_TAIL = 'if [ -f "$2" ]; then tail -c "$1" -- "$2"; else exit 3; fi'
+ABSENT = 3
+# The directories that exist of those given, listed.
+_LS = 'for d in "$@"; do if [ -d "$d" ]; then ls -la -- "$d"; fi; done'
 # sudo writes every command it runs to the journal: when kubeadm ran, and with what arguments.
 _KUBEADM_RUNS = (
     'journalctl --no-pager -o short-iso -b SYSLOG_IDENTIFIER=sudo 2>&1 | grep -F kubeadm | tail -n "$1"'
@@ -89,6 +94,8 @@ class Sink(Protocol):
     def add(self, path: str, content: str | bytes, source: str) -> None: ...
 
     def fail(self, what: str, source: str, reason: str) -> None: ...
+
+    def skip(self, what: str, reason: str) -> None: ...
 
 
 Log = Callable[[str], None]
@@ -123,8 +130,9 @@ class NodeCollector:
         self.lines, self.max_bytes = lines, max_bytes
         self.where = f"nodes/{node.name}"
 
-    def _run(self, what: str, cmd: Cmd) -> Result | None:
-        """cmd as root; None (and the failure written down) when it could not be run at all."""
+    def _run(self, what: str, cmd: Cmd, *, absent_ok: bool = False) -> Result | None:
+        """cmd as root; None (and the failure written down) when it could not be run at all.
+        absent_ok: exit ABSENT means what it reads is not there, which is skipped, not failed."""
         source = f"{self.node.name}: {cmd.masked()}"
         try:
             res = self.conn.run(sudo(cmd) if self.conn.become else cmd, check=False, timeout=COMMAND_SECONDS)
@@ -132,6 +140,9 @@ class NodeCollector:
             if stop.is_stop(exc):
                 raise
             self.sink.fail(what, source, exc.message)
+            return None
+        if absent_ok and res.exit_status == ABSENT:
+            self.sink.skip(what, "not on the node")
             return None
         if not res.ok:
             said = (res.stderr or res.stdout).strip()[-500:]
@@ -148,8 +159,8 @@ class NodeCollector:
                 )
 
     def cloud_init(self) -> None:
-        cmd = Cmd("tail", "-c", str(self.max_bytes), "--", CLOUD_INIT_OUTPUT)
-        res = self._run(f"{self.node.name} {CLOUD_INIT_OUTPUT}", cmd)
+        cmd = Cmd.shell(_TAIL, str(self.max_bytes), CLOUD_INIT_OUTPUT)
+        res = self._run(f"{self.node.name} {CLOUD_INIT_OUTPUT}", cmd, absent_ok=True)
         if res is not None and res.ok:
             self.sink.add(
                 f"{self.where}/cloud-init-output.log", res.stdout, f"{self.node.name}:{CLOUD_INIT_OUTPUT}"
@@ -157,7 +168,7 @@ class NodeCollector:
 
     def kubeadm(self) -> None:
         """What kubeadm left on a Kubernetes node, and when vkp ran it (sudo's journal lines)."""
-        listing = Cmd("ls", "-la", "--", k8s.K8S_DIR, k8s.VKP_DIR, k8s.MANIFESTS_DIR)
+        listing = Cmd.shell(_LS, k8s.K8S_DIR, k8s.VKP_DIR, k8s.MANIFESTS_DIR)
         res = self._run(f"{self.node.name} kubeadm's directories", listing)
         if res is not None and res.stdout:
             self.sink.add(f"{self.where}/kubeadm/ls.txt", res.stdout, f"{self.node.name}: {listing.masked()}")

@@ -22,7 +22,7 @@ import yaml
 from provisioner import logs
 from provisioner.day2 import bundle as bundle_mod
 from provisioner.day2.bundle import BundleError, support_bundle
-from provisioner.day2.bundle_nodes import files_cmd, split_files
+from provisioner.day2.bundle_nodes import CLOUD_INIT_OUTPUT, NodeCollector, files_cmd, split_files
 from provisioner.errors import ExitCode, SSHError
 from provisioner.spec import load_spec
 from provisioner.ssh.commands import Cmd, Result
@@ -93,9 +93,11 @@ class Node:
             return Result(
                 0, f"sudo: vkp : COMMAND=/usr/local/bin/kubeadm join --config x --token {TOKEN}\n", ""
             )
-        if args[0] == "tail":
+        if args[:2] == ["sh", "-c"] and "tail -c" in args[2]:
+            if self.name.startswith("demo-etcd"):
+                return Result(3, "", "")  # no cloud-init log there
             return Result(0, f"Cloud-init finished on {self.name}\n", "")
-        if args[0] == "ls":
+        if args[:2] == ["sh", "-c"] and "ls -la" in args[2]:
             return Result(0, "total 8\n-rw------- 1 root root 10 kubeadm-join.yaml\n", "")
         if args[:2] == ["sh", "-c"] and "#vkp-file" in args[2]:
             out = (
@@ -189,7 +191,7 @@ def test_bundle_holds_each_kind_of_file_and_its_index(demo: ClusterState, tmp_pa
         "describe.json",
         "certs.json",
         "nodes/demo-etcd-1/journal-etcd.log",
-        "nodes/demo-etcd-1/cloud-init-output.log",
+        "nodes/demo-master-1/cloud-init-output.log",
         "nodes/demo-master-1/journal-containerd.log",
         "nodes/demo-master-1/journal-kubelet.log",
         "nodes/demo-master-1/kubeadm/vkp-kubeadm-join.yaml",
@@ -216,6 +218,8 @@ def test_bundle_holds_each_kind_of_file_and_its_index(demo: ClusterState, tmp_pa
     assert index["nodes"]["demo-worker-2"]["reachable"] is False
     assert "did not answer SSH" in index["nodes"]["demo-worker-2"]["reason"]
     assert index["nodes"]["demo-worker-1"]["reachable"] is True
+    assert {"what": f"demo-etcd-1 {CLOUD_INIT_OUTPUT}", "reason": "not on the node"} in index["skipped"]
+    assert not any("cloud-init" in f["what"] for f in index["failed"]), "absent is not a failure"
     events = [f for f in index["failed"] if "events" in f["what"]]
     assert events and "doesn't have a resource type events" in events[0]["reason"]
     assert result["unreachable"] == ["demo-worker-2"] and result["files"] == len(got)
@@ -318,6 +322,45 @@ def test_the_files_script_splits_back_into_files(tmp_path: Path) -> None:
     assert files[str(a)] == "X=1\n#not a marker\n\n"
     assert files[str(b)].strip() == "k: v"
     assert str(tmp_path / "absent") not in files
+
+
+class LocalNode:
+    """Runs the bundle's node scripts in a local shell (no sudo): the real scripts, no node."""
+
+    become = False
+
+    def run(self, cmd: Cmd, **_: Any) -> Result:
+        return run_locally(cmd)
+
+
+class Kept:
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+        self.failed: list[str] = []
+        self.skipped: list[str] = []
+
+    def add(self, path: str, content: str | bytes, source: str) -> None:
+        self.files[path] = content if isinstance(content, str) else content.decode()
+
+    def fail(self, what: str, source: str, reason: str) -> None:
+        self.failed.append(what)
+
+    def skip(self, what: str, reason: str) -> None:
+        self.skipped.append(what)
+
+
+def test_a_missing_cloud_init_log_is_skipped_and_a_present_one_cut_to_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = Kept()
+    node = NodeCollector(NODES[0], LocalNode(), kept, lines=10, max_bytes=5)  # type: ignore[arg-type]
+    monkeypatch.setattr("provisioner.day2.bundle_nodes.CLOUD_INIT_OUTPUT", str(tmp_path / "absent.log"))
+    node.cloud_init()
+    assert kept.skipped == [f"demo-etcd-1 {tmp_path / 'absent.log'}"] and not kept.failed and not kept.files
+    (tmp_path / "cloud.log").write_text("0123456789")
+    monkeypatch.setattr("provisioner.day2.bundle_nodes.CLOUD_INIT_OUTPUT", str(tmp_path / "cloud.log"))
+    node.cloud_init()
+    assert kept.files == {"nodes/demo-etcd-1/cloud-init-output.log": "56789"}
 
 
 # -- the one scrubber ------------------------------------------------------------------------
