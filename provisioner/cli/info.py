@@ -274,9 +274,9 @@ def describe_cluster_cmd(name: str, from_vcenter: bool, cluster_id: str | None, 
         for node, ready in (k8s.get("nodes") or {}).items():
             click.echo(f"  node {node}: {ready}")
     for n in d["nodes"]:
-        click.echo(
-            f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-':<14} {n['moid']}"
-        )
+        # A node whose VM phase never finished has no address, host or moid yet.
+        address, host, moid = (n[k] or "-" for k in ("address", "esxi_host", "moid"))
+        click.echo(f"  {n['name']:<28} {n['role']:<7} {address:<16} {host:<14} {moid}")
     for ph in d["phases"]:
         secs = f"{ph['seconds']:.1f}s" if ph.get("seconds") is not None else ""
         click.echo(f"  phase {ph['name']:<11} {ph['status']:<8} {secs}")

@@ -250,3 +250,19 @@ def test_a_create_that_fails_after_the_cluster_exists_offers_a_support_bundle(
     # Other commands failing on it do not offer it.
     r = _vkp("certs", "nope", env=env)
     assert r.exit_code == ExitCode.NOT_FOUND and "support-bundle" not in r.stderr
+
+
+def test_a_node_the_vm_phase_never_finished_is_shown_without_its_address(world: World) -> None:
+    world.state.save_node(NodeRecord("demo-worker-3", "worker"))  # cloned never: no address, no VM
+    r = describe(env=CREDS)
+    assert r.exit_code == 0, r.output
+    assert any(line.split() == ["demo-worker-3", "worker", "-", "-", "-"] for line in r.stdout.splitlines())
+    # No VM was made for it, so vCenter's look does not call it gone; the API's does miss it.
+    repair = json.loads(describe("-o", "json", env=CREDS).stdout)["needs_repair"]
+    assert repair == [
+        {
+            "node": "demo-worker-3",
+            "reason": "not registered in Kubernetes",
+            "command": "vkp repair demo demo-worker-3",
+        }
+    ]
