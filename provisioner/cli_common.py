@@ -64,15 +64,54 @@ def error_doc(error: dict[str, Any], exit_code: int) -> dict[str, Any]:
     return {"ok": False, "error": error, "exit_code": exit_code}
 
 
+# The cluster whose failed run offers `vkp support-bundle` (set by offer_support_bundle).
+_bundle_for: str | None = None
+
+
+def offer_support_bundle(name: str) -> None:
+    """If this run fails from here on, and cluster NAME's state then exists (with its spec: the
+    run reached vCenter), the error ends with the command that bundles it for a bug report."""
+    global _bundle_for
+    _bundle_for = name
+
+
+def _support_bundle(exc: BaseException) -> str | None:
+    from provisioner.errors import Aborted, Busy, Interrupted, SpecError
+
+    name = _bundle_for
+    # Refused before anything ran, declined, or stopped on purpose: nothing to report.
+    if name is None or isinstance(exc, Aborted | Busy | Interrupted | SpecError | KeyboardInterrupt):
+        return None
+    from provisioner.state import ClusterState
+
+    try:
+        made = ClusterState.exists(name) and ClusterState.load(name).has_spec()
+    except ProvisionerError:
+        return None
+    return f"vkp support-bundle {name}" if made else None
+
+
+def _echo_support_bundle(command: str | None) -> None:
+    if command is not None:
+        click.echo(
+            f"  bug report: `{command}` bundles the logs, node journals and cluster state "
+            "(secrets scrubbed) to attach",
+            err=True,
+        )
+
+
 def fail_unexpected(exc: BaseException, output: str) -> NoReturn:
     """An exception vkp did not expect: one line and a hint to report it, never a traceback
     on the terminal (it goes to the debug log), exit 1."""
     log.debug("unexpected error", exc_info=exc)
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    bundle = _support_bundle(exc)
     if structured(output):
         err = {"type": type(exc).__name__, "code": ExitCode.ERROR, "message": str(exc), "hint": BUG_HINT}
+        err |= {"support_bundle": bundle} if bundle else {}
         emit(error_doc(err | {"unexpected": True}, ExitCode.ERROR), output)
     click.echo(f"error: {what}\n  hint: {BUG_HINT}", err=True)
+    _echo_support_bundle(bundle)
     point_at_run_log(f"error: {what}")
     sys.exit(ExitCode.ERROR)
 
@@ -85,6 +124,8 @@ def run(
     stoppable: a long run that changes things. SIGINT and SIGTERM then stop it cleanly (the
     phase is recorded as interrupted, exit 130 / 143) and timeout bounds the whole run.
     """
+    global _bundle_for
+    _bundle_for = None  # offered again by the command that runs now, if it wants to
     if stoppable:
         stop.install_signal_handlers()
         if timeout is not None:
@@ -112,9 +153,11 @@ def run(
 
 def fail(exc: ProvisionerError, output: str) -> NoReturn:
     """A domain error: its message (or one document), the run log's path, its exit code."""
+    bundle = _support_bundle(exc)
     if structured(output):
-        emit(error_doc(exc.to_dict(), exc.exit_code), output)
+        emit(error_doc(exc.to_dict() | ({"support_bundle": bundle} if bundle else {}), exc.exit_code), output)
     click.echo(f"error: {exc}", err=True)
+    _echo_support_bundle(bundle)
     point_at_run_log(f"error: {exc}")
     sys.exit(exc.exit_code)
 

@@ -305,14 +305,19 @@ def list_clusters() -> list[dict[str, Any]]:
     return out
 
 
-def describe_cluster(name: str) -> dict[str, Any]:
+def describe_cluster(name: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The local state's view of a cluster, with the nodes that need repair (day2/survey.py)."""
+    from provisioner.day2 import survey
+
     if not ClusterState.exists(name):
         raise NotFound("cluster", name, hint="`vkp list-clusters` shows the clusters this machine manages")
     st = ClusterState.load(name)
+    kubernetes = _kubernetes_view(st)
     return {
         "name": name,
         "cluster_id": st.cluster_id,
-        "kubernetes": _kubernetes_view(st),
+        "kubernetes": kubernetes,
+        **survey.survey(name, st, _saved_spec(st), kubernetes, env),
         "nodes": [
             {
                 "name": n.name,
@@ -330,12 +335,18 @@ def describe_cluster(name: str) -> dict[str, Any]:
     }
 
 
+def _saved_spec(st: ClusterState) -> ClusterSpec | None:
+    try:
+        return spec_from_dict(st.load_spec_dict())
+    except ProvisionerError:
+        return None
+
+
 def _kubernetes_view(st: ClusterState) -> dict[str, Any]:
     """Version and endpoint from the saved spec; readiness from the API when the phase is done."""
 
-    try:
-        spec = spec_from_dict(st.load_spec_dict())
-    except ProvisionerError:
+    spec = _saved_spec(st)
+    if spec is None:
         return {}
     endpoint = make_plan(spec).api_endpoint.url
     view: dict[str, Any] = {"version": spec.kubernetes.version, "endpoint": endpoint}
@@ -353,9 +364,12 @@ def _kubernetes_view(st: ClusterState) -> dict[str, Any]:
         return view
     view["nodes"] = {
         str(item["metadata"]["name"]): next(
-            ("Ready" if c.get("status") == "True" else "NotReady")
-            for c in item.get("status", {}).get("conditions", [])
-            if c.get("type") == "Ready"
+            (
+                ("Ready" if c.get("status") == "True" else "NotReady")
+                for c in item.get("status", {}).get("conditions", [])
+                if c.get("type") == "Ready"
+            ),
+            "NotReady",  # no Ready condition yet: a kubelet that never reported
         )
         for item in (nodes or {}).get("items", [])
     }

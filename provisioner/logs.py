@@ -7,7 +7,8 @@ progress lines, in `<state>/<cluster>/logs/<UTC time>-<command>.log` (file 0600,
 0700, the 20 newest kept): the file to attach to a bug report.
 
 Secrets never reach either: every record passes `SecretFilter` (the vCenter password, bootstrap
-tokens, PEM private keys), which masks them the way `ssh.commands.MASK` does.
+tokens, PEM private keys, kubeconfig keys and tokens), which masks them the way
+`ssh.commands.MASK` does. `vkp support-bundle` scrubs what it collects with the same mask().
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ _TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 _PEM_KEY = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*\Z)", re.DOTALL
 )
+# A secret's field in a kubeconfig, a kubeadm configuration or a JSON document (`token: X`,
+# `"client-key-data": "X"`, `--token=X`): the value goes, the field name stays so a reader still
+# sees what was there. Only these names, and only as a field (not after a '.' or '-', so a step
+# called kubernetes.token is not one): a word like "secret" alone would take ordinary YAML with it.
+_SECRET_FIELD = re.compile(
+    r"""(?P<key>(?<![\w.-])(?:--)?["']?"""
+    r"(?:client-key-data|token|tlsBootstrapToken|token-secret|certificateKey|password|passwd|passphrase)"
+    r"""["']?[ \t]*[:=][ \t]*)"""
+    r"""(?P<value>"[^"\n]+"|'[^'\n]+'|(?![{\[|>])[^\s,}"']+)""",
+    re.IGNORECASE,
+)
 # Environment variables whose values are passwords (VKP_VSPHERE_PASSWORD, or whatever a spec's
 # vsphere.password_env names, as long as it says so), or a state file's VKP_STATE_PASSPHRASE.
 _PASSWORD_ENV = re.compile(r"PASSWORD|PASSWD|PASSPHRASE")
@@ -56,11 +68,26 @@ def _passwords() -> set[str]:
     return found
 
 
-def mask(text: str, passwords: Iterable[str] | None = None) -> str:
-    """text with passwords, bootstrap tokens and PEM private keys replaced by MASK."""
+def _masked_field(m: re.Match[str]) -> str:
+    key, value = m.group("key"), m.group("value")
+    # A bare ******** after a colon would be a YAML alias: quoted, the file still parses.
+    quote = value[0] if value[0] in "\"'" else ('"' if key.rstrip().endswith(":") else "")
+    return f"{key}{quote}{MASK}{quote}"
+
+
+def mask(text: str, passwords: Iterable[str] | None = None, *, also: Iterable[str] = ()) -> str:
+    """text with passwords, bootstrap tokens, PEM private keys and the secret fields of
+    kubeconfigs and kubeadm configurations replaced by MASK.
+
+    passwords: the literal values to remove (default: those of the environment's password
+    variables and any typed at a prompt); also: more literal values on top of those (the lines
+    of a private key's body, say).
+    """
     text = _PEM_KEY.sub(lambda m: f"-----BEGIN {m.group(1)}PRIVATE KEY-----{MASK}", text)
     text = _TOKEN.sub(MASK, text)
-    for pw in sorted(_passwords() if passwords is None else passwords, key=len, reverse=True):
+    text = _SECRET_FIELD.sub(_masked_field, text)
+    literal = set(_passwords() if passwords is None else passwords) | set(also)
+    for pw in sorted(literal, key=len, reverse=True):
         # Also as repr() shows it (a quote or backslash in it is escaped there).
         for form in {pw, repr(pw)[1:-1]}:
             text = text.replace(form, MASK)

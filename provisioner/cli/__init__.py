@@ -7,6 +7,7 @@ here adds the commands of one concern to it when imported.
 
 from provisioner.cli import (  # noqa: F401  (they register their commands)
     access,
+    bundle,
     certs,
     completion,
     etcd,

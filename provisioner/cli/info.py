@@ -222,9 +222,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 )
 @OUTPUT_OPTION
 def describe_cluster_cmd(name: str, from_vcenter: bool, cluster_id: str | None, output: str) -> None:
-    """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files.
+    """Show a cluster: its nodes (role, address, ESXi host, VM id), phases with timings, files,
+    and the nodes that need repair.
 
-    With the cluster's local state, this reads it (and the API's readiness). Without local
+    With the cluster's local state, this reads it and takes three quick looks: one vCenter
+    inventory query (each node's VM exists and is powered on; needs VKP_VSPHERE_USER and
+    VKP_VSPHERE_PASSWORD exported, describe never prompts), each etcd member's health over
+    mTLS, and the API's nodes (Ready). A node seen broken is listed under needs_repair with
+    the `vkp repair NAME NODE` that fixes it; a look that cannot be taken is reported as
+    unknown, never as a failure. Without local
     state (a cluster made on another machine), or with --from-vcenter, it reads vCenter instead:
     each VM vkp marked as the cluster's with its role, power state, address (as the guest
     reports it, else the one vkp gave it), ESXi host and moid, the DRS rules, the folder and the
@@ -235,6 +241,7 @@ def describe_cluster_cmd(name: str, from_vcenter: bool, cluster_id: str | None, 
     \b
     Examples:
       vkp describe-cluster demo -o json
+      vkp describe-cluster demo -o json | jq -r '.needs_repair[].node'
       vkp describe-cluster demo --from-vcenter
       vkp describe-cluster demo --cluster-id 6f1c2c3e-...   # one of several named demo
     """
@@ -267,13 +274,22 @@ def describe_cluster_cmd(name: str, from_vcenter: bool, cluster_id: str | None, 
         for node, ready in (k8s.get("nodes") or {}).items():
             click.echo(f"  node {node}: {ready}")
     for n in d["nodes"]:
-        click.echo(
-            f"  {n['name']:<28} {n['role']:<7} {n['address']:<16} {n['esxi_host'] or '-':<14} {n['moid']}"
-        )
+        # A node whose VM phase never finished has no address, host or moid yet.
+        address, host, moid = (n[k] or "-" for k in ("address", "esxi_host", "moid"))
+        click.echo(f"  {n['name']:<28} {n['role']:<7} {address:<16} {host:<14} {moid}")
     for ph in d["phases"]:
         secs = f"{ph['seconds']:.1f}s" if ph.get("seconds") is not None else ""
         click.echo(f"  phase {ph['name']:<11} {ph['status']:<8} {secs}")
+    _echo_repairs(d)
     click.echo(f"state dir: {d['state_dir']}")
+
+
+def _echo_repairs(d: dict[str, Any]) -> None:
+    for check, look in (d.get("checks") or {}).items():
+        if look["status"] in ("unknown", "problems"):
+            click.echo(f"  check {check:<10} {look['status']}: {look['detail']}")
+    for r in d.get("needs_repair") or []:
+        click.echo(f"  NEEDS REPAIR {r['node']}: {r['reason']}; run `{r['command']}`")
 
 
 def _echo_from_vcenter(d: dict[str, Any]) -> None:

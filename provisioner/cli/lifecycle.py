@@ -18,7 +18,7 @@ from provisioner import logs
 from provisioner.bootstrap.playbook import create_phases
 from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import keep_run_log, load_cluster_spec, main, spec_options
-from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
+from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, offer_support_bundle, run
 from provisioner.output import StderrLog, emit, structured
 
 
@@ -144,6 +144,8 @@ def create_cluster_cmd(
         with _locked(spec.name) as progress:
             _confirm(f"Create cluster {spec.name} ({len(plan.nodes)} VMs)?", yes)
             from provisioner.cluster import create_cluster
+
+            offer_support_bundle(spec.name)
 
             with _shown(output) as recap:
                 made = create_cluster(spec, progress, up_to=up_to, concurrency=concurrency)

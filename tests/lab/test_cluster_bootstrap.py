@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import threading
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -755,6 +756,68 @@ def test_10b_certificates_renewed_one_node_at_a_time(env: dict[str, str]) -> Non
     # The cluster is as the next tests need it.
     assert sorted(m.name for m in etcd_report(env).members) == ETCD
     assert wait_for("every node Ready", lambda: sorted(ready_nodes(env)) == KUBE_NODES, 120)
+
+
+def test_10c_support_bundle_holds_no_secret(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "bundle.tar.gz"
+    started = time.monotonic()
+    r = vkp(env, "support-bundle", "lab", "--output", str(out), "-o", "json")
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["unreachable"] == [] and doc["failed"] == [], doc
+    assert out.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(out, "r:gz") as tar:
+        files = {}
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            assert f is not None and m.mode == 0o600, m.name
+            files[m.name.split("/", 1)[1]] = f.read()
+    index = json.loads(files["index.json"])
+    assert {f["path"] for f in index["files"]} == set(files) - {"index.json"}
+    assert all(n["reachable"] for n in index["nodes"].values()), index["nodes"]
+    assert [p for p in files if p.startswith("logs/") and p.endswith(".log")], sorted(files)
+    described = json.loads(files["describe.json"])
+    assert described["name"] == "lab" and described["needs_repair"] == [], described
+    assert {k: v["status"] for k, v in described["checks"].items()} == dict.fromkeys(
+        ("vcenter", "etcd", "kubernetes"), "ok"
+    ), described["checks"]
+    for node in ETCD:
+        assert b"etcd" in files[f"nodes/{node}/journal-etcd.log"], node
+    for node in KUBE_NODES:
+        assert b"kubelet" in files[f"nodes/{node}/journal-kubelet.log"], node
+        assert b"containerd" in files[f"nodes/{node}/journal-containerd.log"], node
+        assert f"nodes/{node}/kubeadm/kubelet-kubeadm-flags.env" in files, node
+    listed = files["kubectl/nodes.txt"].decode()
+    assert all(node in listed for node in KUBE_NODES), listed
+    assert b"kube-system" in files["kubectl/pods.txt"] and "kubectl/events.txt" in files
+    certs = {c["name"]: c for c in json.loads(files["certs.json"])}
+    assert {"ca", "etcd-ca", "vkp-etcd-client"} <= set(certs), sorted(certs)
+    assert all(c["days_left"] > 300 for c in certs.values()), certs
+    # Not one secret: the vCenter password, a bootstrap token's secret, a line of a private key.
+    everything = b"\n".join(files.values()).decode(errors="replace")
+    assert env["VKP_VSPHERE_PASSWORD"] not in everything
+    tokens = kube_json(env, "get", "secrets", "-n", "kube-system", "--field-selector",
+                       "type=bootstrap.kubernetes.io/token")["items"]  # fmt: skip
+    for t in tokens:
+        assert base64.b64decode(t["data"]["token-secret"]).decode() not in everything
+    state_dir = Path(env["VKP_STATE_DIR"]) / "lab"
+    hostkeys = [p for p in (state_dir / "hostkeys").iterdir() if p.suffix != ".pub"]
+    keys = [*state_dir.rglob("*.key"), state_dir / "ssh" / "id_ed25519", *hostkeys]
+    body = {
+        line.strip()
+        for k in keys
+        if "PRIVATE KEY-----" in k.read_text()
+        for line in k.read_text().splitlines()
+        if "-----" not in line and len(line.strip()) >= 20
+    }
+    assert len(body) > 50, "the state's private keys were read"
+    leaked = sorted(line for line in body if line in everything)
+    assert not leaked, f"{len(leaked)} private key line(s) in the bundle"
+    print(
+        f"support bundle: {doc['bytes']} bytes, {doc['files']} files, {took:.1f}s; "
+        f"{len(tokens)} bootstrap token(s) and {len(body)} key lines checked absent"
+    )
 
 
 # The machine that takes the cluster over: the same vCenter settings, an empty state directory.
