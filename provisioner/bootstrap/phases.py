@@ -31,9 +31,11 @@ from provisioner.bootstrap.playbook import (
     Playbook,
     PlaybookError,
     load_playbook,
+    needs_hosts,
     phases_up_to,
 )
 from provisioner.bootstrap.runner import run_playbook, run_progress
+from provisioner.bootstrap.steps import registry
 from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
@@ -159,8 +161,11 @@ def run_day2(
     params: Mapping[str, Any],
     log: Log,
     dry_run: bool = False,
+    phases: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster, all its phases.
+    """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster: all its phases, or
+    the ones given (in the playbook's order), for an operation that does something else between
+    them (repair clones the node's VM after the remove phase).
 
     params are what its steps act on (remove-workers: {"nodes": [names]}); they must be exactly
     the ones the playbook's header declares. Connections are opened only to the nodes its plays
@@ -187,8 +192,15 @@ def run_day2(
     except TypeError as exc:
         raise PlaybookError(f"playbook {playbook.name}: parameters must be JSON values: {exc}") from None
     # Read-only: a day-2 operation works on a cluster that has its PKI, and creates none.
+    chosen = list(playbook.phases) if phases is None else [p for p in playbook.phases if p in phases]
+    unknown = sorted(set(phases or ()) - set(playbook.phases))
+    if unknown:
+        raise PlaybookError(
+            f"playbook {playbook.name} has no phase {', '.join(unknown)}; "
+            f"its phases: {', '.join(playbook.phases)}"
+        )
     cluster = Cluster(spec=spec, plan=plan, state=state, pki=load_pki(state), params=dict(params))
-    return _execute(playbook, cluster, [list(playbook.phases)], log=log, dry_run=dry_run)
+    return _execute(playbook, cluster, [chosen], log=log, dry_run=dry_run)
 
 
 REMOVE_WORKERS = "remove-workers"
@@ -229,8 +241,10 @@ def _execute(
     assert cluster.state is not None
     wanted = [p for batch in batches for p in batch]
     hosts: list[NodePlan] = []
+    steps = registry()
     for play in playbook.for_phases(set(wanted)):
-        hosts += [n for n in play.hosts.select(cluster.plan) if n not in hosts]
+        if needs_hosts(play, steps):
+            hosts += [n for n in play.hosts.select(cluster.plan, cluster.params) if n not in hosts]
     started = time.monotonic()
     conns: dict[str, Connection] = {}
     if not dry_run:
