@@ -10,6 +10,7 @@ from provisioner.cli import (  # noqa: F401  (they register their commands)
     completion,
     info,
     lifecycle,
+    repair,
     sample_app,
     state,
 )
