@@ -32,7 +32,7 @@ from typing import Any
 
 from provisioner import infra, runlock, stop
 from provisioner.bootstrap.phases import run_day2
-from provisioner.bootstrap.playbook import create_phases
+from provisioner.bootstrap.playbook import VMS_PHASE, create_phases
 from provisioner.errors import NotFound, ProvisionerError
 from provisioner.plan import NodePlan, Plan, make_plan
 from provisioner.spec import ClusterSpec, spec_from_dict
@@ -75,7 +75,7 @@ def target(name: str, node: str) -> Target:
     if node not in nodes:
         raise NotFound("node", node, hint=f"nodes of cluster {name}: {', '.join(nodes)}")
     reached = tuple(p for p in create_phases() if state.phase(p) is not None)
-    if VM_STAGE not in reached:
+    if VMS_PHASE not in reached:
         raise ProvisionerError(
             f"cluster {name} has no VMs yet: there is no node to repair",
             hint=f"run `vkp create-cluster` for {name} first",
@@ -221,7 +221,7 @@ def _plan(t: Target, log: Log) -> dict[str, Any]:
             f"stage {stage}: {res['host']}: {a}"
             for play in report["plays"]
             for res in play["results"]
-            for a in res["actions"]
+            for a in res.get("actions", [])
         ]
     return {
         "cluster": t.name,
