@@ -8,9 +8,9 @@ own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three R
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
 NodePort, vkp's sample app keeping a vote while its API pods are replaced, a re-run that
 changes nothing, workers added and drained away, a destroyed worker and etcd member repaired
-in place, the cluster handed to another machine (an
-empty state directory) that sees it in vCenter, imports its state and uses it, a node whose
-host key changed refused, and at last the delete from that other machine.
+in place, the cluster handed to another machine (an empty state directory) that sees it in
+vCenter, imports its state and uses it, a node whose host key changed refused, and at last the
+delete from that other machine.
 """
 
 from __future__ import annotations
