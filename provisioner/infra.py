@@ -14,7 +14,7 @@ infrastructure verifies nodes the same way and tests can stand in for the networ
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -112,10 +112,18 @@ class Provider(Protocol):
     """An infrastructure bound to one session (opened by Infrastructure.open*)."""
 
     def machines(
-        self, spec: ClusterSpec, state: ClusterState, log: Log, *, concurrency: int, check: NodeCheck
+        self,
+        spec: ClusterSpec,
+        state: ClusterState,
+        log: Log,
+        *,
+        concurrency: int,
+        check: NodeCheck,
+        only: Collection[str] | None = None,
     ) -> tuple[Plan, list[NodeOutcome]]:
         """Make sure every node of the spec has its machine, booted with its cloud-init and
-        passing check; preflight refusals raise PreflightError before anything is made."""
+        passing check; preflight refusals raise PreflightError before anything is made.
+        only: act on these nodes alone (a repair); the others' machines are taken as they are."""
         ...
 
     def resolve_id(self, name: str, wanted: str | None) -> str | None:
@@ -135,8 +143,15 @@ class Provider(Protocol):
         """What destroy would do, in order; reads the infrastructure, changes nothing."""
         ...
 
-    def find_nodes(self, name: str, cluster_id: str, nodes: list[str]) -> Holdings:
-        """The machines of these nodes (of this cluster id only), to destroy on a shrink."""
+    def find_nodes(
+        self, name: str, cluster_id: str, nodes: list[str], *, only_ids: Collection[str] | None = None
+    ) -> Holdings:
+        """The machines of these nodes (of this cluster id only), to destroy on a shrink or a
+        repair; only_ids: of those, only the machines with these ids (a repair's old machine)."""
+        ...
+
+    def machine_ids(self, name: str, cluster_id: str, nodes: list[str]) -> dict[str, str]:
+        """The id of each of these nodes' machines (of this cluster id), by node name."""
         ...
 
     def survey(self) -> list[SeenCluster]:

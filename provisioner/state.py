@@ -2,7 +2,7 @@
 
 Layout of STATE_HOME/<name>/ (the directory and its sub-directories are created 0700):
 
-    state.json              cluster id, nodes, phases                          0644
+    state.json              cluster id, nodes, phases, repairs under way       0644
     spec.yaml               the spec the cluster was created from             0644
     hosts.yaml              Ansible-style inventory                           0644
     ssh/id_ed25519          the cluster's SSH login key                        0600
@@ -370,6 +370,46 @@ class ClusterState:
         """One phase's record, or None if it never ran (a resuming run skips the done ones)."""
         d = self._read()["phases"].get(name)
         return PhaseRecord(name=name, **d) if d else None
+
+    # -- repairs (vkp repair: provisioner/day2/repair.py) -------------------------------------
+
+    def repair(self, node: str) -> dict[str, Any] | None:
+        """The record of an unfinished repair of node (what it found, which stages it did), or
+        None when no repair of it is under way."""
+        record = self._read().get("repairs", {}).get(node)
+        return dict(record) if isinstance(record, dict) else None
+
+    def update_repair(self, node: str, **fields_: Any) -> dict[str, Any]:
+        """Start or update node's repair record with fields (JSON values); the record as saved."""
+        check_name("node name", node)
+        saved: dict[str, Any] = {}
+
+        def change(data: dict[str, Any]) -> None:
+            record = data.setdefault("repairs", {}).setdefault(node, {"started_at": time.time()})
+            record.update(fields_)
+            saved.update(record)
+
+        self._mutate(change)
+        return saved
+
+    def end_repair(self, node: str) -> None:
+        """Forget node's repair record (the repair finished). Missing is fine."""
+
+        def change(data: dict[str, Any]) -> None:
+            data.get("repairs", {}).pop(node, None)
+
+        self._mutate(change)
+
+    def etcd_rejoined(self) -> set[str]:
+        """The etcd members that joined the running cluster (a repair) instead of forming it:
+        their configuration says initial-cluster-state existing from then on."""
+        return set(self._read().get("etcd_rejoined", []))
+
+    def mark_etcd_rejoined(self, node: str) -> None:
+        def change(data: dict[str, Any]) -> None:
+            data["etcd_rejoined"] = sorted({*data.get("etcd_rejoined", []), node})
+
+        self._mutate(change)
 
     # -- playbook progress (the runner's resume records) ---------------------------------------
 

@@ -7,7 +7,7 @@ gateway requires for protobuf bytes fields.
 
 Used by the etcd play's health step: every member healthy, the member list equal to the plan,
 and a write through one member read back through another (proof the cluster agrees, not only
-that each process is up).
+that each process is up); and by repair, which replaces a member (member remove, member add).
 """
 
 from __future__ import annotations
@@ -165,6 +165,21 @@ class EtcdClient:
             )
             for m in data.get("members", [])
         ]
+
+    def member_remove(self, member_id: str) -> None:
+        """Remove a member by its id (through a member other than that one)."""
+        self._call("/v3/cluster/member/remove", {"ID": member_id})
+
+    def member_add(self, peer_url: str) -> Member:
+        """Add a member that will start at peer_url; the new member, unnamed until it starts."""
+        data = self._call("/v3/cluster/member/add", {"peerURLs": [peer_url]})
+        m = data.get("member") or {}
+        return Member(
+            name=m.get("name", ""),
+            peer_urls=tuple(m.get("peerURLs", ())),
+            client_urls=tuple(m.get("clientURLs", ())),
+            id=str(m.get("ID", "")),
+        )
 
     def put(self, key: str, value: str) -> None:
         self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})

@@ -31,9 +31,11 @@ from provisioner.bootstrap.playbook import (
     Playbook,
     PlaybookError,
     load_playbook,
+    needs_hosts,
     phases_up_to,
 )
 from provisioner.bootstrap.runner import run_playbook, run_progress
+from provisioner.bootstrap.steps import registry
 from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan, Plan
 from provisioner.spec import ClusterSpec
@@ -162,8 +164,9 @@ def run_day2(
     phases: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run a day-2 playbook (playbooks/<playbook_name>.yaml) over the cluster: all its phases, or
-    those of phases, in the playbook's order (which phases run must follow from params, which
-    key the resume record).
+    those of phases, in the playbook's order: for an operation that does something else between
+    them (repair clones the node's VM after the remove phase). Which phases run must follow from
+    params, which key the resume record.
 
     params are what its steps act on (remove-workers: {"nodes": [names]}); they must be exactly
     the ones the playbook's header declares. Connections are opened only to the nodes its plays
@@ -239,8 +242,10 @@ def _execute(
     assert cluster.state is not None
     wanted = [p for batch in batches for p in batch]
     hosts: list[NodePlan] = []
+    steps = registry()
     for play in playbook.for_phases(set(wanted)):
-        hosts += [n for n in play.hosts.select(cluster.plan) if n not in hosts]
+        if needs_hosts(play, steps):
+            hosts += [n for n in play.hosts.select(cluster.plan, cluster.params) if n not in hosts]
     started = time.monotonic()
     conns: dict[str, Connection] = {}
     if not dry_run:

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 PLAY_KEYS = {"play", "phase", "hosts", "steps", "serial"}
 HEADER_KEYS = {"phases", "params", "plays"}
 _NAME = re.compile(r"[a-z][a-z0-9-]*")  # a phase or parameter name
-_TERM = re.compile(r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?")
+_TERM = re.compile(
+    r"(?P<role>[a-z]+)(?:\[(?P<a>-?\d*)(?P<colon>:)?(?P<b>-?\d*)\])?(?:@(?P<param>[a-z][a-z0-9-]*))?"
+)
 
 CLUSTER_PLAYBOOK = "cluster"  # create-cluster's
 VMS_PHASE = "vms"  # create-cluster's first phase, the vSphere half; no playbook runs it
@@ -44,7 +46,12 @@ class PlaybookError(ProvisionerError):
 
 @dataclass(frozen=True)
 class HostSelector:
-    """`all`, a role, a role indexed or sliced (master[0], master[1:]), or terms joined by +."""
+    """`all`, a role, a role indexed or sliced (master[0], master[1:]), or terms joined by +.
+
+    A term may end in @PARAM: only those of its nodes that the run's parameter PARAM names
+    (a node name or a list of them), so a day-2 playbook acts on the node it was run for
+    (`etcd@repair`: the etcd node being repaired, none when that node is a worker).
+    """
 
     text: str
 
@@ -57,7 +64,7 @@ class HostSelector:
         for term in text.replace(" ", "").split("+"):
             m = _TERM.fullmatch(term)
             if m is None:
-                raise ValueError(f"{term!r} is not a role, role[i] or role[i:j]")
+                raise ValueError(f"{term!r} is not a role, role[i] or role[i:j] (each may end in @param)")
             role = m["role"]
             if role not in (*ROLES, "all"):
                 raise ValueError(f"unknown role {role!r} (roles: all, {', '.join(ROLES)})")
@@ -67,7 +74,15 @@ class HostSelector:
                 raise ValueError(f"{term!r}: an index needs a number")
         return HostSelector(text.replace(" ", ""))
 
-    def select(self, plan: Plan) -> list[NodePlan]:
+    @property
+    def params(self) -> set[str]:
+        """The run parameters its terms filter by (@PARAM)."""
+        found = (_TERM.fullmatch(t) for t in self.text.split("+"))
+        return {m["param"] for m in found if m is not None and m["param"]}
+
+    def select(self, plan: Plan, params: Mapping[str, Any] | None = None) -> list[NodePlan]:
+        """The plan's nodes it names; params: the run's, which @PARAM terms read (a term whose
+        parameter the run lacks selects nothing)."""
         chosen: list[NodePlan] = []
         for term in self.text.split("+"):
             m = _TERM.fullmatch(term)
@@ -81,6 +96,10 @@ class HostSelector:
                 else:
                     i = int(m["a"])
                     nodes = [nodes[i]] if -len(nodes) <= i < len(nodes) else []
+            if m["param"]:
+                value = (params or {}).get(m["param"])
+                named = {value} if isinstance(value, str) else set(value or ())
+                nodes = [n for n in nodes if n.name in named]
             chosen += [n for n in nodes if n not in chosen]
         # Plan order (etcd, masters, workers) whatever the order of the terms.
         order = {n.name: i for i, n in enumerate(plan.nodes)}
@@ -114,6 +133,13 @@ class Playbook:
 
     def for_phases(self, phases: set[str] | frozenset[str]) -> list[Play]:
         return [p for p in self.plays if p.phase in phases]
+
+
+def needs_hosts(play: Play, steps: Mapping[str, StepDef]) -> bool:
+    """Whether a play's steps run on its hosts (over SSH); a play of local steps only works from
+    this machine, given its hosts, and needs no connection to them (a node being repaired may
+    not answer at all)."""
+    return not all(steps[s].local for s in play.steps)
 
 
 def load_playbook(path: str | Path) -> Playbook:
@@ -245,6 +271,12 @@ def parse_playbook(
         except ValueError as exc:
             problems.append(f"{where}: hosts: {exc}")
             hosts = HostSelector("all")
+        undeclared = sorted(hosts.params - set(params))
+        if undeclared:
+            problems.append(
+                f"{where}: hosts: @{', @'.join(undeclared)} is not a parameter of the playbook "
+                f"(params: {', '.join(params) or 'none'})"
+            )
         serial = item.get("serial")
         if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool) or serial < 1):
             problems.append(f"{where}: serial must be a positive number of hosts; got {serial!r}")

@@ -27,7 +27,7 @@ from provisioner.bootstrap.engine import (
     StepResult,
     gather_facts,
 )
-from provisioner.bootstrap.playbook import Play, Playbook
+from provisioner.bootstrap.playbook import Play, Playbook, needs_hosts
 from provisioner.bootstrap.steps import registry
 from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.state import atomic_write, ended_status, private_dir
@@ -403,7 +403,7 @@ def check_steps(playbook: Playbook, cluster: Cluster, phases: set[str] | frozens
     """
     steps = registry()
     for play in playbook.for_phases(phases):
-        nodes = play.hosts.select(cluster.plan)
+        nodes = play.hosts.select(cluster.plan, cluster.params)
         for name in play.steps:
             sdef = steps[name]
             if sdef.local:
@@ -491,7 +491,7 @@ def run_playbook(
         for play in selected:
             if stop.stopping():
                 # Between plays: nothing of this one has started; the next run resumes at it.
-                first = next(iter(play.hosts.select(cluster.plan)), None)
+                first = next(iter(play.hosts.select(cluster.plan, cluster.params)), None)
                 where = first.name if first is not None else "-"
                 progress.failed(play.name, where, play.steps[0], "not started: the run was stopping")
                 raise stop.error(f"play {play.name} to start")
@@ -500,7 +500,7 @@ def run_playbook(
                     phase_event(phase_now, "done")
                 phase_now, phase_started = play.phase, time.monotonic()
                 phase_event(phase_now, "running")
-            nodes = play.hosts.select(cluster.plan)
+            nodes = play.hosts.select(cluster.plan, cluster.params)
             preport = PlayReport(play.name, play.phase, [n.name for n in nodes], play.serial)
             report.plays.append(preport)
             if progress.play_done_before(play.name, preport.hosts):
@@ -515,7 +515,7 @@ def run_playbook(
             )
             log(f"play {play.name} [{play.phase}] on {', '.join(preport.hosts) or 'no hosts'} ({mode})")
             t = time.monotonic()
-            if not dry_run:
+            if not dry_run and needs_hosts(play, steps):
                 missing = [n.name for n in nodes if n.name not in connections]
                 if missing:
                     raise ProvisionerError(f"play {play.name}: no connection to {', '.join(missing)}")

@@ -13,6 +13,7 @@ from provisioner.cli import (  # noqa: F401  (they register their commands)
     etcd,
     info,
     lifecycle,
+    repair,
     sample_app,
     state,
 )

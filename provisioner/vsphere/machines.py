@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -400,7 +400,9 @@ class VMPhase:
         self.deadline = deadline
         self.hosts_by_name = {inv.host_names[h._moId]: h for h in inv.hosts}
 
-    def run(self, owned: dict[str, Any]) -> list[NodeOutcome]:
+    def run(self, owned: dict[str, Any], only: Collection[str] | None = None) -> list[NodeOutcome]:
+        """Every node's actions; only: the nodes to act on (a repair's), the others' VMs are
+        taken as they are (they still count for the placement rules)."""
         content = self.session.content
         if self.inv.folder is None:
             self.inv.folder = vms.ensure_folder_path(content, self.inv.datacenter, self.inv.folder_path)
@@ -411,10 +413,14 @@ class VMPhase:
             ownership.mark_folder(content, self.inv.folder, self.plan.cluster, self.state.cluster_id)
         outcomes: list[NodeOutcome] = []
         errors: list[ProvisionerError] = []
+        acting = [n for n in self.plan.nodes if only is None or n.name in only]
         for n in self.plan.nodes:
+            if n not in acting:
+                outcomes.append(NodeOutcome(n, machine=owned.get(n.name)))
+        for n in acting:
             view.node(n.name, n.role)
-        with ThreadPoolExecutor(max_workers=max(1, len(self.plan.nodes))) as pool:
-            futures = {pool.submit(self._node, n, owned.get(n.name)): n for n in self.plan.nodes}
+        with ThreadPoolExecutor(max_workers=max(1, len(acting))) as pool:
+            futures = {pool.submit(self._node, n, owned.get(n.name)): n for n in acting}
             for fut in as_completed(futures):
                 node = futures[fut]
                 try:
@@ -447,7 +453,7 @@ class VMPhase:
                 )
         if errors:
             failed = ProvisionerError(
-                f"{len(errors)} of {len(self.plan.nodes)} VMs failed:\n  "
+                f"{len(errors)} of {len(acting)} VMs failed:\n  "
                 + "\n  ".join(e.message for e in errors),
                 hint="fix the cause and run create-cluster again: it resumes with what exists",
             )
@@ -672,7 +678,10 @@ def provision_vms(
     *,
     check: NodeCheck,
     concurrency: int = 8,
+    only: Collection[str] | None = None,
 ) -> tuple[Plan, list[NodeOutcome]]:
+    """The VM phase over the spec's nodes; only: the nodes to act on (vkp repair's), the
+    others' VMs are looked at (preflight, placement rules) and left as they are."""
     content = session.content
     plan = make_plan(spec)
     inv = resolve(content, spec, plan.folder)
@@ -685,6 +694,6 @@ def provision_vms(
     for n in plan.nodes:
         state.host_key(n.name)  # generated once, before the VM exists, so it can be pinned
     state.write_known_hosts([(n.name, n.address) for n in plan.nodes])
-    outcomes = VMPhase(session, spec, plan, inv, state, log, check, concurrency=concurrency).run(owned)
+    outcomes = VMPhase(session, spec, plan, inv, state, log, check, concurrency=concurrency).run(owned, only)
     state.write_hosts_inventory()
     return plan, outcomes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,9 +32,18 @@ class VSphereProvider:
         self.session = session
 
     def machines(
-        self, spec: ClusterSpec, state: ClusterState, log: Log, *, concurrency: int, check: NodeCheck
+        self,
+        spec: ClusterSpec,
+        state: ClusterState,
+        log: Log,
+        *,
+        concurrency: int,
+        check: NodeCheck,
+        only: Collection[str] | None = None,
     ) -> tuple[Plan, list[NodeOutcome]]:
-        return machines.provision_vms(spec, state, self.session, log, check=check, concurrency=concurrency)
+        return machines.provision_vms(
+            spec, state, self.session, log, check=check, concurrency=concurrency, only=only
+        )
 
     def resolve_id(self, name: str, wanted: str | None) -> str | None:
         return ownership.resolve_id(self.session.content, name, wanted)
@@ -52,9 +61,15 @@ class VSphereProvider:
         assert isinstance(owned, ownership.Owned)
         return [e.what for e in destroy_effects(self.session, owned)[0]]
 
-    def find_nodes(self, name: str, cluster_id: str, nodes: list[str]) -> ownership.Owned:
+    def find_nodes(
+        self, name: str, cluster_id: str, nodes: list[str], *, only_ids: Collection[str] | None = None
+    ) -> ownership.Owned:
         by_name = {vm.name: vm for vm in ownership.find_owned(self.session.content, name, cluster_id).vms}
-        return ownership.Owned(vms=[by_name[n] for n in nodes if n in by_name])
+        found = [by_name[n] for n in nodes if n in by_name]
+        return ownership.Owned(vms=[vm for vm in found if only_ids is None or vm._moId in only_ids])
+
+    def machine_ids(self, name: str, cluster_id: str, nodes: list[str]) -> dict[str, str]:
+        return {vm.name: vm._moId for vm in self.find_nodes(name, cluster_id, nodes).vms}
 
     def survey(self) -> list[SeenCluster]:
         return census.survey(self.session.content)

@@ -8,9 +8,10 @@ own Kubernetes v1.20.2: a run killed during kubeadm init that converges, three R
 the API server on the external etcd, an app served across nodes through a ClusterIP and a
 NodePort, vkp's sample app keeping a vote while its API pods are replaced, a re-run that
 changes nothing, workers added and drained away, etcd restored from a snapshot, certificates
-renewed one node at a time under etcd writes and API calls, the cluster handed to another
-machine (an empty state directory) that sees it in vCenter, imports its state and uses it, a
-node whose host key changed refused, and at last the delete from that other machine.
+renewed one node at a time under etcd writes and API calls, a support bundle with no secret in
+it, a destroyed worker and etcd member repaired in place, the cluster handed to another machine
+(an empty state directory) that sees it in vCenter, imports its state and uses it, a node
+whose host key changed refused, and at last the delete from that other machine.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pyVmomi import vim
 from provisioner.bootstrap.etcd_client import EtcdClient, check_cluster
 from provisioner.bootstrap.pki import load_pki
 from provisioner.errors import ExitCode
+from provisioner.lab import guest as lab_guests
 from provisioner.lab import kubebuild, paths
 from provisioner.state import ClusterState
 from provisioner.vsphere.session import connect
@@ -818,6 +820,76 @@ def test_10c_support_bundle_holds_no_secret(env: dict[str, str], tmp_path: Path)
         f"support bundle: {doc['bytes']} bytes, {doc['files']} files, {took:.1f}s; "
         f"{len(tokens)} bootstrap token(s) and {len(body)} key lines checked absent"
     )
+
+
+def destroy_vm(lab: LabHandle, name: str) -> None:
+    """Power a node's VM off and destroy it through vCenter, as a host failure would lose it;
+    until the lab's hypervisor has removed its guest."""
+    with connect(lab.server, lab.username, lab.password, thumbprint=lab.thumbprint) as s:
+        view = s.content.viewManager.CreateContainerView(s.content.rootFolder, [vim.VirtualMachine], True)
+        vm = next(v for v in view.view if v.name == name)
+        view.Destroy()
+        for start in (vm.PowerOffVM_Task, vm.Destroy_Task):
+            task = start()
+            while task.info.state not in ("success", "error"):
+                time.sleep(0.1)
+            assert task.info.state == "success", task.info.error
+
+    def gone() -> bool:
+        return name not in {g.hostname for g in lab_guests.list_guests(paths.GUESTS)}
+
+    wait_for(f"{name}'s guest gone", gone, timeout=120)
+
+
+def test_10d_repair_brings_back_a_destroyed_worker_and_etcd_member(
+    env: dict[str, str], lab: LabHandle
+) -> None:
+    pinned = (Path(env["VKP_STATE_DIR"]) / "lab" / "ssh" / "known_hosts").read_text()
+    # A worker whose VM is gone: its Node is deleted, a new VM of the same name joins.
+    old = state(env).nodes["lab-worker-2"].moid
+    destroy_vm(lab, "lab-worker-2")
+    t = time.monotonic()
+    r = vkp(env, "repair", "lab", "lab-worker-2", "--yes", "-o", "json")
+    worker_seconds = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert [s["name"] for s in result["stages"]] == ["remove", "vm", "runtime", "kubernetes"], result
+    assert result["vm"]["old_machine"] == old and not result["vm"]["destroyed"], "it was gone already"
+    assert state(env).nodes["lab-worker-2"].moid not in (None, old)
+    assert (Path(env["VKP_STATE_DIR"]) / "lab" / "ssh" / "known_hosts").read_text() == pinned
+    assert ready_nodes(env) == dict.fromkeys(KUBE_NODES, "v1.20.2")
+    # Pods reach it: a pod on the new worker answers one on the other worker, and back.
+    r = kubectl(env, "run", "vkp-repaired", "--image", kubebuild.WORKLOAD_IMAGE, "--image-pull-policy=Never",
+                "--restart=Never", "--overrides",
+                json.dumps({"spec": {"nodeName": "lab-worker-2"}}), "--", "sleep", "600")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = kubectl(env, "wait", "--for=condition=Ready", "pod/vkp-repaired", "--timeout=120s")
+    assert r.returncode == 0, r.stderr
+    r = kubectl(env, "rollout", "status", "deployment/vkp-web", "--timeout=180s")
+    assert r.returncode == 0, r.stderr
+    web = {p["spec"]["nodeName"]: p for p in kube_json(env, "get", "pods", "-l", "app=vkp-web")["items"]}
+    other = web["lab-worker-1"]
+    assert other["metadata"]["name"] in exec_http(env, "vkp-repaired", other["status"]["podIP"], 8080)
+    kubectl(env, "delete", "pod", "vkp-repaired", "--wait=false")
+
+    # An etcd member whose VM is gone: removed while the other two keep quorum, then added anew.
+    destroy_vm(lab, "lab-etcd-3")
+    t = time.monotonic()
+    r = vkp(env, "repair", "lab", "lab-etcd-3", "--yes")
+    etcd_seconds = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    assert "lab-etcd-3 repaired" in r.stdout, r.stdout
+    report = etcd_report(env)
+    assert sorted(m.name for m in report.members) == ETCD and report.ok
+    r = on_node(env, "lab-etcd-3", "grep initial-cluster-state /etc/etcd/etcd.conf.yml")
+    assert "existing" in r.stdout, r.stdout + r.stderr
+    assert sorted(ready_nodes(env)) == KUBE_NODES
+    # Create-cluster over the repaired cluster changes nothing on the member.
+    r = vkp(env, "create-cluster", "-f", SPEC, "--yes", "--up-to", "etcd", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    etcd_play = next(p for p in json.loads(r.stdout)["bootstrap"]["plays"] if p["play"] == "etcd")
+    assert etcd_play["changed"] == 0, etcd_play
+    print(f"repair seconds: worker {worker_seconds:.1f}, etcd member {etcd_seconds:.1f}")
 
 
 # The machine that takes the cluster over: the same vCenter settings, an empty state directory.

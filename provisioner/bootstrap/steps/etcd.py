@@ -111,6 +111,15 @@ def _certs(node: NodePlan, cluster: Cluster) -> StepGen:
             yield Upload(data, path, 0o644, "root:root")
 
 
+def joins_running_cluster(node: NodePlan, cluster: Cluster) -> bool:
+    """Whether the member joins a running cluster (initial-cluster-state existing) rather than
+    forming a new one with the others: the member a repair replaces (the run's repair
+    parameter), and ever after it (the state remembers), so later runs render the same file."""
+    if cluster.params.get("repair") == node.name:
+        return True
+    return cluster.state is not None and node.name in cluster.state.etcd_rejoined()
+
+
 def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
     """(etcd.conf.yml, etcd.service) for a member. Pure."""
     common = {"name": node.name, "cluster": cluster.plan.cluster}
@@ -123,6 +132,7 @@ def render_config(node: NodePlan, cluster: Cluster) -> tuple[str, str]:
         client_url=url(node.address, CLIENT_PORT),
         local_client_url=url("127.0.0.1", CLIENT_PORT),
         initial_cluster=initial_cluster(cluster),
+        initial_cluster_state="existing" if joins_running_cluster(node, cluster) else "new",
         # Unique per cluster, so members of two clusters sharing a network never join each other.
         cluster_token=f"vkp-{cluster.plan.cluster}-{cluster.cluster_id}",
         heartbeat_interval=cluster.spec.etcd.heartbeat_interval,
