@@ -24,8 +24,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
