@@ -72,6 +72,12 @@ def k8s_minor(version: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def k8s_release(version: str) -> tuple[int, int] | None:
+    """1.30.4 -> (30, 4), for ordering releases (vkp upgrade); None when version is not 1.Y.Z."""
+    m = _K8S_VERSION.fullmatch(version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -2,6 +2,7 @@
 
 import provisioner.bootstrap.steps.nodes  # noqa: F401  (kubernetes.drain, a day-2 step)
 import provisioner.bootstrap.steps.repair  # noqa: F401  (vkp repair's day-2 steps)
+import provisioner.bootstrap.steps.upgrade  # noqa: F401  (vkp upgrade's day-2 steps)
 from provisioner.bootstrap.engine import STEPS, StepDef
 from provisioner.bootstrap.steps import artifacts, certs, cni, common, containerd, etcd, etcd_restore, health
 from provisioner.bootstrap.steps.cni import bridge
