@@ -16,6 +16,7 @@ from provisioner.cli import (  # noqa: F401  (they register their commands)
     repair,
     sample_app,
     state,
+    upgrade,
 )
 from provisioner.cli.root import main
 from provisioner.lab import cli as lab_cli
