@@ -328,6 +328,11 @@ def test_a_run_killed_during_a_drain_leaves_the_node_cordoned_and_the_rerun_unco
     path = path_of(w.timeline)
     assert path[0] == "drain demo-worker-1" and "uncordon demo-worker-1" in path
     assert not any(p.startswith("demo-master-1:") for p in path)  # done before the kill
+    steps = ["upgrade.drain", "kubernetes.binaries", "kubernetes.images", "upgrade.kubeadm",
+             "upgrade.kubelet", "upgrade.uncordon"]  # fmt: skip
+    assert result["nodes"]["demo-master-1"]["stages"] == dict.fromkeys(steps, "skipped")
+    assert list(result["nodes"]["demo-worker-1"]["stages"]) == steps
+    assert result["nodes"]["demo-worker-1"]["stages"]["upgrade.uncordon"] == "changed"
     assert path[-1] == "uncordon demo-worker-2"
 
 
