@@ -5,6 +5,8 @@ member is unhealthy, resume. The lab suite runs it on a real cluster (test_10b).
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from provisioner.bootstrap.steps import etcd as etcd_steps
 from provisioner.day2 import certs as day2_certs
 from provisioner.plan import make_plan
 from provisioner.spec import load_spec
-from provisioner.ssh.commands import Cmd, Result
+from provisioner.ssh.commands import Result
 from provisioner.state import ClusterState
 from tests.unit import fakes
 from tests.unit.test_spec import LAB_ENV
@@ -148,7 +150,7 @@ def test_all_renews_every_leaf_and_rolls_members_then_the_master_one_at_a_time(
     # The master only after the last member, then its API server's restart awaited.
     ran = [c for c in master.commands if c != "facts" and not c.startswith("put")]
     assert ran[0] == "sudo -n -- /usr/local/bin/kubeadm certs renew all"
-    assert [c.split()[-2] for c in ran[1:]] == ["kube-controller-manager", "kube-scheduler", "kube-apiserver"]
+    assert [c.split()[-3] for c in ran[1:]] == ["kube-controller-manager", "kube-scheduler", "kube-apiserver"]
     last_etcd = max(i for i, t in enumerate(w.timeline) if "restart" in t and "etcd" in t.split(":")[0])
     assert w.timeline.index(f"demo-master-1: {master.commands[-3]}") > last_etcd
     assert w.timeline[-1] == "readyz https://198.18.0.13:6443"  # its own API server, after the restart
@@ -273,13 +275,79 @@ def test_a_cluster_without_kubernetes_is_refused_with_what_to_do(
         w.renew([])
 
 
-def test_restart_script_is_valid_shell() -> None:
+# containerd's ctr as the restart script uses it, over a directory: containers/ holds one file
+# per container (its task's status), signals/ what was sent. A task ignores SIGTERM when
+# IGNORE_TERM is set (as an API server draining its watches does); on SIGKILL it stops and "the
+# kubelet" runs a new container at once.
+STAND_IN_CTR = r"""#!/bin/sh
+d=$CTR_DIR
+shift 2
+case "$1 $2" in
+  "containers list") ls "$d/containers" ;;
+  "tasks ls")
+    echo "TASK PID STATUS"
+    for c in $(ls "$d/containers"); do echo "$c 1 $(cat "$d/containers/$c")"; done ;;
+  "tasks kill")
+    sig=$4 id=$5
+    echo "$sig" >> "$d/signals/$id"
+    if [ "$sig" = SIGKILL ] || [ -z "${IGNORE_TERM:-}" ]; then
+      echo STOPPED > "$d/containers/$id"
+      echo RUNNING > "$d/containers/new-$id"
+    fi ;;
+esac
+"""
+
+
+def _stand_in_ctr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, ignore_term: bool) -> Path:
+    d = tmp_path / "ctr"
+    (d / "containers").mkdir(parents=True)
+    (d / "signals").mkdir()
+    (d / "containers" / "c1").write_text("RUNNING\n")
+    (tmp_path / "bin").mkdir()
+    ctr = tmp_path / "bin" / "ctr"
+    ctr.write_text(STAND_IN_CTR)
+    ctr.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("CTR_DIR", str(d))
+    if ignore_term:
+        monkeypatch.setenv("IGNORE_TERM", "1")
+    return d
+
+
+def test_a_container_that_stops_on_sigterm_is_not_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from provisioner.bootstrap.steps.kubernetes.certs import restart_container
 
-    cmd = restart_container("kube-apiserver")
-    assert isinstance(cmd, Cmd)
-    r = fakes.run_locally(Cmd("sh", "-n", "-c", cmd.args[2]))
-    assert r.ok, r.stderr
+    d = _stand_in_ctr(tmp_path, monkeypatch, ignore_term=False)
+    r = fakes.run_locally(restart_container("kube-scheduler"))
+    assert r.ok and r.stdout.strip() == "new-c1", (r.stdout, r.stderr)
+    assert (d / "signals" / "c1").read_text().split() == ["SIGTERM"]
+
+
+def test_a_container_still_running_after_the_grace_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.bootstrap.steps.kubernetes import certs as kcerts
+
+    d = _stand_in_ctr(tmp_path, monkeypatch, ignore_term=True)
+    monkeypatch.setattr(kcerts, "STOP_GRACE", 1)
+    started = time.monotonic()
+    r = fakes.run_locally(kcerts.restart_container("kube-apiserver"))
+    took = time.monotonic() - started
+    assert r.ok and r.stdout.strip() == "new-c1", (r.stdout, r.stderr)
+    assert (d / "signals" / "c1").read_text().split() == ["SIGTERM", "SIGKILL"]
+    # Killed after the grace, not after the minute a draining API server would take.
+    assert 1 <= took < 10, took
+
+
+def test_no_running_container_is_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.bootstrap.steps.kubernetes.certs import restart_container
+
+    d = _stand_in_ctr(tmp_path, monkeypatch, ignore_term=False)
+    (d / "containers" / "c1").write_text("STOPPED\n")
+    r = fakes.run_locally(restart_container("kube-apiserver"))
+    assert r.exit_status == 3 and "no running kube-apiserver container" in r.stderr
 
 
 def test_the_cli_keeps_vkp_certs_name_and_adds_renew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

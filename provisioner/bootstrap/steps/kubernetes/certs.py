@@ -41,30 +41,45 @@ from provisioner.ssh.commands import Cmd
 
 RENEW_TIMEOUT = 300.0
 CONTAINER_WAIT = 120  # seconds for the kubelet to run a new container of a static pod
+STOP_GRACE = 5  # seconds a container has to stop on SIGTERM before SIGKILL
 # In the order they are restarted: the API server's gap starts only once the others are back.
 STATIC_PODS = ("kube-controller-manager", "kube-scheduler", "kube-apiserver")
 ETCD_CLIENT_FILES = (f"{PKI_DIR}/apiserver-etcd-client.crt", f"{PKI_DIR}/apiserver-etcd-client.key")
 
 # Stop the running container(s) of a static pod ($1) and wait up to $2 s for the kubelet to run
-# a new one; prints its id. Exit 3: none was running; 4: none came back.
+# a new one; prints its id. A container still running $3 s after SIGTERM gets SIGKILL: the API
+# server stops listening at once on SIGTERM but then drains its watches for up to a minute, all
+# of it an outage with one master (measured on the lab: 80 s of refused connections).
+# Exit 3: none was running; 4: none came back.
 RESTART_CONTAINER = r"""
 set -u
-name=$1 wait=$2
+name=$1 wait=$2 grace=$3
 running() {
   for id in $(ctr -n k8s.io containers list -q "labels.\"io.kubernetes.container.name\"==$name"); do
     ctr -n k8s.io tasks ls | awk -v id="$id" '$1 == id && $3 == "RUNNING" { print id }'
+  done
+}
+old_running() {
+  for id in $(running); do
+    case "$old" in *" $id "*) echo "$id" ;; esac
   done
 }
 old=" $(running | tr '\n' ' ') "
 [ "$old" != "  " ] || { echo "no running $name container" >&2; exit 3; }
 for id in $old; do ctr -n k8s.io tasks kill --signal SIGTERM "$id" || true; done
 i=0
-while [ "$i" -lt "$wait" ]; do
+while [ "$i" -lt "$grace" ] && [ -n "$(old_running)" ]; do
   sleep 1
   i=$((i + 1))
+done
+for id in $(old_running); do ctr -n k8s.io tasks kill --signal SIGKILL "$id" || true; done
+i=0
+while [ "$i" -lt "$wait" ]; do
   for id in $(running); do
     case "$old" in *" $id "*) ;; *) echo "$id"; exit 0 ;; esac
   done
+  sleep 1
+  i=$((i + 1))
 done
 echo "no new $name container after ${wait}s (old: $old)" >&2
 exit 4
@@ -72,7 +87,7 @@ exit 4
 
 
 def restart_container(name: str) -> Cmd:
-    return Cmd.shell(RESTART_CONTAINER, name, str(CONTAINER_WAIT))
+    return Cmd.shell(RESTART_CONTAINER, name, str(CONTAINER_WAIT), str(STOP_GRACE))
 
 
 def renew_command() -> Cmd:
@@ -117,9 +132,9 @@ def renew_certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
             yield Upload(data, path, mode, "root:root", secret=secret)
     yield Run(renew_command(), timeout=RENEW_TIMEOUT)
     for pod in STATIC_PODS[:-1]:
-        yield Run(restart_container(pod), timeout=CONTAINER_WAIT + 30)
+        yield Run(restart_container(pod), timeout=CONTAINER_WAIT + STOP_GRACE + 30)
     started = time.monotonic()
-    yield Run(restart_container("kube-apiserver"), timeout=CONTAINER_WAIT + 30)
+    yield Run(restart_container("kube-apiserver"), timeout=CONTAINER_WAIT + STOP_GRACE + 30)
 
     def api_back() -> float:
         wait_ready(url, cluster, f"{node.name}'s API server after its restart")
@@ -132,7 +147,7 @@ def renew_certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     kube_vip = cluster.plan.api_endpoint.mode == "kube-vip"
     if kube_vip and (not facts.known or facts.file(KUBE_VIP_MANIFEST).kind == "file"):
         # kube-vip holds admin.conf's old client certificate in memory until it restarts.
-        yield Run(restart_container("kube-vip"), timeout=CONTAINER_WAIT + 30)
+        yield Run(restart_container("kube-vip"), timeout=CONTAINER_WAIT + STOP_GRACE + 30)
         endpoint = cluster.plan.api_endpoint.url
         yield Local(
             f"wait for {endpoint}/readyz (the endpoint)",
