@@ -229,7 +229,8 @@ def node_stages(report: dict[str, Any], plan: Plan) -> dict[str, dict[str, Any]]
             for host in play["hosts"]:
                 nodes.setdefault(host, {"role": roles.get(host), "stages": {}, "seconds": 0.0})
                 nodes[host]["stages"] = {r["step"]: "skipped" for r in play["results"]}
-    return nodes
+    # In the cluster's order (masters, then workers), whichever node the run resumed at.
+    return {n.name: nodes[n.name] for n in plan.nodes if n.name in nodes}
 
 
 def notes(spec: ClusterSpec, plan: Plan, current: str, target: str) -> list[str]:

@@ -330,6 +330,8 @@ def test_a_run_killed_during_a_drain_leaves_the_node_cordoned_and_the_rerun_unco
     assert not any(p.startswith("demo-master-1:") for p in path)  # done before the kill
     steps = ["upgrade.drain", "kubernetes.binaries", "kubernetes.images", "upgrade.kubeadm",
              "upgrade.kubelet", "upgrade.uncordon"]  # fmt: skip
+    # Listed in the cluster's order, though the run began at demo-worker-1.
+    assert list(result["nodes"]) == ["demo-master-1", "demo-worker-1", "demo-worker-2"]
     assert result["nodes"]["demo-master-1"]["stages"] == dict.fromkeys(steps, "skipped")
     assert list(result["nodes"]["demo-worker-1"]["stages"]) == steps
     assert result["nodes"]["demo-worker-1"]["stages"]["upgrade.uncordon"] == "changed"
