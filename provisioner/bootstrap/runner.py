@@ -262,6 +262,20 @@ class Progress:
                 self.data["failed"] = {"play": play, "host": host, "step": step, "error": first}
             self._save()
 
+    def stopped_in(self, play: str, hosts: Sequence[str], steps: Sequence[str]) -> None:
+        """Where a run stopped from outside its hosts' work resumes, unless a host recorded it:
+        the first of play's hosts with a step not done, else its last."""
+        with self._lock:
+            if self.data["failed"] is not None:
+                return
+            done = self.data["plays"].get(play, {}).get("hosts", {})
+        for host in hosts:
+            missing = [s for s in steps if s not in done.get(host, [])]
+            if missing:
+                self.failed(play, host, missing[0], "not started: the run was stopping")
+                return
+        self.failed(play, hosts[-1] if hosts else "-", steps[-1], "stopped after its last step")
+
     def finished(self) -> None:
         with self._lock:
             self.data["failed"] = None
@@ -487,6 +501,7 @@ def run_playbook(
         if on_phase is not None:
             on_phase(phase, status, seconds, detail)
 
+    current: tuple[str, list[str], tuple[str, ...]] | None = None  # the play running
     try:
         for play in selected:
             if stop.stopping():
@@ -519,6 +534,9 @@ def run_playbook(
                 missing = [n.name for n in nodes if n.name not in connections]
                 if missing:
                     raise ProvisionerError(f"play {play.name}: no connection to {', '.join(missing)}")
+            # Local steps are recorded under "local", whatever hosts the play names.
+            local = any(steps[s].local for s in play.steps)
+            current = (play.name, ["local"] if local else preport.hosts, play.steps)
             failures = _run_play(play, nodes, cluster, connections, progress, log, dry_run, preport, steps)
             if stop.stopping():
                 # Whatever failed on the hosts failed because the run stopped (a closed socket, a
@@ -540,11 +558,16 @@ def run_playbook(
                 phase_event(play.phase, "failed", err.message.splitlines()[0])
                 raise err
             progress.play_done(play.name, preport.hosts)
+            current = None
         if phase_now is not None:
             phase_event(phase_now, "done")
         if owned_progress:
             progress.finished()
     except (Exception, KeyboardInterrupt) as exc:
+        if current is not None and (stop.is_stop(exc) or isinstance(exc, KeyboardInterrupt)):
+            # A signal raises in this thread (stop.install_signal_handlers) wherever it waits,
+            # past _run_play's own record of where to resume when the hosts had all finished.
+            progress.stopped_in(*current)
         # A phase left "running" would look like a run still going; one that failed on a host
         # was recorded above already.
         if phase_now is not None and not phase_ended:
