@@ -152,6 +152,16 @@ def run_bootstrap(
     )
 
 
+def dry_run_actions(report: dict[str, Any], prefix: str = "") -> list[str]:
+    """A dry run's report as the lines a user reads: each action of each step, after its host."""
+    return [
+        f"{prefix}{res['host']}: {a}"
+        for play in report["plays"]
+        for res in play["results"]
+        for a in res.get("actions", [])
+    ]
+
+
 def run_day2(
     playbook_name: str,
     spec: ClusterSpec,

@@ -32,27 +32,35 @@ from provisioner.state import ClusterState, NodeRecord
 
 ETCD_CLIENT_PORT = 2379
 
-# $1: endpoints; the rest: etcdctl's arguments. Standard input: the files, each after a line
-# "#vkp-file NAME".
-_ETCDCTL_SCRIPT = r"""
-set -eu
+# Shell, for scripts that get etcd client files on their standard input (etcdctl_bundle: each
+# after a line "#vkp-file NAME"): they are unpacked into $c, a directory only the user can read,
+# in memory where the node has it, and removed when the script exits however it ends, after the
+# script's own cleanup(), which it defines before this.
+UNPACK_CLIENT_FILES = r"""
 umask 077
 base=/tmp
 for b in "${XDG_RUNTIME_DIR:-}" /dev/shm; do
   if [ -n "$b" ] && [ -d "$b" ] && [ -w "$b" ]; then base=$b; break; fi
 done
-d=$(mktemp -d "$base/vkp-etcdctl.XXXXXX")
-trap 'rm -rf -- "$d"' EXIT
+c=$(mktemp -d "$base/vkp-etcdctl.XXXXXX")
+trap 'rm -rf -- "$c"; cleanup' EXIT
 trap 'exit 130' INT TERM HUP
-awk -v d="$d" '/^#vkp-file /{f = d "/" $2; next} {print > f}'
-eps=$1
+awk -v d="$c" '/^#vkp-file /{f = d "/" $2; next} {print > f}'
+"""
+
+# $1: endpoints; the rest: etcdctl's arguments. Standard input: the client files.
+_ETCDCTL_SCRIPT = (
+    "set -eu\ncleanup() { :; }\n"
+    + UNPACK_CLIENT_FILES
+    + r"""eps=$1
 shift
 set +e
-ETCDCTL_API=3 etcdctl --endpoints="$eps" --cacert="$d/ca.crt" \
-  --cert="$d/client.crt" --key="$d/client.key" "$@"
+ETCDCTL_API=3 etcdctl --endpoints="$eps" --cacert="$c/ca.crt" \
+  --cert="$c/client.crt" --key="$c/client.key" "$@"
 rc=$?
 exit $rc
 """
+)
 
 
 def _ssh_settings(state: ClusterState) -> tuple[str, int]:

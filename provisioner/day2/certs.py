@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from provisioner import runlock
-from provisioner.bootstrap.phases import run_day2
+from provisioner.bootstrap.phases import dry_run_actions, run_day2
 from provisioner.bootstrap.pki import list_certs
 from provisioner.bootstrap.pki_renew import RENEW_PARTS, renewable
 from provisioner.errors import ProvisionerError
@@ -88,12 +88,7 @@ def _renew(name: str, parts: list[str], log: Log, *, dry_run: bool) -> dict[str,
         "resumed_from": report["resumed_from"],
     }
     if dry_run:
-        result["actions"] = [
-            f"{res['host']}: {a}"
-            for play in report["plays"]
-            for res in play["results"]
-            for a in res.get("actions", [])
-        ]
+        result["actions"] = dry_run_actions(report)
     else:
         result["certificates"] = list_certs(name)
     return result

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import runlock
-from provisioner.bootstrap.phases import run_day2
+from provisioner.bootstrap.phases import dry_run_actions, run_day2
 from provisioner.bootstrap.steps.etcd import DATA_DIR
 from provisioner.day2.etcd_snapshot import Snapshot, verify_snapshot
 from provisioner.plan import make_plan
@@ -90,12 +90,7 @@ def restore_etcd(name: str, source: Path, log: Log, *, dry_run: bool = False) ->
         resumes = pending_run(state, snap.sha256)
         params = _params(snap, resumes or NEW_RUN, kubernetes)
         report = run_day2(PLAYBOOK, spec, plan, state, params=params, log=log, dry_run=True)
-        actions = [
-            f"{res['host']}: {a}"
-            for play in report["plays"]
-            for res in play["results"]
-            for a in res.get("actions", [])
-        ]
+        actions = dry_run_actions(report)
         return {**result, "dry_run": True, "resumes": resumes, "actions": actions, "report": report}
     started = time.monotonic()
     with runlock.hold(name, runlock.command_line(), log=log):

@@ -36,6 +36,7 @@ from typing import IO, Any, Protocol
 from provisioner.bootstrap.etcd_client import EtcdClient, EtcdError
 from provisioner.bootstrap.pki import PKI, load_pki
 from provisioner.bootstrap.steps.etcd import CLIENT_PORT, url
+from provisioner.bootstrap.tools import UNPACK_CLIENT_FILES, etcdctl_bundle
 from provisioner.errors import ExitCode, NotFound, ProvisionerError, SSHError
 from provisioner.ssh.commands import Cmd, Result
 from provisioner.state import ClusterState, atomic_write, private_dir
@@ -72,20 +73,14 @@ class SnapshotRefused(ProvisionerError):
 
 # $1: the member's client URL. Standard input: the CA, the client certificate and its key, each
 # after a line "#vkp-file NAME". Prints "dir", "sha256", "status" and "endpoint" lines.
-_SNAPSHOT_SCRIPT = r"""
-set -eu
-umask 077
-base=/tmp
-for b in "${XDG_RUNTIME_DIR:-}" /dev/shm; do
-  if [ -n "$b" ] && [ -d "$b" ] && [ -w "$b" ]; then base=$b; break; fi
-done
-c=$(mktemp -d "$base/vkp-etcdctl.XXXXXX")
+_SNAPSHOT_SCRIPT = (
+    r"""set -eu
 d=""
 ok=no
-trap 'rm -rf -- "$c"; if [ "$ok" != yes ] && [ -n "$d" ]; then rm -rf -- "$d"; fi' EXIT
-trap 'exit 130' INT TERM HUP
-awk -v d="$c" '/^#vkp-file /{f = d "/" $2; next} {print > f}'
-ep=$1
+cleanup() { if [ "$ok" != yes ] && [ -n "$d" ]; then rm -rf -- "$d"; fi; }
+"""
+    + UNPACK_CLIENT_FILES
+    + r"""ep=$1
 # What a run killed before its clean-up left: this user's, over an hour old.
 find /var/tmp -maxdepth 1 -name 'vkp-etcd-snapshot.*' -user "$(id -u)" -mmin +60 \
   -exec rm -rf -- {} + 2>/dev/null || true
@@ -107,6 +102,7 @@ echo "status $(printf %s "$st" | tr -d '\n')"
 echo "endpoint $(printf %s "$es" | tr -d '\n')"
 ok=yes
 """
+)
 
 
 def snapshot_command(endpoint: str) -> Cmd:
@@ -115,8 +111,6 @@ def snapshot_command(endpoint: str) -> Cmd:
 
 def cert_bundle(pki: PKI) -> bytes:
     """What the node's script reads on stdin (the format `vkp etcdctl` uses)."""
-    from provisioner.bootstrap.tools import etcdctl_bundle
-
     try:
         return etcdctl_bundle(
             pki.cert_pem("etcd-ca"), pki.cert_pem("vkp-etcd-client"), pki.key_pem("vkp-etcd-client")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner import infra, runlock, stop
-from provisioner.bootstrap.phases import run_day2
+from provisioner.bootstrap.phases import dry_run_actions, run_day2
 from provisioner.bootstrap.playbook import VMS_PHASE, create_phases
 from provisioner.errors import NotFound, ProvisionerError
 from provisioner.plan import NodePlan, Plan, make_plan
@@ -217,12 +217,7 @@ def _plan(t: Target, log: Log) -> dict[str, Any]:
         report = run_day2(
             PLAYBOOK, t.spec, t.plan, state, params={"repair": node}, log=log, dry_run=True, phases=[stage]
         )
-        actions += [
-            f"stage {stage}: {res['host']}: {a}"
-            for play in report["plays"]
-            for res in play["results"]
-            for a in res.get("actions", [])
-        ]
+        actions += dry_run_actions(report, f"stage {stage}: ")
     return {
         "cluster": t.name,
         "node": node,

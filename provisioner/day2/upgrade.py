@@ -29,7 +29,7 @@ from typing import Any
 
 from provisioner import runlock
 from provisioner.bootstrap.artifacts import probe_source
-from provisioner.bootstrap.phases import run_day2
+from provisioner.bootstrap.phases import dry_run_actions, run_day2
 from provisioner.bootstrap.steps.upgrade import applies_with_upgrade_node
 from provisioner.errors import ExitCode, ProvisionerError
 from provisioner.plan import Plan, make_plan
@@ -182,12 +182,7 @@ def _upgrade(up: Upgrade, log: Log, *, dry_run: bool) -> dict[str, Any]:
         "resumed_from": report["resumed_from"],
     }
     if dry_run:
-        result["actions"] = [
-            f"{res['host']}: {a}"
-            for play in report["plays"]
-            for res in play["results"]
-            for a in res.get("actions", [])
-        ]
+        result["actions"] = dry_run_actions(report)
     return result
 
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from provisioner import resources
 from provisioner.bootstrap import phases, runner
 from provisioner.bootstrap.engine import Cluster, ServiceFact
-from provisioner.bootstrap.pki import ensure_pki
+from provisioner.bootstrap.pki import ensure_pki, load_pki
 from provisioner.bootstrap.playbook import load_playbook
 from provisioner.bootstrap.runner import PlayFailed, run_playbook
 from provisioner.bootstrap.steps import etcd as etcd_steps
@@ -56,6 +56,8 @@ if pos[:2] == ["snapshot", "save"]:
     open(pos[2], "w").write(os.environ["FAKE_DB"])
     print("Snapshot saved at " + pos[2])
 elif pos[:2] == ["snapshot", "status"]:
+    if os.environ.get("FAKE_STATUS_FAIL"):
+        sys.exit("snapshot file corrupted")
     size = os.path.getsize(pos[2])
     print(json.dumps({"hash": 3735928559, "revision": 4242, "totalKey": 321, "totalSize": size}))
 elif pos[:2] == ["endpoint", "status"]:
@@ -201,6 +203,25 @@ def test_a_snapshot_comes_from_a_healthy_member_checked_and_private(
     assert b"PRIVATE KEY" in link.stdins[0] and "PRIVATE KEY" not in " ".join(link.commands)
     assert link.commands[-1].startswith("rm -rf -- /var/tmp/vkp-etcd-snapshot.")
     assert not Path(link.remote_dirs[0]).exists()
+
+
+def test_a_snapshot_that_fails_its_check_leaves_nothing_on_the_node(
+    tools: Path, state: ClusterState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node's script, run here against the stand-in etcdctl: the snapshot is made, its check
+    # fails, and neither it nor the client key stays behind.
+    monkeypatch.setenv("FAKE_STATUS_FAIL", "1")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run_dir))
+    before = set(Path("/var/tmp").glob("vkp-etcd-snapshot.*"))
+    cmd = etcd_snapshot.snapshot_command("https://198.18.0.21:2379")
+    bundle = etcd_snapshot.cert_bundle(load_pki(state))
+    p = subprocess.run(["sh", "-c", cmd.render()], input=bundle, capture_output=True, check=False)
+    assert p.returncode != 0 and b"snapshot file corrupted" in p.stderr, p.stderr
+    assert "snapshot save" in tools.read_text()
+    assert set(Path("/var/tmp").glob("vkp-etcd-snapshot.*")) == before
+    assert list(run_dir.iterdir()) == []
 
 
 def test_a_copy_that_differs_from_the_nodes_file_is_not_kept(

@@ -23,7 +23,7 @@ from provisioner.bootstrap.etcd_client import EtcdUnhealthy, HealthReport
 from provisioner.bootstrap.pki import ensure_pki
 from provisioner.bootstrap.runner import PlayFailed
 from provisioner.day2 import upgrade as day2_upgrade
-from provisioner.errors import ArtifactError, ExitCode, Interrupted
+from provisioner.errors import ArtifactError, ExitCode, Interrupted, ProvisionerError
 from provisioner.plan import NodePlan, make_plan
 from provisioner.spec import load_spec, spec_from_dict
 from provisioner.ssh.commands import Cmd, Result
@@ -502,3 +502,32 @@ def test_the_playbook_declares_what_the_lifecycle_passes() -> None:
     assert book.phases == ("check", "first-master", "masters", "workers")
     serial = {p.name: p.serial for p in book.plays}
     assert serial["masters"] == 1 and serial["workers"] == 1
+
+
+def test_a_master_s_api_server_goes_away_only_while_the_others_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.bootstrap import kube_api
+    from provisioner.bootstrap.steps.kubernetes.control_plane import others_ready
+    from provisioner.bootstrap.steps.kubernetes.settings import node_api_url
+    from tests.unit.test_deadlines import make_cluster
+
+    cluster = make_cluster(tmp_path, "prod")
+    m1, m2, m3 = cluster.plan.by_role("master")
+    down = node_api_url(m3, cluster)
+
+    class Client:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def readyz(self) -> tuple[bool, str]:
+            return (False, "[-]etcd failed") if self.url == down else (True, "ok")
+
+    monkeypatch.setattr(kube_api, "client", lambda pki, url: Client(url))
+    assert others_ready(m3, cluster, "its upgrade") == {m1.name: "ready", m2.name: "ready"}
+    with pytest.raises(ProvisionerError) as ei:
+        others_ready(m1, cluster, "its upgrade")
+    assert str(ei.value).startswith(
+        f"{m1.name}: its upgrade not started: {m3.name}'s API server does not answer /readyz"
+    ), str(ei.value)
+    assert f"bring {m3.name}'s back" in (ei.value.hint or "")

@@ -40,7 +40,7 @@ from provisioner.bootstrap import etcd_client, kube_api
 from provisioner.bootstrap.engine import Cluster, Facts, Local, Restart, Run, StepGen, Warn, run_param, step
 from provisioner.bootstrap.steps.etcd import client_endpoints
 from provisioner.bootstrap.steps.health import check_health
-from provisioner.bootstrap.steps.kubernetes.control_plane import KUBEADM_TIMEOUT, wait_ready
+from provisioner.bootstrap.steps.kubernetes.control_plane import KUBEADM_TIMEOUT, others_ready, wait_ready
 from provisioner.bootstrap.steps.kubernetes.settings import (
     KUBEADM,
     POLL,
@@ -265,22 +265,6 @@ def cluster_ready(cluster: Cluster) -> dict[str, Any]:
     return {"etcd": etcd.to_dict(), "nodes": nodes}
 
 
-def _others_ready(node: NodePlan, cluster: Cluster) -> dict[str, str]:
-    answers: dict[str, str] = {}
-    for m in masters(cluster):
-        if m.name == node.name:
-            continue
-        ok, detail = kube_api.client(cluster.pki, node_api_url(m, cluster)).readyz()
-        if not ok:
-            raise ProvisionerError(
-                f"{node.name} was not upgraded: {m.name}'s API server does not answer /readyz ({detail})",
-                hint=f"upgrading {node.name} now could leave no API server: bring {m.name}'s back "
-                "(`journalctl -u kubelet` on it), then run the upgrade again; it resumes here",
-            )
-        answers[m.name] = "ready"
-    return answers
-
-
 # -- steps ------------------------------------------------------------------------------------
 
 
@@ -303,7 +287,8 @@ def drain(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     respected, nothing forced); a node drained already drains again at once."""
     if node.role == "master" and len(masters(cluster)) > 1:
         yield Local(
-            f"the API servers other than {node.name}'s answer /readyz", lambda: _others_ready(node, cluster)
+            f"the API servers other than {node.name}'s answer /readyz",
+            lambda: others_ready(node, cluster, "its upgrade"),
         )
     cmd = drain_cmd(node.name, drain_timeout(cluster))
     yield Local(

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import time
 
-from provisioner.bootstrap import kube_api
 from provisioner.bootstrap.engine import Cluster, Facts, File, Local, Run, StepGen, Upload, Warn, step
-from provisioner.bootstrap.steps.kubernetes.control_plane import pki_files, wait_ready
+from provisioner.bootstrap.steps.kubernetes.control_plane import others_ready, pki_files, wait_ready
 from provisioner.bootstrap.steps.kubernetes.settings import (
     KUBE_VIP_MANIFEST,
     KUBEADM,
@@ -35,7 +34,6 @@ from provisioner.bootstrap.steps.kubernetes.settings import (
     masters,
     node_api_url,
 )
-from provisioner.errors import ProvisionerError
 from provisioner.plan import NodePlan
 from provisioner.ssh.commands import Cmd
 
@@ -94,23 +92,6 @@ def renew_command() -> Cmd:
     return Cmd(KUBEADM, "certs", "renew", "all")
 
 
-def _others_ready(node: NodePlan, cluster: Cluster) -> dict[str, str]:
-    """Before node's API server restarts: every other master's answers /readyz."""
-    answers: dict[str, str] = {}
-    for m in masters(cluster):
-        if m.name == node.name:
-            continue
-        ok, detail = kube_api.client(cluster.pki, node_api_url(m, cluster)).readyz()
-        if not ok:
-            raise ProvisionerError(
-                f"{node.name}'s API server was not restarted: {m.name}'s does not answer /readyz ({detail})",
-                hint=f"restarting {node.name}'s now could leave no API server: bring {m.name}'s back "
-                "(`crictl ps -a`, `journalctl -u kubelet` on it), then run again; it resumes here",
-            )
-        answers[m.name] = "ready"
-    return answers
-
-
 @step("kubernetes.renew_certs", probes=lambda node, cluster: [File(KUBE_VIP_MANIFEST)])
 def renew_certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
     """On a master (run with serial: 1): the other API servers ready, the new etcd client
@@ -125,7 +106,8 @@ def renew_certs(node: NodePlan, cluster: Cluster, facts: Facts) -> StepGen:
         )
     else:
         yield Local(
-            f"the API servers other than {node.name}'s answer /readyz", lambda: _others_ready(node, cluster)
+            f"the API servers other than {node.name}'s answer /readyz",
+            lambda: others_ready(node, cluster, "restarting its API server"),
         )
     for path, data, mode, secret in pki_files(cluster):
         if path in ETCD_CLIENT_FILES:

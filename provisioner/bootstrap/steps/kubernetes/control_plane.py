@@ -214,6 +214,24 @@ def wait_ready(url: str, cluster: Cluster, what: str, deadline: float = READY_DE
         ) from None
 
 
+def others_ready(node: NodePlan, cluster: Cluster, doing: str) -> dict[str, str]:
+    """Before node's API server goes away for doing (a restart, an upgrade): every other
+    master's answers /readyz, or nothing is done, so the API always keeps one."""
+    answers: dict[str, str] = {}
+    for m in masters(cluster):
+        if m.name == node.name:
+            continue
+        ok, detail = kube_api.client(cluster.pki, node_api_url(m, cluster)).readyz()
+        if not ok:
+            raise ProvisionerError(
+                f"{node.name}: {doing} not started: {m.name}'s API server does not answer /readyz ({detail})",
+                hint=f"{doing} now could leave no API server: bring {m.name}'s back (`journalctl -u "
+                "kubelet` on it), then run the same command again; it resumes here",
+            )
+        answers[m.name] = "ready"
+    return answers
+
+
 class _NotYet(Exception):
     pass
 
