@@ -885,6 +885,11 @@ def test_10d_repair_brings_back_a_destroyed_worker_and_etcd_member(
     # A worker whose VM is gone: its Node is deleted, a new VM of the same name joins.
     old = state(env).nodes["lab-worker-2"].moid
     destroy_vm(lab, "lab-worker-2")
+    # describe-cluster names it, with what to run.
+    r = vkp(env, "describe-cluster", "lab", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    flagged = {n["node"]: n for n in json.loads(r.stdout)["needs_repair"]}
+    assert list(flagged) == ["lab-worker-2"], flagged
     t = time.monotonic()
     # Killed in its kubernetes stage (the new VM made, its binaries installed), then run again.
     repair = ("repair", "lab", "lab-worker-2", "--yes")
