@@ -10,35 +10,19 @@ import click
 from provisioner import logs
 from provisioner.cli.completers import complete_cluster
 from provisioner.cli.root import main
-from provisioner.cli_common import TIMEOUT_OPTION, run
-from provisioner.output import FORMATS, emit, remember_output, structured
-
-
-def _format(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    remember_output(value)
-    return value
+from provisioner.cli_common import OUTPUT_OPTION, TIMEOUT_OPTION, run
+from provisioner.output import emit, structured
 
 
 @main.command("support-bundle")
 @click.argument("name", shell_complete=complete_cluster)
 @click.option(
-    "--output",
+    "--file",
     "dest",
     metavar="FILE",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the bundle (a new file; an existing one is never overwritten). "
     "Default: vkp-support-NAME-<UTC time>.tar.gz in the current directory.",
-)
-@click.option(
-    "-o",
-    "--format",
-    "output",
-    type=click.Choice(FORMATS),
-    default="text",
-    show_default=True,
-    callback=_format,
-    help="json or yaml print one machine-readable document on stdout, also on failure "
-    "(progress stays on stderr). Not --output here: that names the bundle's file.",
 )
 @click.option(
     "--lines",
@@ -48,6 +32,7 @@ def _format(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Journal lines per service and node (this boot's last ones; each excerpt is also capped at 2 MiB).",
 )
 @TIMEOUT_OPTION
+@OUTPUT_OPTION
 def support_bundle_cmd(dest: Path | None, name: str, output: str, lines: int, timeout: float | None) -> None:
     """Collect what a bug report needs into one tar.gz (mode 0600), every secret scrubbed.
 
@@ -68,7 +53,7 @@ def support_bundle_cmd(dest: Path | None, name: str, output: str, lines: int, ti
     \b
     Examples:
       vkp support-bundle demo
-      vkp support-bundle demo --output /tmp/demo-bundle.tar.gz -o json
+      vkp support-bundle demo --file /tmp/demo-bundle.tar.gz -o json
       tar -xOzf vkp-support-demo-*.tar.gz --wildcards '*/index.json' | jq .failed
     """
 

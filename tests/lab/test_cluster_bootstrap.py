@@ -633,7 +633,7 @@ def test_10b_certificates_renewed_one_node_at_a_time(env: dict[str, str]) -> Non
 def test_10c_support_bundle_holds_no_secret(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "bundle.tar.gz"
     started = time.monotonic()
-    r = vkp(env, "support-bundle", "lab", "--output", str(out), "-o", "json")
+    r = vkp(env, "support-bundle", "lab", "--file", str(out), "-o", "json")
     took = time.monotonic() - started
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

@@ -253,3 +253,30 @@ def test_prompt_path_with_json_fails_naming_the_variable(state_dir: Path) -> Non
     assert [p["field"] for p in doc["error"]["problems"]] == ["VKP_VSPHERE_USER", "VKP_VSPHERE_PASSWORD"]
     assert "with -o json vkp does not prompt" in doc["error"]["message"]
     assert "vCenter user for" not in err
+
+
+def test_o_is_output_and_the_format_in_every_command() -> None:
+    # One meaning per option across vkp: scripts write `-o json` or `--output json` anywhere; a
+    # command that writes a file names it --file (support-bundle once took --output for it).
+    import click
+
+    from provisioner.cli import main
+
+    def commands(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
+        out = []
+        for name, cmd in group.commands.items():
+            out.append((f"{path} {name}", cmd))
+            if isinstance(cmd, click.Group):
+                out += commands(cmd, f"{path} {name}")
+        return out
+
+    seen = 0
+    for path, cmd in commands(main, "vkp"):
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            if "-o" in p.opts or "--output" in p.opts:
+                assert set(p.opts) == {"-o", "--output"}, (path, p.opts)
+                assert isinstance(p.type, click.Choice) and {"json", "yaml"} <= set(p.type.choices), path
+                seen += 1
+    assert seen >= 20, seen

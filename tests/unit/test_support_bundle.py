@@ -303,7 +303,7 @@ def test_cli_json_and_missing_cluster(
     monkeypatch.setattr(bundle_mod, "_connect", connect_all_but("demo-etcd-1"))
     env = {"VKP_STATE_DIR": os.environ["VKP_STATE_DIR"], "VKP_VSPHERE_PASSWORD": PASSWORD}
     out = tmp_path / "cli.tar.gz"
-    r = _vkp("support-bundle", "demo", "--output", str(out), "-o", "json", env=env)
+    r = _vkp("support-bundle", "demo", "--file", str(out), "-o", "json", env=env)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["path"] == str(out) and doc["unreachable"] == ["demo-etcd-1"]
