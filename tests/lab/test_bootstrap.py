@@ -127,7 +127,7 @@ def _endpoints(lab: Lab) -> list[str]:
 def test_etcd_and_runtime_phases_converge_and_recover(lab: Lab, capfd: pytest.CaptureFixture[str]) -> None:
     first = _bootstrap(lab)
     assert [p["play"] for p in first["plays"]] == [
-        "etcd-common", "etcd", "etcd-health", "runtime-common", "containerd",
+        "etcd-common", "etcd", "etcd-roll", "etcd-health", "runtime-common", "containerd",
     ]  # fmt: skip
     assert first["failed"] == 0 and first["changed"] > 0
     assert [p.status for p in lab.state.phases() if p.name in ("etcd", "runtime")] == ["done", "done"]
@@ -182,7 +182,7 @@ def test_etcd_and_runtime_phases_converge_and_recover(lab: Lab, capfd: pytest.Ca
     # One round trip of facts per host and play, and nothing else, except verifying commands
     # the host refuses (kernel settings) which are attempted on every run.
     for play in second["plays"]:
-        if play["play"] in ("etcd", "containerd", "etcd-common"):
+        if play["play"] in ("etcd", "etcd-roll", "containerd", "etcd-common"):
             assert all(s["round_trips"] == 0 for s in play["steps"]), play
 
     # A stopped member is started again by the next run, and the cluster is whole.
